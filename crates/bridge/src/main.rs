@@ -1,0 +1,2 @@
+//! The `mesh-bridge` binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Project automation: images, scenarios, reliability, bench, dashboards.
+fn main() {}
