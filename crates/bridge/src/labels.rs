@@ -30,7 +30,9 @@ pub enum LabelError {
     #[error("label `mesh-bridge.port={0}` is not a port; use a number from 1 to 65535")]
     Port(String),
     /// The network label is empty.
-    #[error("label `mesh-bridge.network` is empty; name a network the container is attached to, or drop the label")]
+    #[error(
+        "label `mesh-bridge.network` is empty; name a network the container is attached to, or drop the label"
+    )]
     Network,
 }
 
@@ -40,8 +42,9 @@ pub fn validate_service_name(name: &str) -> Result<(), LabelError> {
     let ok = !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'));
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        });
     if ok {
         Ok(())
     } else {
@@ -97,7 +100,9 @@ mod tests {
     use super::*;
 
     fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -105,7 +110,17 @@ mod tests {
         for ok in ["a", "docs", "0x", "a.b_c-d", &"a".repeat(63)] {
             assert!(validate_service_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", ".a", "A", "a b", "a/b", &"a".repeat(64), "é", "a\n"] {
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "A",
+            "a b",
+            "a/b",
+            &"a".repeat(64),
+            "é",
+            "a\n",
+        ] {
             assert!(validate_service_name(bad).is_err(), "{bad:?}");
         }
     }
@@ -114,12 +129,26 @@ mod tests {
     fn parse_labels() {
         let l = parse(&labels(&[(SERVICE, "docs")])).unwrap();
         assert_eq!((l.port, l.network), (8080, None));
-        let l = parse(&labels(&[(SERVICE, "docs"), (PORT, "9000"), (NETWORK, "mesh")])).unwrap();
+        let l = parse(&labels(&[
+            (SERVICE, "docs"),
+            (PORT, "9000"),
+            (NETWORK, "mesh"),
+        ]))
+        .unwrap();
         assert_eq!((l.port, l.network.as_deref()), (9000, Some("mesh")));
         assert_eq!(parse(&labels(&[])), Err(LabelError::MissingService));
-        assert!(matches!(parse(&labels(&[(SERVICE, "docs"), (PORT, "0")])), Err(LabelError::Port(_))));
-        assert!(matches!(parse(&labels(&[(SERVICE, "docs"), (PORT, "x")])), Err(LabelError::Port(_))));
-        assert!(matches!(parse(&labels(&[(SERVICE, "Docs")])), Err(LabelError::ServiceName(_))));
+        assert!(matches!(
+            parse(&labels(&[(SERVICE, "docs"), (PORT, "0")])),
+            Err(LabelError::Port(_))
+        ));
+        assert!(matches!(
+            parse(&labels(&[(SERVICE, "docs"), (PORT, "x")])),
+            Err(LabelError::Port(_))
+        ));
+        assert!(matches!(
+            parse(&labels(&[(SERVICE, "Docs")])),
+            Err(LabelError::ServiceName(_))
+        ));
         let long = "x".repeat(10_000);
         let e = parse(&labels(&[(SERVICE, &long)])).unwrap_err().to_string();
         assert!(e.len() < 400, "hostile label bounded in the message");

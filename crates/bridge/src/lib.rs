@@ -2,5 +2,7 @@
 //! stable host port from a bounded pool, keeps it across restarts, and
 //! measures it. See ARCHITECTURE.md for the map and DESIGN.md for the contract.
 
+pub mod config;
 pub mod labels;
 pub mod pool;
+pub mod registry;

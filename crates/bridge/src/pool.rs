@@ -67,7 +67,9 @@ pub enum RangeError {
     #[error("no port range given; write at least one range such as 11100-11199")]
     Empty,
     /// A range did not parse.
-    #[error("`{0}` is not a port range; write START-END (inclusive) or a single port, e.g. 11100-11199")]
+    #[error(
+        "`{0}` is not a port range; write START-END (inclusive) or a single port, e.g. 11100-11199"
+    )]
     Syntax(String),
     /// A port outside 1..=65535.
     #[error("`{0}` is outside 1-65535; ports must be between 1 and 65535")]
@@ -300,7 +302,9 @@ pub enum PoolError {
         port: u16,
     },
     /// New ranges that drop ports.
-    #[error("new ranges {new} do not contain the current ranges {old}; ranges can only be widened while running")]
+    #[error(
+        "new ranges {new} do not contain the current ranges {old}; ranges can only be widened while running"
+    )]
     Narrowing {
         /// Current ranges.
         old: String,
@@ -638,10 +642,12 @@ impl Pool {
         if self.next_deadline().is_some_and(|d| d <= now) {
             self.expire(now);
         }
-        let off = self.offset_of(port).ok_or_else(|| PoolError::OutsideRanges {
-            port,
-            ranges: self.ranges.to_string(),
-        })?;
+        let off = self
+            .offset_of(port)
+            .ok_or_else(|| PoolError::OutsideRanges {
+                port,
+                ranges: self.ranges.to_string(),
+            })?;
         match self.services.get(service).copied() {
             Some(Held::Reserved(p)) if p == port => return Ok(Reservation::AlreadyHeld(p)),
             Some(Held::Reserved(held)) => {
@@ -738,11 +744,18 @@ impl Pool {
     }
 
     /// Puts back a reservation loaded from the store.
-    pub fn restore(&mut self, service: &str, port: u16, state: &RestoreState) -> Result<(), PoolError> {
-        let off = self.offset_of(port).ok_or_else(|| PoolError::OutsideRanges {
-            port,
-            ranges: self.ranges.to_string(),
-        })?;
+    pub fn restore(
+        &mut self,
+        service: &str,
+        port: u16,
+        state: &RestoreState,
+    ) -> Result<(), PoolError> {
+        let off = self
+            .offset_of(port)
+            .ok_or_else(|| PoolError::OutsideRanges {
+                port,
+                ranges: self.ranges.to_string(),
+            })?;
         if !matches!(self.slots[off], Slot::Free) {
             return Err(PoolError::PortTaken {
                 port,
@@ -868,7 +881,10 @@ mod tests {
         for s in ["a", "b", "c"] {
             p.reserve(s, 0).unwrap();
         }
-        assert!(matches!(p.reserve("d", 0), Err(PoolError::Exhausted { .. })));
+        assert!(matches!(
+            p.reserve("d", 0),
+            Err(PoolError::Exhausted { .. })
+        ));
         assert_eq!(p.release("a", 0), Some(100));
         assert_eq!(p.reserve("d", 0).unwrap().port(), 100);
     }

@@ -1,0 +1,399 @@
+//! The registry: containers grouped into services by the `mesh-bridge.service`
+//! label.
+//!
+//! Registration is keyed by container id and idempotent. A Docker `start`
+//! event for a container that is already registered and running changes
+//! nothing and counts one duplicate-registration attempt; a resync that merely
+//! observes known containers ([`Registry::observe`]) counts nothing. A
+//! container whose labels are invalid is kept as `rejected` with the reason,
+//! and never stops the bridge.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use crate::labels::{self, LabelError};
+use crate::pool::Millis;
+
+/// What Docker says about one container (built by the watcher from bollard's types).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Full container id.
+    pub id: String,
+    /// Container name, for humans.
+    pub name: String,
+    /// All labels.
+    pub labels: HashMap<String, String>,
+    /// Networks with the container's address on each, in Docker's order.
+    pub networks: Vec<(String, Option<IpAddr>)>,
+    /// Whether it runs (not paused, not exited).
+    pub running: bool,
+}
+
+/// One registered container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// Full container id.
+    pub id: String,
+    /// Container name.
+    pub name: String,
+    /// Its service.
+    pub service: String,
+    /// The container port to dial.
+    pub port: u16,
+    /// The address to dial (None: not attached to the named network, or no address yet).
+    pub address: Option<IpAddr>,
+    /// Whether it runs.
+    pub running: bool,
+    /// Why it cannot be dialled, if so.
+    pub problem: Option<String>,
+}
+
+/// A container whose labels were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Full container id.
+    pub id: String,
+    /// Container name.
+    pub name: String,
+    /// The service label as given (possibly invalid), bounded in length.
+    pub service: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a registration did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A container joined a service (the service may be new).
+    Added {
+        /// The service.
+        service: String,
+        /// Whether this is the service's first container.
+        new_service: bool,
+    },
+    /// A known container changed (state, address, port).
+    Updated {
+        /// The service.
+        service: String,
+    },
+    /// Nothing changed.
+    Unchanged,
+    /// The container was already registered and running: a duplicate attempt.
+    Duplicate,
+    /// The labels were refused (first time seen with this reason).
+    Rejected(String),
+}
+
+/// A service: its containers and when it first appeared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Container ids.
+    pub containers: BTreeSet<String>,
+    /// When the service's first container was registered.
+    pub since: Millis,
+}
+
+/// The registry of containers and services.
+#[derive(Debug, Default)]
+pub struct Registry {
+    containers: HashMap<String, Container>,
+    services: BTreeMap<String, Service>,
+    rejected: BTreeMap<String, Rejected>,
+    duplicates: u64,
+}
+
+fn dial_address(info: &ContainerInfo, network: Option<&str>) -> (Option<IpAddr>, Option<String>) {
+    match network {
+        Some(n) => match info.networks.iter().find(|(name, _)| name == n) {
+            Some((_, addr)) => (
+                *addr,
+                addr.is_none()
+                    .then(|| format!("no address on network `{n}`")),
+            ),
+            None => (
+                None,
+                Some(format!(
+                    "not attached to network `{n}` named by mesh-bridge.network"
+                )),
+            ),
+        },
+        None => match info.networks.iter().find_map(|(_, a)| *a) {
+            Some(a) => (Some(a), None),
+            None => (None, Some("no network address".to_string())),
+        },
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a container from a Docker `start` event (or an API call).
+    /// A container already registered and running counts a duplicate attempt.
+    pub fn register(&mut self, info: &ContainerInfo, now: Millis) -> Change {
+        let was_running = self.containers.get(&info.id).is_some_and(|c| c.running);
+        let change = self.apply(info, now);
+        if was_running && info.running && change == Change::Unchanged {
+            self.duplicates += 1;
+            return Change::Duplicate;
+        }
+        change
+    }
+
+    /// Records what a resync saw; never counts duplicates.
+    pub fn observe(&mut self, info: &ContainerInfo, now: Millis) -> Change {
+        self.apply(info, now)
+    }
+
+    fn apply(&mut self, info: &ContainerInfo, now: Millis) -> Change {
+        let parsed = match labels::parse(&info.labels) {
+            Ok(p) => p,
+            Err(e) => return self.reject(info, &e),
+        };
+        self.rejected.remove(&info.id);
+        let (address, problem) = dial_address(info, parsed.network.as_deref());
+        let next = Container {
+            id: info.id.clone(),
+            name: info.name.clone(),
+            service: parsed.service.clone(),
+            port: parsed.port,
+            address,
+            running: info.running,
+            problem,
+        };
+        match self.containers.get(&info.id) {
+            Some(old) if *old == next => Change::Unchanged,
+            Some(old) if old.service == next.service => {
+                self.containers.insert(info.id.clone(), next);
+                Change::Updated {
+                    service: parsed.service,
+                }
+            }
+            old => {
+                // New container, or a container whose service label changed (re-created).
+                if old.is_some() {
+                    self.remove(&info.id);
+                }
+                let svc = self
+                    .services
+                    .entry(parsed.service.clone())
+                    .or_insert_with(|| Service {
+                        containers: BTreeSet::new(),
+                        since: now,
+                    });
+                let new_service = svc.containers.is_empty();
+                svc.containers.insert(info.id.clone());
+                self.containers.insert(info.id.clone(), next);
+                Change::Added {
+                    service: parsed.service,
+                    new_service,
+                }
+            }
+        }
+    }
+
+    fn reject(&mut self, info: &ContainerInfo, e: &LabelError) -> Change {
+        // A container that was valid and now is not (labels never change in Docker,
+        // but be safe): drop it from its service, keep its rejection record.
+        let earlier = self.rejected.remove(&info.id);
+        self.remove(&info.id);
+        if let Some(r) = earlier {
+            self.rejected.insert(info.id.clone(), r);
+        }
+        let reason = e.to_string();
+        let service = info
+            .labels
+            .get(labels::SERVICE)
+            .map(|s| s.chars().take(80).collect::<String>());
+        let unchanged = self
+            .rejected
+            .get(&info.id)
+            .is_some_and(|r| r.reason == reason);
+        self.rejected.insert(
+            info.id.clone(),
+            Rejected {
+                id: info.id.clone(),
+                name: info.name.clone(),
+                service,
+                reason: reason.clone(),
+            },
+        );
+        if unchanged {
+            Change::Unchanged
+        } else {
+            Change::Rejected(reason)
+        }
+    }
+
+    /// Marks a container stopped (die/stop/pause events). Returns its service if it changed.
+    pub fn set_running(&mut self, id: &str, running: bool) -> Option<String> {
+        let c = self.containers.get_mut(id)?;
+        if c.running == running {
+            return None;
+        }
+        c.running = running;
+        Some(c.service.clone())
+    }
+
+    /// Removes a container (destroy event, or gone at resync). Returns its
+    /// service and whether the service has no container left.
+    pub fn remove(&mut self, id: &str) -> Option<(String, bool)> {
+        self.rejected.remove(id);
+        let c = self.containers.remove(id)?;
+        let empty = match self.services.get_mut(&c.service) {
+            Some(s) => {
+                s.containers.remove(id);
+                s.containers.is_empty()
+            }
+            None => true,
+        };
+        if empty {
+            self.services.remove(&c.service);
+        }
+        Some((c.service, empty))
+    }
+
+    /// Container ids currently known (registered or rejected).
+    pub fn known_ids(&self) -> BTreeSet<String> {
+        self.containers
+            .keys()
+            .chain(self.rejected.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// Services, by name.
+    pub fn services(&self) -> &BTreeMap<String, Service> {
+        &self.services
+    }
+
+    /// A container by id.
+    pub fn container(&self, id: &str) -> Option<&Container> {
+        self.containers.get(id)
+    }
+
+    /// The containers of a service, in id order.
+    pub fn replicas(&self, service: &str) -> Vec<&Container> {
+        self.services
+            .get(service)
+            .map(|s| {
+                s.containers
+                    .iter()
+                    .filter_map(|id| self.containers.get(id))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Running replicas that can be dialled, as (address, port).
+    pub fn endpoints(&self, service: &str) -> Vec<(IpAddr, u16)> {
+        self.replicas(service)
+            .into_iter()
+            .filter(|c| c.running)
+            .filter_map(|c| c.address.map(|a| (a, c.port)))
+            .collect()
+    }
+
+    /// Rejected containers.
+    pub fn rejected(&self) -> impl Iterator<Item = &Rejected> {
+        self.rejected.values()
+    }
+
+    /// Duplicate registration attempts so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str, service: &str, running: bool) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            name: format!("c-{id}"),
+            labels: [(labels::SERVICE.to_string(), service.to_string())].into(),
+            networks: vec![("bridge".into(), Some("172.17.0.2".parse().unwrap()))],
+            running,
+        }
+    }
+
+    #[test]
+    fn registration_is_idempotent_and_counts_duplicates() {
+        let mut r = Registry::new();
+        assert_eq!(
+            r.register(&info("a", "docs", true), 1),
+            Change::Added {
+                service: "docs".into(),
+                new_service: true
+            }
+        );
+        assert_eq!(r.register(&info("a", "docs", true), 2), Change::Duplicate);
+        assert_eq!(r.register(&info("a", "docs", true), 3), Change::Duplicate);
+        assert_eq!(r.duplicates(), 2);
+        // A resync observing it counts nothing.
+        assert_eq!(r.observe(&info("a", "docs", true), 4), Change::Unchanged);
+        assert_eq!(r.duplicates(), 2);
+        // A restart after a stop is a state change, not a duplicate.
+        r.set_running("a", false);
+        assert_eq!(
+            r.register(&info("a", "docs", true), 5),
+            Change::Updated {
+                service: "docs".into()
+            }
+        );
+        assert_eq!(r.duplicates(), 2);
+        assert_eq!(r.services()["docs"].since, 1);
+    }
+
+    #[test]
+    fn replicas_group_and_removal_empties_service() {
+        let mut r = Registry::new();
+        r.register(&info("a", "docs", true), 0);
+        assert_eq!(
+            r.register(&info("b", "docs", true), 0),
+            Change::Added {
+                service: "docs".into(),
+                new_service: false
+            }
+        );
+        assert_eq!(r.endpoints("docs").len(), 2);
+        assert_eq!(r.remove("a"), Some(("docs".into(), false)));
+        assert_eq!(r.remove("b"), Some(("docs".into(), true)));
+        assert!(r.services().is_empty());
+        assert_eq!(r.remove("b"), None);
+    }
+
+    #[test]
+    fn bad_labels_are_rejected_once_with_reason() {
+        let mut r = Registry::new();
+        let bad = info("x", "Not Valid", true);
+        assert!(
+            matches!(r.register(&bad, 0), Change::Rejected(ref why) if why.contains("invalid"))
+        );
+        assert_eq!(
+            r.register(&bad, 0),
+            Change::Unchanged,
+            "one log line per state change"
+        );
+        assert_eq!(r.rejected().count(), 1);
+        assert!(r.services().is_empty());
+        let mut wrong_net = info("y", "docs", true);
+        wrong_net
+            .labels
+            .insert(labels::NETWORK.into(), "mesh".into());
+        r.register(&wrong_net, 0);
+        assert!(
+            r.container("y")
+                .unwrap()
+                .problem
+                .as_deref()
+                .unwrap()
+                .contains("mesh")
+        );
+        assert!(r.endpoints("docs").is_empty());
+    }
+}

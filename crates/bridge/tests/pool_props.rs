@@ -1,0 +1,250 @@
+//! Property tests of the port pool against a simple model.
+//!
+//! The model keeps one plain map of port -> state and checks every answer of
+//! the real pool: a port is never given to two services, never outside the
+//! ranges, never while quarantined for another service or conflicted; a
+//! reservation fails only when the model has no free port (no "counter only
+//! grows" exhaustion); sticky ports stay sticky.
+
+use std::collections::{BTreeMap, HashMap};
+
+use mesh_bridge::pool::{Millis, Outcome, Pool, PoolError, PortRanges, Reservation};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone, PartialEq)]
+enum M {
+    Reserved(usize),
+    Quarantined(usize, Millis),
+    Conflicted(Millis),
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Reserve(usize),
+    Release(usize),
+    Advance(Millis),
+    Conflict(usize),
+    Widen,
+}
+
+const SERVICES: usize = 12;
+const GRACE: Millis = 100;
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0..SERVICES).prop_map(Op::Reserve),
+        3 => (0..SERVICES).prop_map(Op::Release),
+        2 => (1u64..150).prop_map(Op::Advance),
+        1 => (0usize..64).prop_map(Op::Conflict),
+        1 => Just(Op::Widen),
+    ]
+}
+
+struct Model {
+    ranges: Vec<(u16, u16)>,
+    ports: BTreeMap<u16, M>,
+    last: HashMap<usize, u16>,
+}
+
+impl Model {
+    fn all_ports(&self) -> Vec<u16> {
+        self.ranges.iter().flat_map(|&(a, b)| a..=b).collect()
+    }
+    fn expire(&mut self, now: Millis) {
+        let mut freed = Vec::new();
+        self.ports.retain(|&p, st| match st {
+            M::Quarantined(s, u) if *u <= now => {
+                freed.push((*s, p));
+                false
+            }
+            M::Conflicted(u) if *u <= now => false,
+            _ => true,
+        });
+        for (s, p) in freed {
+            self.last.insert(s, p);
+        }
+    }
+    fn held(&self, s: usize) -> Option<(u16, &M)> {
+        self.ports
+            .iter()
+            .find(|(_, st)| matches!(st, M::Reserved(x) | M::Quarantined(x, _) if *x == s))
+            .map(|(p, st)| (*p, st))
+    }
+    fn free_count(&self) -> usize {
+        self.all_ports().len() - self.ports.len()
+    }
+    fn ranges(&self) -> PortRanges {
+        let s: Vec<String> = self
+            .ranges
+            .iter()
+            .map(|(a, b)| format!("{a}-{b}"))
+            .collect();
+        s.join(",").parse().expect("model ranges are valid")
+    }
+}
+
+fn name(s: usize) -> String {
+    format!("svc-{s}")
+}
+
+fn check_agreement(pool: &Pool, model: &Model) -> Result<(), TestCaseError> {
+    let c = pool.counts();
+    let reserved = model
+        .ports
+        .values()
+        .filter(|m| matches!(m, M::Reserved(_)))
+        .count();
+    let quarantined = model
+        .ports
+        .values()
+        .filter(|m| matches!(m, M::Quarantined(..)))
+        .count();
+    prop_assert_eq!(c.in_use, reserved);
+    prop_assert_eq!(c.quarantined, quarantined);
+    prop_assert_eq!(c.free, model.free_count());
+    prop_assert_eq!(c.capacity, model.all_ports().len());
+    // No port held by two services, and each service holds at most one port.
+    let mut by_service: HashMap<String, u16> = HashMap::new();
+    for (svc, port) in pool.reserved() {
+        prop_assert!(
+            model.ranges().contains(port),
+            "port {} outside ranges",
+            port
+        );
+        prop_assert!(by_service.insert(svc.to_string(), port).is_none());
+    }
+    let mut ports: Vec<u16> = by_service.values().copied().collect();
+    ports.sort_unstable();
+    ports.dedup();
+    prop_assert_eq!(
+        ports.len(),
+        by_service.len(),
+        "a port shared by two services"
+    );
+    Ok(())
+}
+
+fn step(
+    pool: &mut Pool,
+    model: &mut Model,
+    now: &mut Millis,
+    op: &Op,
+) -> Result<(), TestCaseError> {
+    match *op {
+        Op::Advance(dt) => {
+            *now += dt;
+            pool.expire(*now);
+            model.expire(*now);
+        }
+        Op::Reserve(s) => {
+            model.expire(*now);
+            let before = model.held(s).map(|(p, st)| (p, st.clone()));
+            match pool.reserve(&name(s), *now) {
+                Ok(Reservation::AlreadyHeld(p)) => {
+                    prop_assert_eq!(before, Some((p, M::Reserved(s))));
+                }
+                Ok(Reservation::Assigned { port, outcome }) => {
+                    match before {
+                        Some((q, M::Quarantined(..))) => {
+                            prop_assert_eq!(port, q, "quarantined port must come back");
+                            prop_assert_eq!(outcome, Outcome::Sticky);
+                        }
+                        Some((_, other)) => prop_assert!(false, "reserved twice: {:?}", other),
+                        None => {
+                            prop_assert!(
+                                !model.ports.contains_key(&port),
+                                "port {} was not free",
+                                port
+                            );
+                            prop_assert!(model.all_ports().contains(&port), "outside ranges");
+                            let last_free = model.last.get(&s).filter(|p| {
+                                !model.ports.contains_key(p) && model.all_ports().contains(p)
+                            });
+                            if let Some(&lp) = last_free {
+                                prop_assert_eq!(port, lp, "last port is tried first");
+                                prop_assert_eq!(outcome, Outcome::Sticky);
+                            }
+                        }
+                    }
+                    model.ports.insert(port, M::Reserved(s));
+                    model.last.insert(s, port);
+                }
+                Err(PoolError::Exhausted { .. }) => {
+                    prop_assert!(before.is_none());
+                    prop_assert_eq!(model.free_count(), 0, "exhausted while a port was free");
+                }
+                Err(e) => prop_assert!(false, "unexpected error {}", e),
+            }
+        }
+        Op::Release(s) => {
+            let got = pool.release(&name(s), *now);
+            match model.held(s).map(|(p, st)| (p, st.clone())) {
+                Some((p, M::Reserved(_))) => {
+                    prop_assert_eq!(got, Some(p));
+                    model.ports.insert(p, M::Quarantined(s, *now + GRACE));
+                    model.last.insert(s, p);
+                }
+                _ => prop_assert_eq!(got, None),
+            }
+        }
+        Op::Conflict(i) => {
+            let all = model.all_ports();
+            let port = all[i % all.len()];
+            let lost = pool.mark_conflicted(port, *now + 50);
+            let expected = match model.ports.get(&port) {
+                Some(M::Reserved(s) | M::Quarantined(s, _)) => Some(name(*s)),
+                _ => None,
+            };
+            prop_assert_eq!(lost.as_deref().map(str::to_string), expected);
+            if let Some(M::Reserved(s) | M::Quarantined(s, _)) = model.ports.get(&port) {
+                if model.last.get(s) == Some(&port) {
+                    let s = *s;
+                    model.last.remove(&s);
+                }
+            }
+            model.ports.insert(port, M::Conflicted(*now + 50));
+        }
+        Op::Widen => {
+            let end = model.ranges.last().expect("non-empty").1;
+            if end < 60_000 {
+                model.ranges.push((end + 10, end + 13));
+                pool.widen(model.ranges())
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn pool_agrees_with_model(
+        start in 1000u16..2000,
+        len in 1u16..10,
+        ops in proptest::collection::vec(op(), 1..200),
+    ) {
+        let mut model = Model { ranges: vec![(start, start + len - 1)], ports: BTreeMap::new(), last: HashMap::new() };
+        let mut pool = Pool::new(model.ranges(), GRACE);
+        let mut now: Millis = 0;
+        for op in &ops {
+            step(&mut pool, &mut model, &mut now, op)?;
+            check_agreement(&pool, &model)?;
+        }
+    }
+
+    #[test]
+    fn never_exhausted_while_a_port_is_free(churn in proptest::collection::vec(0usize..50, 1..400)) {
+        // The seed's bug: a counter that only grows. Churning far more services
+        // than the range holds must keep working as long as ports are released.
+        let mut pool = Pool::new("20000-20009".parse().expect("valid"), 0);
+        for (i, s) in churn.iter().enumerate() {
+            let svc = format!("s{s}-{i}");
+            let port = pool.reserve(&svc, 0).map_err(|e| TestCaseError::fail(e.to_string()))?.port();
+            prop_assert!((20000..=20009).contains(&port));
+            pool.release(&svc, 0);
+        }
+        prop_assert_eq!(pool.counts().free, 10);
+    }
+}
