@@ -2,7 +2,15 @@
 //! stable host port from a bounded pool, keeps it across restarts, and
 //! measures it. See ARCHITECTURE.md for the map and DESIGN.md for the contract.
 
+pub mod api;
+pub mod app;
 pub mod config;
+pub mod docker;
+pub mod forward;
 pub mod labels;
+pub mod metrics;
 pub mod pool;
+pub mod reconcile;
 pub mod registry;
+pub mod state;
+pub mod store;

@@ -1,0 +1,1 @@
+//! The running daemon: wires store, pool, registry, watcher, forwarder and API together.

@@ -1,0 +1,1 @@
+//! One listening socket a reserved port, each connection spliced to a running replica.

@@ -1,0 +1,1 @@
+//! Durable state in SQLite: reservations, quarantine, last-port history, schema version.
