@@ -2,6 +2,7 @@
 //! reliability run, benchmarks, dashboard checks and the long crash test.
 
 mod dashboards;
+mod dind;
 mod images;
 
 use anyhow::Result;
