@@ -822,6 +822,24 @@ impl Pool {
         Ok(())
     }
 
+    /// Every service holding a port: (service, port, None) when reserved,
+    /// (service, port, Some(until)) when quarantined. For persistence.
+    pub fn holdings(&self) -> impl Iterator<Item = (&str, u16, Option<Millis>)> {
+        self.services.iter().map(|(s, h)| match *h {
+            Held::Reserved(p) => (&**s, p, None),
+            Held::Quarantined(p) => {
+                let until = self
+                    .offset_of(p)
+                    .and_then(|off| match self.slots[off] {
+                        Slot::Quarantined(_, u) => Some(u),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                (&**s, p, Some(until))
+            }
+        })
+    }
+
     /// Services holding a reserved port, with it.
     pub fn reserved(&self) -> impl Iterator<Item = (&str, u16)> {
         self.services.iter().filter_map(|(s, h)| match h {

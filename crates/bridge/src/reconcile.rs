@@ -1,1 +1,605 @@
-//! Applies Docker truth to the registry and the pool; releases leaked reservations after several resyncs.
+//! Applies Docker truth to the registry and the pool, and says what the
+//! forwarder must do. Pure and synchronous (time passed in), so it is tested
+//! without Docker; the app performs the [`Effect`]s.
+//!
+//! Rules: a service with at least one container (running or not) holds a
+//! port; a destroyed last container releases it into quarantine; a reserved
+//! service with no container is released only after `--leak-cycles`
+//! consecutive resyncs without one (never on one missed observation); a
+//! service that finds no port is `pending`, counted once as an exhaustion
+//! event when it becomes pending, and retried whenever a port frees up.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::metrics::{Metrics, release};
+use crate::pool::{Millis, Outcome, Pool, PoolError, Reservation};
+use crate::registry::{Change, ContainerInfo, Registry};
+
+/// How long a port another process held stays out of use.
+pub const CONFLICT_HOLD_MS: Millis = 60_000;
+
+/// What the forwarder must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Listen for the service on the port (idempotent).
+    Open {
+        /// The service.
+        service: String,
+        /// Its port.
+        port: u16,
+    },
+    /// Stop listening for the service.
+    Close {
+        /// The service.
+        service: String,
+    },
+    /// The running replicas of the service changed.
+    Endpoints {
+        /// The service.
+        service: String,
+        /// Where to dial.
+        endpoints: Vec<SocketAddr>,
+    },
+}
+
+/// Why an API reservation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    /// The pool refused.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// The service has containers, so Docker owns its reservation.
+    #[error(
+        "service `{0}` has containers; its port follows Docker, so remove its containers instead"
+    )]
+    OwnedByDocker(String),
+    /// Nothing held.
+    #[error("service `{0}` holds no port")]
+    NotHeld(String),
+}
+
+/// One replica as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaView {
+    /// Container id.
+    pub container_id: String,
+    /// address:port dialled, or null.
+    pub address: Option<String>,
+    /// running, stopped, or unreachable with the reason.
+    pub state: String,
+}
+
+/// One service as the API shows it (`/v1/services`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceView {
+    /// Service name.
+    pub name: String,
+    /// Its port (null while pending or rejected).
+    pub port: Option<u16>,
+    /// serving, waiting, quarantined, pending or rejected.
+    pub state: &'static str,
+    /// Its containers.
+    pub replicas: Vec<ReplicaView>,
+    /// RFC 3339 time the service appeared (or the reservation was made).
+    pub since: Option<String>,
+    /// Why it is pending or rejected.
+    pub reason: Option<String>,
+}
+
+/// The reconciler's state.
+#[derive(Debug)]
+pub struct Core {
+    /// The port pool.
+    pub pool: Pool,
+    /// Containers and services.
+    pub registry: Registry,
+    /// Reserved services without containers: resyncs seen so.
+    missing: HashMap<String, u32>,
+    /// Services with containers but no port, with the reason.
+    pending: BTreeMap<String, String>,
+    /// Reservations made through the API (an orchestrator publishes the port).
+    pinned: BTreeMap<String, Millis>,
+    leak_cycles: u32,
+    metrics: Metrics,
+}
+
+fn to_rfc3339(ms: Millis) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+impl Core {
+    /// A reconciler over `pool`.
+    pub fn new(pool: Pool, leak_cycles: u32, metrics: Metrics) -> Self {
+        Core {
+            pool,
+            registry: Registry::new(),
+            missing: HashMap::new(),
+            pending: BTreeMap::new(),
+            pinned: BTreeMap::new(),
+            leak_cycles,
+            metrics,
+        }
+    }
+
+    /// Marks a service as reserved through the API (also when restored).
+    pub fn pin(&mut self, service: &str, since: Millis) {
+        self.pinned.insert(service.to_string(), since);
+    }
+
+    /// API-reserved services.
+    pub fn pinned(&self) -> impl Iterator<Item = &str> {
+        self.pinned.keys().map(String::as_str)
+    }
+
+    /// Forwarder work for every reserved service (after a restore).
+    pub fn open_all(&self) -> Vec<Effect> {
+        self.pool
+            .reserved()
+            .filter(|(s, _)| !self.pinned.contains_key(*s))
+            .map(|(s, p)| Effect::Open {
+                service: s.to_string(),
+                port: p,
+            })
+            .collect()
+    }
+
+    fn endpoints(&self, service: &str) -> Effect {
+        Effect::Endpoints {
+            service: service.to_string(),
+            endpoints: self
+                .registry
+                .endpoints(service)
+                .into_iter()
+                .map(|(ip, port)| SocketAddr::new(ip, port))
+                .collect(),
+        }
+    }
+
+    /// Makes sure a service with containers holds a port and is forwarded.
+    fn ensure(&mut self, service: &str, now: Millis, out: &mut Vec<Effect>) {
+        if !self.registry.services().contains_key(service) {
+            return;
+        }
+        self.missing.remove(service);
+        self.pinned.remove(service);
+        let port = match self.pool.reserve(service, now) {
+            Ok(Reservation::AlreadyHeld(p)) => p,
+            Ok(Reservation::Assigned { port, outcome }) => {
+                self.metrics
+                    .allocations
+                    .with_label_values(&[outcome.as_str()])
+                    .inc();
+                if self.pending.remove(service).is_some() {
+                    tracing::info!(service, port, "pending service got a port");
+                } else {
+                    tracing::info!(service, port, outcome = outcome.as_str(), "port reserved");
+                }
+                port
+            }
+            Err(e) => {
+                if !self.pending.contains_key(service) {
+                    self.metrics.exhaustion_events.inc();
+                    tracing::warn!(service, error = %e, "service is pending: no port");
+                }
+                self.pending.insert(service.to_string(), e.to_string());
+                return;
+            }
+        };
+        out.push(Effect::Open {
+            service: service.to_string(),
+            port,
+        });
+        out.push(self.endpoints(service));
+    }
+
+    fn note_change(&mut self, change: &Change, name: &str) {
+        match change {
+            Change::Duplicate => self.metrics.duplicate_registrations.inc(),
+            Change::Rejected(reason) => {
+                tracing::warn!(container = name, %reason, "container rejected");
+            }
+            _ => {}
+        }
+    }
+
+    /// A container started (event). `replayed` events are observations.
+    /// Returns the effects and whether this was a fresh registration whose
+    /// latency should be measured.
+    pub fn started(
+        &mut self,
+        info: &ContainerInfo,
+        replayed: bool,
+        now: Millis,
+    ) -> (Vec<Effect>, bool) {
+        let change = if replayed {
+            self.registry.observe(info, now)
+        } else {
+            self.registry.register(info, now)
+        };
+        self.note_change(&change, &info.name);
+        let mut out = Vec::new();
+        let fresh = matches!(change, Change::Added { .. } | Change::Updated { .. });
+        if let Some(c) = self.registry.container(&info.id) {
+            let service = c.service.clone();
+            self.ensure(&service, now, &mut out);
+        }
+        (out, fresh && !replayed)
+    }
+
+    /// A container stopped running.
+    pub fn stopped(&mut self, id: &str) -> Vec<Effect> {
+        match self.registry.set_running(id, false) {
+            Some(service) => vec![self.endpoints(&service)],
+            None => Vec::new(),
+        }
+    }
+
+    /// A container was removed.
+    pub fn destroyed(&mut self, id: &str, now: Millis) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if let Some((service, empty)) = self.registry.remove(id) {
+            if empty {
+                self.release(&service, release::REMOVED, now, &mut out);
+            } else {
+                out.push(self.endpoints(&service));
+            }
+        }
+        out
+    }
+
+    fn release(&mut self, service: &str, reason: &str, now: Millis, out: &mut Vec<Effect>) {
+        self.pending.remove(service);
+        self.missing.remove(service);
+        if let Some(port) = self.pool.release(service, now) {
+            self.metrics.releases.with_label_values(&[reason]).inc();
+            tracing::info!(service, port, reason, "port released into quarantine");
+        }
+        out.push(Effect::Close {
+            service: service.to_string(),
+        });
+        self.retry_pending(now, out);
+    }
+
+    /// A full list from Docker.
+    pub fn resync(&mut self, containers: &[ContainerInfo], now: Millis) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let seen: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        for id in self.registry.known_ids() {
+            if !seen.contains(id.as_str())
+                && let Some((service, empty)) = self.registry.remove(&id)
+                && !empty
+            {
+                out.push(self.endpoints(&service));
+            }
+        }
+        for info in containers {
+            let change = self.registry.observe(info, now);
+            self.note_change(&change, &info.name);
+        }
+        let services: Vec<String> = self.registry.services().keys().cloned().collect();
+        for s in &services {
+            self.ensure(s, now, &mut out);
+        }
+        // Reserved services without any container: count, release after N resyncs.
+        let orphans: Vec<String> = self
+            .pool
+            .reserved()
+            .map(|(s, _)| s.to_string())
+            .filter(|s| !self.registry.services().contains_key(s) && !self.pinned.contains_key(s))
+            .collect();
+        for s in orphans {
+            let n = self.missing.entry(s.clone()).or_insert(0);
+            *n += 1;
+            if *n >= self.leak_cycles {
+                self.metrics.reconcile_leaks.inc();
+                tracing::warn!(service = %s, cycles = self.leak_cycles, "no container for the service; releasing its port");
+                self.release(&s, release::LEAK, now, &mut out);
+            }
+        }
+        self.pending
+            .retain(|s, _| self.registry.services().contains_key(s));
+        out
+    }
+
+    /// Ends expired quarantines and conflicts; retries pending services.
+    pub fn expire(&mut self, now: Millis) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if !self.pool.expire(now).is_empty() {
+            self.retry_pending(now, &mut out);
+        }
+        out
+    }
+
+    fn retry_pending(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        let waiting: Vec<String> = self.pending.keys().cloned().collect();
+        for s in waiting {
+            self.ensure(&s, now, out);
+        }
+    }
+
+    /// The forwarder could not bind `port` for `service`: another process holds it.
+    pub fn conflicted(&mut self, service: &str, port: u16, now: Millis) -> Vec<Effect> {
+        let mut out = Vec::new();
+        self.metrics.conflicts.inc();
+        if self.pool.port_of(service) == Some(port) {
+            self.metrics
+                .releases
+                .with_label_values(&[release::CONFLICT])
+                .inc();
+        }
+        self.pool
+            .mark_conflicted(port, now.saturating_add(CONFLICT_HOLD_MS));
+        tracing::warn!(
+            service,
+            port,
+            "port held by another process; moving the service"
+        );
+        self.ensure(service, now, &mut out);
+        out
+    }
+
+    /// `POST /v1/reservations`. Returns the port and whether it was already held.
+    pub fn reserve_api(
+        &mut self,
+        service: &str,
+        port: Option<u16>,
+        now: Millis,
+    ) -> Result<(u16, bool), ReserveError> {
+        let r = match port {
+            Some(p) => self.pool.reserve_port(service, p, now)?,
+            None => self.pool.reserve(service, now)?,
+        };
+        match r {
+            Reservation::AlreadyHeld(p) => {
+                self.metrics.duplicate_registrations.inc();
+                Ok((p, true))
+            }
+            Reservation::Assigned { port, outcome } => {
+                self.metrics
+                    .allocations
+                    .with_label_values(&[outcome.as_str()])
+                    .inc();
+                if !self.registry.services().contains_key(service) {
+                    self.pinned.insert(service.to_string(), now);
+                }
+                Ok((port, false))
+            }
+        }
+    }
+
+    /// `DELETE /v1/reservations/{name}`.
+    pub fn unreserve_api(&mut self, service: &str, now: Millis) -> Result<u16, ReserveError> {
+        if self.registry.services().contains_key(service) {
+            return Err(ReserveError::OwnedByDocker(service.to_string()));
+        }
+        let port = self
+            .pool
+            .port_of(service)
+            .ok_or_else(|| ReserveError::NotHeld(service.to_string()))?;
+        self.pinned.remove(service);
+        let mut out = Vec::new();
+        self.release(service, release::API, now, &mut out);
+        Ok(port)
+    }
+
+    /// Counts a restored reservation.
+    pub fn count_restored(&self) {
+        self.metrics
+            .allocations
+            .with_label_values(&[Outcome::Restored.as_str()])
+            .inc();
+    }
+
+    /// Every service as the API shows it.
+    pub fn views(&self) -> Vec<ServiceView> {
+        let mut out = Vec::new();
+        let mut named: BTreeSet<&str> = BTreeSet::new();
+        for (name, svc) in self.registry.services() {
+            named.insert(name);
+            let replicas: Vec<ReplicaView> = self
+                .registry
+                .replicas(name)
+                .into_iter()
+                .map(|c| ReplicaView {
+                    container_id: c.id.clone(),
+                    address: c.address.map(|a| SocketAddr::new(a, c.port).to_string()),
+                    state: match (&c.problem, c.running) {
+                        (Some(p), _) => format!("unreachable: {p}"),
+                        (None, true) => "running".into(),
+                        (None, false) => "stopped".into(),
+                    },
+                })
+                .collect();
+            let port = self.pool.port_of(name);
+            let serving = !self.registry.endpoints(name).is_empty();
+            let (state, reason) = match (port, serving) {
+                (None, _) => ("pending", self.pending.get(name.as_str()).cloned()),
+                (Some(_), true) => ("serving", None),
+                (Some(_), false) => ("waiting", Some("no running replica".to_string())),
+            };
+            out.push(ServiceView {
+                name: name.clone(),
+                port,
+                state,
+                replicas,
+                since: Some(to_rfc3339(svc.since)),
+                reason,
+            });
+        }
+        for (service, port, until) in self.pool.holdings() {
+            if named.contains(service) {
+                continue;
+            }
+            let (state, reason) = match (until, self.pinned.contains_key(service)) {
+                (Some(u), _) => (
+                    "quarantined",
+                    Some(format!("kept for the service until {}", to_rfc3339(u))),
+                ),
+                (None, true) => ("serving", Some("reserved through the API".to_string())),
+                (None, false) => (
+                    "waiting",
+                    Some("no container seen since the reservation was restored".to_string()),
+                ),
+            };
+            out.push(ServiceView {
+                name: service.to_string(),
+                port: Some(port),
+                state,
+                replicas: Vec::new(),
+                since: self.pinned.get(service).map(|ms| to_rfc3339(*ms)),
+                reason,
+            });
+        }
+        for r in self.registry.rejected() {
+            out.push(ServiceView {
+                name: r.service.clone().unwrap_or_default(),
+                port: None,
+                state: "rejected",
+                replicas: vec![ReplicaView {
+                    container_id: r.id.clone(),
+                    address: None,
+                    state: "rejected".into(),
+                }],
+                since: None,
+                reason: Some(r.reason.clone()),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Pending services (with containers, without a port).
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Updates the pool and services gauges.
+    pub fn update_gauges(&self) -> Vec<ServiceView> {
+        self.metrics.set_pool(&self.pool.counts());
+        let views = self.views();
+        for state in ["serving", "waiting", "quarantined", "pending", "rejected"] {
+            let n = views.iter().filter(|v| v.state == state).count();
+            self.metrics
+                .services
+                .with_label_values(&[state])
+                .set(n as i64);
+        }
+        views
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels;
+
+    fn info(id: &str, service: &str, running: bool) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            name: format!("c-{id}"),
+            labels: [(labels::SERVICE.to_string(), service.to_string())].into(),
+            networks: vec![("bridge".into(), Some("172.17.0.2".parse().unwrap()))],
+            running,
+        }
+    }
+
+    fn core(ports: &str, leak: u32) -> Core {
+        Core::new(
+            Pool::new(ports.parse().unwrap(), 1000),
+            leak,
+            Metrics::new().unwrap(),
+        )
+    }
+
+    #[test]
+    fn start_reserves_and_replay_counts_no_duplicate() {
+        let mut c = core("100-101", 3);
+        let (fx, fresh) = c.started(&info("a", "docs", true), false, 0);
+        assert!(fresh);
+        assert!(fx.contains(&Effect::Open {
+            service: "docs".into(),
+            port: 100
+        }));
+        let _ = c.started(&info("a", "docs", true), true, 1);
+        assert_eq!(c.metrics.duplicate_registrations.get(), 0);
+        let (_, fresh) = c.started(&info("a", "docs", true), false, 2);
+        assert!(!fresh);
+        assert_eq!(c.metrics.duplicate_registrations.get(), 1);
+        let _ = c.resync(&[info("a", "docs", true)], 3);
+        assert_eq!(c.metrics.duplicate_registrations.get(), 1);
+    }
+
+    #[test]
+    fn exhaustion_counts_once_per_pending_service_and_retries() {
+        let mut c = core("100-100", 3);
+        let _ = c.started(&info("a", "one", true), false, 0);
+        let _ = c.started(&info("b", "two", true), false, 0);
+        for t in 1..10 {
+            let _ = c.resync(&[info("a", "one", true), info("b", "two", true)], t);
+        }
+        assert_eq!(c.metrics.exhaustion_events.get(), 1);
+        assert_eq!(c.pending(), 1);
+        let fx = c.destroyed("a", 20);
+        assert_eq!(c.pool.port_of("two"), None, "quarantine keeps it for `one`");
+        assert!(fx.contains(&Effect::Close {
+            service: "one".into()
+        }));
+        let fx = c.expire(20 + 1000);
+        assert!(fx.contains(&Effect::Open {
+            service: "two".into(),
+            port: 100
+        }));
+        assert_eq!(c.pending(), 0);
+    }
+
+    #[test]
+    fn leak_needs_consecutive_resyncs() {
+        let mut c = core("100-109", 3);
+        c.pool
+            .restore("ghost", 105, &crate::pool::RestoreState::Reserved)
+            .unwrap();
+        let _ = c.resync(&[], 1);
+        let _ = c.resync(&[], 2);
+        assert_eq!(c.pool.port_of("ghost"), Some(105));
+        // it comes back: the count starts again
+        let _ = c.resync(&[info("g", "ghost", true)], 3);
+        let _ = c.resync(&[], 4);
+        let _ = c.resync(&[], 5);
+        assert_eq!(c.pool.port_of("ghost"), Some(105));
+        let fx = c.resync(&[], 6);
+        assert_eq!(c.pool.port_of("ghost"), None);
+        assert_eq!(c.pool.quarantined_port_of("ghost"), Some(105));
+        assert!(fx.contains(&Effect::Close {
+            service: "ghost".into()
+        }));
+        assert_eq!(c.metrics.reconcile_leaks.get(), 1);
+    }
+
+    #[test]
+    fn conflict_moves_the_service() {
+        let mut c = core("100-101", 3);
+        let _ = c.started(&info("a", "docs", true), false, 0);
+        let fx = c.conflicted("docs", 100, 1);
+        assert!(fx.contains(&Effect::Open {
+            service: "docs".into(),
+            port: 101
+        }));
+        assert_eq!(c.metrics.conflicts.get(), 1);
+    }
+
+    #[test]
+    fn api_reservations_are_idempotent_and_not_leaked() {
+        let mut c = core("100-101", 1);
+        assert_eq!(c.reserve_api("ext", None, 0).unwrap(), (100, false));
+        assert_eq!(c.reserve_api("ext", None, 1).unwrap(), (100, true));
+        assert_eq!(c.metrics.duplicate_registrations.get(), 1);
+        let _ = c.resync(&[], 2);
+        assert_eq!(c.pool.port_of("ext"), Some(100));
+        assert_eq!(c.unreserve_api("ext", 3).unwrap(), 100);
+        assert!(c.unreserve_api("ext", 4).is_err());
+    }
+}
