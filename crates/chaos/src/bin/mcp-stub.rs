@@ -1,0 +1,101 @@
+//! `mcp-stub`: a tiny MCP server for scenarios and tests (DESIGN.md section 3).
+//!
+//! `mcp-stub` serves on `0.0.0.0:$MCP_STUB_PORT` (default 8080) with
+//! `serverInfo.name` = `$MCP_STUB_NAME`; `mcp-stub --probe` checks
+//! `http://127.0.0.1:$MCP_STUB_PORT/healthz` and exits 0 (healthy) or 1, for an
+//! exec-form Docker HEALTHCHECK in a `FROM scratch` image.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use mesh_chaos::stub::{self, StubConfig};
+
+const USAGE: &str = "\
+usage: mcp-stub [--probe]
+
+Serves MCP (JSON-RPC 2.0) on POST /mcp and GET /healthz.
+  --probe        GET http://127.0.0.1:$MCP_STUB_PORT/healthz, exit 0 if healthy, else 1
+  -h, --help     this text
+  -V, --version  print the version
+environment:
+  MCP_STUB_PORT  listening port (default 8080)
+  MCP_STUB_NAME  serverInfo.name returned by initialize (default mcp-stub)
+";
+
+enum Mode {
+    Serve,
+    Probe,
+}
+
+fn main() -> ExitCode {
+    let mut mode = Mode::Serve;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--probe" => mode = Mode::Probe,
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "-V" | "--version" => {
+                println!("mcp-stub {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("mcp-stub: unknown argument {other:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let port = match stub::port_from_env() {
+        Ok(port) => port,
+        Err(e) => {
+            eprintln!("mcp-stub: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp-stub: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match mode {
+        Mode::Probe => {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            match runtime.block_on(stub::healthz(addr, Duration::from_secs(2))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mcp-stub --probe: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Mode::Serve => {
+            let config = StubConfig::from_env();
+            eprintln!(
+                "mcp-stub {}: serving {:?} on 0.0.0.0:{port}",
+                env!("CARGO_PKG_VERSION"),
+                config.name
+            );
+            let result = runtime.block_on(stub::run(port, config, async {
+                stub::shutdown_signal().await;
+                eprintln!("mcp-stub: signal received, shutting down");
+            }));
+            match result {
+                Ok(()) => {
+                    eprintln!("mcp-stub: stopped");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mcp-stub: cannot serve on port {port}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! The MCP stub service (DESIGN.md section 3, "MCP stub") and the small client
+//! the harness uses to probe it.
+//!
+//! Server side: JSON-RPC 2.0 over HTTP/1.1 on `POST /mcp` (`initialize`, `ping`,
+//! `tools/list`, `tools/call` of `echo`), `GET /healthz`. `initialize` answers
+//! with `serverInfo.name` set to the configured name, so a probe can prove which
+//! service it reached (invariant I7).
+//!
+//! Client side: [`initialize`], [`ping`], [`rpc`], [`healthz`] and the raw
+//! [`http_request`], each one HTTP/1.1 request on a fresh connection, bounded
+//! by a timeout.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Default listening port (`MCP_STUB_PORT`).
+pub const DEFAULT_PORT: u16 = 8080;
+/// Default `serverInfo.name` (`MCP_STUB_NAME`).
+pub const DEFAULT_NAME: &str = "mcp-stub";
+/// The MCP protocol revision the stub speaks.
+pub const PROTOCOL_VERSION: &str = "2025-06-18";
+/// Largest request body the stub accepts; larger ones get HTTP 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How long in-flight connections get to finish after a shutdown signal.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// JSON-RPC 2.0 error codes used by the stub.
+pub mod codes {
+    /// Invalid JSON was received.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// The JSON sent is not a valid request object.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// The method does not exist.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Invalid method parameters.
+    pub const INVALID_PARAMS: i64 = -32602;
+}
+
+/// What the stub serves.
+#[derive(Debug, Clone)]
+pub struct StubConfig {
+    /// `serverInfo.name` returned by `initialize`.
+    pub name: String,
+    /// `serverInfo.version` returned by `initialize`.
+    pub version: String,
+}
+
+impl Default for StubConfig {
+    fn default() -> Self {
+        Self {
+            name: DEFAULT_NAME.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+impl StubConfig {
+    /// A config with the given `serverInfo.name`.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Reads `MCP_STUB_NAME` (default [`DEFAULT_NAME`]).
+    pub fn from_env() -> Self {
+        match std::env::var("MCP_STUB_NAME") {
+            Ok(name) if !name.is_empty() => Self::named(name),
+            _ => Self::default(),
+        }
+    }
+}
+
+/// Reads `MCP_STUB_PORT` (default [`DEFAULT_PORT`]).
+pub fn port_from_env() -> Result<u16, StubError> {
+    match std::env::var("MCP_STUB_PORT") {
+        Ok(raw) if !raw.is_empty() => raw.trim().parse::<u16>().map_err(|_| {
+            StubError::Config(format!(
+                "MCP_STUB_PORT={raw:?} is not a port (expected 1-65535)"
+            ))
+        }),
+        _ => Ok(DEFAULT_PORT),
+    }
+}
+
+/// Errors of the stub's server and client.
+#[derive(Debug, thiserror::Error)]
+pub enum StubError {
+    /// Bad configuration (environment).
+    #[error("{0}")]
+    Config(String),
+    /// The whole exchange did not finish in time.
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout {
+        /// Where the request went.
+        addr: SocketAddr,
+        /// The limit that passed.
+        timeout: Duration,
+    },
+    /// Connecting, reading or writing failed.
+    #[error("i/o with {addr}: {source}")]
+    Io {
+        /// Where the request went.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// HTTP-level failure (handshake, malformed response).
+    #[error("http with {addr}: {source}")]
+    Http {
+        /// Where the request went.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The server answered with an unexpected HTTP status.
+    #[error("{addr} answered HTTP {status}: {body}")]
+    Status {
+        /// Where the request went.
+        addr: SocketAddr,
+        /// The status code.
+        status: u16,
+        /// The start of the body, for the log.
+        body: String,
+    },
+    /// The answer is not the JSON-RPC response expected.
+    #[error("bad answer from {addr}: {reason}")]
+    Protocol {
+        /// Where the request went.
+        addr: SocketAddr,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The server answered with a JSON-RPC error object.
+    #[error("{addr} answered JSON-RPC error {code}: {message}")]
+    Rpc {
+        /// Where the request went.
+        addr: SocketAddr,
+        /// The JSON-RPC error code.
+        code: i64,
+        /// The error message.
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------- server ----
+
+/// Binds `0.0.0.0:port` and serves until `shutdown` completes, then drains
+/// in-flight connections for up to [`DRAIN_TIMEOUT`].
+pub async fn run(
+    port: u16,
+    config: StubConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).await?;
+    serve(listener, config, shutdown).await
+}
+
+/// Serves the stub on an already bound listener until `shutdown` completes,
+/// then stops accepting and gives in-flight connections up to
+/// [`DRAIN_TIMEOUT`] to finish.
+pub async fn serve(
+    listener: TcpListener,
+    config: StubConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = std::sync::Arc::new(config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(pair) => pair,
+                    // Per-connection errors (e.g. the peer reset before accept,
+                    // or fd exhaustion): back off briefly, keep serving.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let config = config.clone();
+                let mut stop_rx = stop_rx.clone();
+                conns.spawn(async move {
+                    let service = service_fn(move |req| {
+                        let config = config.clone();
+                        async move { Ok::<_, Infallible>(handle(&config, req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        () = async { let _ = stop_rx.wait_for(|stop| *stop).await; } => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+            // Reap finished connection tasks so the set does not grow.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        conns.abort_all();
+    }
+    Ok(())
+}
+
+/// Routes one HTTP request.
+async fn handle(config: &StubConfig, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::POST, "/mcp") => {
+            let declared = req
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+                return too_large();
+            }
+            let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+                .collect()
+                .await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(err) => {
+                    if err.is::<http_body_util::LengthLimitError>() {
+                        return too_large();
+                    }
+                    return text(StatusCode::BAD_REQUEST, "unreadable body\n");
+                }
+            };
+            match handle_rpc(config, &body) {
+                Some(answer) => json_response(StatusCode::OK, &answer),
+                // A notification: MCP's streamable HTTP says 202, no body.
+                None => empty(StatusCode::ACCEPTED),
+            }
+        }
+        // The stub offers no server-initiated SSE stream.
+        (_, "/mcp") => {
+            let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+            resp.headers_mut().insert(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static("POST"),
+            );
+            resp
+        }
+        (_, "/healthz") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Answers one JSON-RPC 2.0 message. Returns `None` for a notification (a
+/// request without `id`), which gets no answer.
+pub fn handle_rpc(config: &StubConfig, body: &[u8]) -> Option<Value> {
+    let msg: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(error(
+                Value::Null,
+                codes::PARSE_ERROR,
+                &format!("parse error: {e}"),
+            ));
+        }
+    };
+    let Some(obj) = msg.as_object() else {
+        // Batches were removed from MCP in 2025-06-18.
+        return Some(error(
+            Value::Null,
+            codes::INVALID_REQUEST,
+            "expected a single JSON-RPC request object",
+        ));
+    };
+    let id = obj.get("id").cloned();
+    let id_ok = matches!(
+        &id,
+        None | Some(Value::String(_)) | Some(Value::Number(_)) | Some(Value::Null)
+    );
+    let method = obj.get("method").and_then(Value::as_str);
+    let (Some(method), true, Some("2.0")) =
+        (method, id_ok, obj.get("jsonrpc").and_then(Value::as_str))
+    else {
+        let id = if id_ok {
+            id.unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
+        return Some(error(
+            id,
+            codes::INVALID_REQUEST,
+            "invalid request: need \"jsonrpc\":\"2.0\", a string \"method\" and a string or number \"id\"",
+        ));
+    };
+    // Notifications (no id) are accepted and never answered.
+    let id = id?;
+    let params = obj.get("params").cloned().unwrap_or(Value::Null);
+    Some(match dispatch(config, method, &params) {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err((code, message)) => error(id, code, &message),
+    })
+}
+
+fn dispatch(config: &StubConfig, method: &str, params: &Value) -> Result<Value, (i64, String)> {
+    match method {
+        "initialize" => Ok(json!({
+            "protocolVersion": PROTOCOL_VERSION,
+            "serverInfo": {"name": config.name, "version": config.version},
+            "capabilities": {"tools": {}},
+        })),
+        "ping" => Ok(json!({})),
+        "tools/list" => Ok(json!({
+            "tools": [{
+                "name": "echo",
+                "description": "Returns its `text` argument unchanged.",
+                "inputSchema": {
+                    "type": "object",
+                    "properties": {"text": {"type": "string", "description": "Text to echo back."}},
+                    "required": ["text"],
+                    "additionalProperties": false,
+                },
+            }],
+        })),
+        "tools/call" => {
+            let name = params.get("name").and_then(Value::as_str);
+            match name {
+                Some("echo") => {}
+                Some(other) => {
+                    return Err((codes::INVALID_PARAMS, format!("unknown tool {other:?}")));
+                }
+                None => return Err((codes::INVALID_PARAMS, "missing tool name".to_owned())),
+            }
+            let Some(text) = params
+                .get("arguments")
+                .and_then(|a| a.get("text"))
+                .and_then(Value::as_str)
+            else {
+                return Err((
+                    codes::INVALID_PARAMS,
+                    "echo needs arguments.text (a string)".to_owned(),
+                ));
+            };
+            Ok(json!({"content": [{"type": "text", "text": text}], "isError": false}))
+        }
+        other => Err((
+            codes::METHOD_NOT_FOUND,
+            format!("method not found: {other}"),
+        )),
+    }
+}
+
+fn error(id: Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+fn too_large() -> Response<Full<Bytes>> {
+    let body = error(
+        Value::Null,
+        codes::INVALID_REQUEST,
+        &format!("request body larger than {MAX_BODY_BYTES} bytes"),
+    );
+    let mut resp = json_response(StatusCode::PAYLOAD_TOO_LARGE, &body);
+    // The rest of the body is not read; do not keep the connection.
+    resp.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Completes on SIGTERM or SIGINT. As PID 1 in a container the process gets
+/// no default signal action, so the stub must install these handlers itself.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    () = ctrl_c => {}
+                }
+            }
+            Err(_) => ctrl_c.await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
+// ---------------------------------------------------------------- client ----
+
+/// Sends `initialize` to the stub at `addr` and returns `serverInfo.name`.
+pub async fn initialize(addr: SocketAddr, timeout: Duration) -> Result<String, StubError> {
+    let params = json!({
+        "protocolVersion": PROTOCOL_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "mesh-chaos", "version": env!("CARGO_PKG_VERSION")},
+    });
+    let result = rpc(addr, "initialize", params, timeout).await?;
+    result
+        .get("serverInfo")
+        .and_then(|s| s.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| StubError::Protocol {
+            addr,
+            reason: format!("initialize result has no serverInfo.name: {result}"),
+        })
+}
+
+/// Sends `ping` to the stub at `addr`; `Ok` when it answered with a result.
+pub async fn ping(addr: SocketAddr, timeout: Duration) -> Result<(), StubError> {
+    rpc(addr, "ping", json!({}), timeout).await.map(drop)
+}
+
+/// `GET /healthz`; `Ok` on HTTP 200.
+pub async fn healthz(addr: SocketAddr, timeout: Duration) -> Result<(), StubError> {
+    let (status, body) = http_request(addr, Method::GET, "/healthz", Bytes::new(), timeout).await?;
+    if status == StatusCode::OK {
+        Ok(())
+    } else {
+        Err(status_error(addr, status, &body))
+    }
+}
+
+/// Sends one JSON-RPC request (id 1) to `POST /mcp` and returns its `result`.
+pub async fn rpc(
+    addr: SocketAddr,
+    method: &str,
+    params: Value,
+    timeout: Duration,
+) -> Result<Value, StubError> {
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let (status, body) = http_request(
+        addr,
+        Method::POST,
+        "/mcp",
+        Bytes::from(request.to_string()),
+        timeout,
+    )
+    .await?;
+    if status != StatusCode::OK {
+        return Err(status_error(addr, status, &body));
+    }
+    let mut answer: Value = serde_json::from_slice(&body).map_err(|e| StubError::Protocol {
+        addr,
+        reason: format!("answer is not JSON ({e})"),
+    })?;
+    if let Some(err) = answer.get("error") {
+        return Err(StubError::Rpc {
+            addr,
+            code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        });
+    }
+    if answer.get("id") != Some(&json!(1)) {
+        return Err(StubError::Protocol {
+            addr,
+            reason: format!("answer has the wrong id: {answer}"),
+        });
+    }
+    match answer.get_mut("result") {
+        Some(result) => Ok(result.take()),
+        None => Err(StubError::Protocol {
+            addr,
+            reason: format!("answer has neither result nor error: {answer}"),
+        }),
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status and the
+/// whole body. The timeout bounds connect, send and the full read.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), StubError> {
+    let exchange = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| StubError::Io { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| StubError::Http { addr, source })?;
+        let driver = tokio::spawn(conn);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, addr.to_string());
+        if !body.is_empty() {
+            builder = builder
+                .header(CONTENT_TYPE, "application/json")
+                .header(hyper::header::ACCEPT, "application/json, text/event-stream");
+        }
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| StubError::Protocol {
+                addr,
+                reason: format!("cannot build request: {e}"),
+            })?;
+        let result = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|source| StubError::Http { addr, source })?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|source| StubError::Http { addr, source })?
+                .to_bytes();
+            Ok((status, body))
+        }
+        .await;
+        driver.abort();
+        result
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| StubError::Timeout { addr, timeout })?
+}
+
+fn status_error(addr: SocketAddr, status: StatusCode, body: &[u8]) -> StubError {
+    let body = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    StubError::Status {
+        addr,
+        status: status.as_u16(),
+        body,
+    }
+}
