@@ -1,1 +1,615 @@
 //! One listening socket a reserved port, each connection spliced to a running replica.
+//!
+//! The [`Forwarder`] owns one TCP listener per service, bound on `--bind-ip` at the
+//! port the pool reserved for it. Each listener has its own accept loop task; each
+//! accepted connection gets its own task that:
+//!
+//! 1. picks a replica round robin from the service's current endpoints (published by
+//!    [`Forwarder::set_endpoints`] through a `tokio::sync::watch` channel);
+//! 2. dials it with a [`CONNECT_TIMEOUT`]; a replica that fails is counted in
+//!    `mesh_bridge_forward_upstream_errors_total{service}` and the next one is tried,
+//!    each replica at most once per published endpoint set;
+//! 3. when no replica is reachable (or none is running) waits for the endpoint set to
+//!    change, up to `hold` in total, then closes the client connection;
+//! 4. splices client and replica with [`tokio::io::copy_bidirectional`] (TCP_NODELAY on
+//!    both sides) until either side is done.
+//!
+//! `mesh_bridge_forward_connections_total{service}` counts accepted connections and
+//! `mesh_bridge_forward_active_connections{service}` the ones currently held (a drop
+//! guard keeps it right on every exit path, panics and aborts included).
+//!
+//! A bind that fails because another process listens on the port is reported as
+//! [`ForwardError::AddrInUse`]; the caller marks the port conflicted and moves the
+//! service. Listeners are bound with tokio's defaults (SO_REUSEADDR on unix), which
+//! lets us rebind a port with connections in TIME_WAIT but still fails while any
+//! other socket listens there.
+//!
+//! [`Forwarder::shutdown`] stops every listener, lets in-flight connections finish up
+//! to a deadline, and then aborts the rest.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// How long one attempt to connect to a replica may take before the next is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// First pause after an accept error that is not about a single connection (EMFILE...).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest pause between accept attempts while accepting keeps failing.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long `open` waits for a listener of ours that is closing to release its port.
+const RETIRE_WAIT: Duration = Duration::from_secs(2);
+
+/// The forwarder's metrics, registered in the app's registry.
+///
+/// Every vector has the single label `service`; [`Forwarder::close`] removes a
+/// service's label values, so the label set stays bounded by the pool's capacity.
+#[derive(Debug, Clone)]
+pub struct ForwardMetrics {
+    /// `mesh_bridge_forward_connections_total{service}`: connections accepted.
+    pub connections: IntCounterVec,
+    /// `mesh_bridge_forward_active_connections{service}`: connections currently open.
+    pub active: IntGaugeVec,
+    /// `mesh_bridge_forward_upstream_errors_total{service}`: failed attempts to reach a replica.
+    pub upstream_errors: IntCounterVec,
+}
+
+impl ForwardMetrics {
+    /// Creates the forwarder's metrics and registers them in `registry`.
+    ///
+    /// # Errors
+    /// Fails when a metric of the same name is already registered there.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "mesh_bridge_forward_connections_total",
+                "Client connections accepted by the forwarder, by service.",
+            ),
+            &["service"],
+        )?;
+        let active = IntGaugeVec::new(
+            Opts::new(
+                "mesh_bridge_forward_active_connections",
+                "Client connections currently held by the forwarder, by service.",
+            ),
+            &["service"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "mesh_bridge_forward_upstream_errors_total",
+                "Failed attempts to connect to a replica of a service.",
+            ),
+            &["service"],
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(active.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        Ok(Self {
+            connections,
+            active,
+            upstream_errors,
+        })
+    }
+
+    fn for_service(&self, service: &str) -> ServiceMetrics {
+        ServiceMetrics {
+            connections: self.connections.with_label_values(&[service]),
+            active: self.active.with_label_values(&[service]),
+            upstream_errors: self.upstream_errors.with_label_values(&[service]),
+        }
+    }
+
+    fn remove_service(&self, service: &str) {
+        // Absent label values are fine: the service may never have been opened.
+        let _ = self.connections.remove_label_values(&[service]);
+        let _ = self.active.remove_label_values(&[service]);
+        let _ = self.upstream_errors.remove_label_values(&[service]);
+    }
+}
+
+/// Why [`Forwarder::open`] could not listen on a port.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Another process (or another socket) listens on the port: mark it conflicted.
+    #[error("port {port} is already in use by another listener")]
+    AddrInUse {
+        /// The port that could not be bound.
+        port: u16,
+    },
+    /// Any other bind failure (permissions, address not available, forwarder shut down...).
+    #[error("cannot listen on port {port}")]
+    Bind {
+        /// The port that could not be bound.
+        port: u16,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+/// Handle to the forwarder: cheap to clone, all clones share the same listeners.
+#[derive(Clone)]
+pub struct Forwarder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bind_ip: IpAddr,
+    hold: Duration,
+    metrics: ForwardMetrics,
+    /// Cancelled by [`Forwarder::shutdown`] or by the caller's shutdown token: stops
+    /// every accept loop and every connection still waiting for a replica.
+    stop: CancellationToken,
+    /// Cancelled when the shutdown deadline passes: ends every connection task.
+    abort: CancellationToken,
+    /// Connections ended by `abort`.
+    aborted: AtomicUsize,
+    accept_tasks: TaskTracker,
+    conn_tasks: TaskTracker,
+    /// Serialises `open` calls, which await between looking at and changing `state`.
+    open_lock: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    services: HashMap<String, Service>,
+    /// Listeners of ours that were told to stop, by port; the token is cancelled once
+    /// the socket is closed. `open` waits on it before binding that port again.
+    retiring: HashMap<u16, CancellationToken>,
+}
+
+struct Service {
+    endpoints: watch::Sender<Arc<[SocketAddr]>>,
+    cursor: Arc<AtomicUsize>,
+    listener: Option<ListenerHandle>,
+}
+
+impl Service {
+    fn new() -> Self {
+        let empty: Arc<[SocketAddr]> = Arc::from(Vec::new());
+        Self {
+            endpoints: watch::Sender::new(empty),
+            cursor: Arc::new(AtomicUsize::new(0)),
+            listener: None,
+        }
+    }
+}
+
+struct ListenerHandle {
+    port: u16,
+    cancel: CancellationToken,
+    closed: CancellationToken,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("bind_ip", &self.inner.bind_ip)
+            .field("hold", &self.inner.hold)
+            .field("listening", &self.listening())
+            .field("connections", &self.inner.conn_tasks.len())
+            .finish()
+    }
+}
+
+impl Forwarder {
+    /// Creates a forwarder that binds its listeners on `bind_ip`.
+    ///
+    /// `hold` is how long a connection waits for a reachable replica before it is
+    /// closed. Cancelling `shutdown` stops every listener and every waiting
+    /// connection, like the first step of [`Forwarder::shutdown`].
+    pub fn new(
+        bind_ip: IpAddr,
+        hold: Duration,
+        metrics: ForwardMetrics,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                bind_ip,
+                hold,
+                metrics,
+                stop: shutdown.child_token(),
+                abort: CancellationToken::new(),
+                aborted: AtomicUsize::new(0),
+                accept_tasks: TaskTracker::new(),
+                conn_tasks: TaskTracker::new(),
+                open_lock: tokio::sync::Mutex::new(()),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// Binds the listener for `service` on `port` and starts accepting on it.
+    ///
+    /// A no-op when the service already listens on that port. When it listened on
+    /// another port, that listener is closed first (its socket is released before
+    /// the new one is bound; connections already accepted carry on).
+    ///
+    /// # Errors
+    /// [`ForwardError::AddrInUse`] when another process listens on the port (the
+    /// caller marks it conflicted and moves the service); [`ForwardError::Bind`] for
+    /// any other failure, including a forwarder that was shut down.
+    pub async fn open(&self, service: &str, port: u16) -> Result<(), ForwardError> {
+        let inner = &self.inner;
+        let _serial = inner.open_lock.lock().await;
+        if inner.stop.is_cancelled() {
+            return Err(ForwardError::Bind {
+                port,
+                source: io::Error::other("the forwarder is shut down"),
+            });
+        }
+
+        let mut waits = Vec::new();
+        {
+            let mut state = inner.state();
+            let state = &mut *state;
+            if let Some(old) = state
+                .services
+                .get_mut(service)
+                .and_then(|svc| svc.listener.take_if(|l| l.port != port))
+            {
+                info!(
+                    service,
+                    old_port = old.port,
+                    port,
+                    "forward: moving service"
+                );
+                old.cancel.cancel();
+                waits.push(old.closed.clone());
+                state.retiring.insert(old.port, old.closed);
+            }
+            if let Some(l) = state
+                .services
+                .get(service)
+                .and_then(|s| s.listener.as_ref())
+            {
+                debug_assert_eq!(l.port, port);
+                return Ok(());
+            }
+            state.retiring.retain(|_, closed| !closed.is_cancelled());
+            if let Some(closed) = state.retiring.get(&port) {
+                waits.push(closed.clone());
+            }
+        }
+        for closed in waits {
+            if tokio::time::timeout(RETIRE_WAIT, closed.cancelled())
+                .await
+                .is_err()
+            {
+                warn!(
+                    service,
+                    port, "forward: a closing listener is slow to release its port"
+                );
+            }
+        }
+
+        let addr = SocketAddr::new(inner.bind_ip, port);
+        let listener = match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(ForwardError::AddrInUse { port });
+            }
+            Err(source) => return Err(ForwardError::Bind { port, source }),
+        };
+
+        let mut state = inner.state();
+        if inner.stop.is_cancelled() {
+            return Err(ForwardError::Bind {
+                port,
+                source: io::Error::other("the forwarder is shut down"),
+            });
+        }
+        let svc = state
+            .services
+            .entry(service.to_owned())
+            .or_insert_with(Service::new);
+        let cancel = inner.stop.child_token();
+        let closed = CancellationToken::new();
+        let ctx = ServiceCtx {
+            name: Arc::from(service),
+            endpoints: svc.endpoints.subscribe(),
+            cursor: Arc::clone(&svc.cursor),
+            metrics: inner.metrics.for_service(service),
+        };
+        svc.listener = Some(ListenerHandle {
+            port,
+            cancel: cancel.clone(),
+            closed: closed.clone(),
+        });
+        drop(state);
+
+        let bound = Bound {
+            listener,
+            _closed: closed.drop_guard(),
+        };
+        inner
+            .accept_tasks
+            .spawn(accept_loop(Arc::clone(inner), ctx, bound, cancel));
+        info!(service, %addr, "forward: listening");
+        Ok(())
+    }
+
+    /// Sets the upstream endpoints (running replicas) of a service.
+    ///
+    /// Empty means none is running: new connections then wait up to `hold` for one.
+    /// Connections already waiting are woken as soon as the set changes; setting the
+    /// same set again wakes nobody. May be called before [`Forwarder::open`].
+    pub fn set_endpoints(&self, service: &str, endpoints: Vec<SocketAddr>) {
+        let mut state = self.inner.state();
+        let svc = state
+            .services
+            .entry(service.to_owned())
+            .or_insert_with(Service::new);
+        let changed = svc.endpoints.send_if_modified(|current| {
+            if current[..] == endpoints[..] {
+                false
+            } else {
+                *current = Arc::from(endpoints.clone());
+                true
+            }
+        });
+        if changed {
+            debug!(service, ?endpoints, "forward: endpoints changed");
+        }
+    }
+
+    /// Stops listening for a service and forgets it (its endpoints included).
+    ///
+    /// Connections already spliced finish normally; connections still waiting for a
+    /// replica are closed. The service's metric label values are removed. The port is
+    /// released as soon as the accept loop notices, which is immediate in practice;
+    /// a later [`Forwarder::open`] of that port waits for it.
+    pub fn close(&self, service: &str) {
+        let mut state = self.inner.state();
+        let Some(svc) = state.services.remove(service) else {
+            return;
+        };
+        if let Some(l) = svc.listener {
+            l.cancel.cancel();
+            state.retiring.insert(l.port, l.closed);
+            info!(service, port = l.port, "forward: closed");
+        }
+        drop(state);
+        self.inner.metrics.remove_service(service);
+    }
+
+    /// The services that have a bound listener, with their ports, sorted by name.
+    pub fn listening(&self) -> Vec<(String, u16)> {
+        let state = self.inner.state();
+        let mut out: Vec<(String, u16)> = state
+            .services
+            .iter()
+            .filter_map(|(name, svc)| svc.listener.as_ref().map(|l| (name.clone(), l.port)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Stops accepting on every listener, waits for in-flight connections up to
+    /// `deadline`, then aborts the rest. Returns how many connections were aborted.
+    ///
+    /// Connections still waiting for a replica are closed straight away (they are not
+    /// counted as aborted). Afterwards [`Forwarder::open`] fails.
+    pub async fn shutdown(&self, deadline: Duration) -> usize {
+        let inner = &self.inner;
+        let until = Instant::now() + deadline;
+        inner.stop.cancel();
+        {
+            let mut state = inner.state();
+            for svc in state.services.values_mut() {
+                svc.listener = None;
+            }
+        }
+        inner.accept_tasks.close();
+        inner.conn_tasks.close();
+        // Accept loops stop at once; once they are gone no connection can be added.
+        let _ = tokio::time::timeout_at(until, inner.accept_tasks.wait()).await;
+        let in_flight = inner.conn_tasks.len();
+        if tokio::time::timeout_at(until, inner.conn_tasks.wait())
+            .await
+            .is_err()
+        {
+            inner.abort.cancel();
+            inner.conn_tasks.wait().await;
+        }
+        let aborted = inner.aborted.load(Ordering::Relaxed);
+        info!(in_flight, aborted, "forward: shut down");
+        aborted
+    }
+}
+
+/// Per-service metric children, resolved once per listener.
+#[derive(Clone)]
+struct ServiceMetrics {
+    connections: IntCounter,
+    active: IntGauge,
+    upstream_errors: IntCounter,
+}
+
+/// What a connection task needs to know about its service.
+#[derive(Clone)]
+struct ServiceCtx {
+    name: Arc<str>,
+    endpoints: watch::Receiver<Arc<[SocketAddr]>>,
+    cursor: Arc<AtomicUsize>,
+    metrics: ServiceMetrics,
+}
+
+/// The listener and the token that says it is closed; fields drop in this order, so
+/// the socket is closed before anyone waiting on the token is told.
+struct Bound {
+    listener: TcpListener,
+    _closed: DropGuard,
+}
+
+/// Keeps `mesh_bridge_forward_active_connections` right: increments when created,
+/// decrements when dropped, however the connection task ends.
+struct ActiveGuard(IntGauge);
+
+impl ActiveGuard {
+    fn new(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Accept errors that concern one connection only: keep accepting straight away.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+async fn accept_loop(inner: Arc<Inner>, ctx: ServiceCtx, bound: Bound, cancel: CancellationToken) {
+    let service = &*ctx.name;
+    let mut failing = false;
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            r = bound.listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if failing {
+                    info!(service, "forward: accepting again");
+                    failing = false;
+                    backoff = ACCEPT_BACKOFF_MIN;
+                }
+                ctx.metrics.connections.inc();
+                let active = ActiveGuard::new(ctx.metrics.active.clone());
+                inner.conn_tasks.spawn(serve(
+                    Arc::clone(&inner),
+                    ctx.clone(),
+                    stream,
+                    peer,
+                    active,
+                ));
+            }
+            Err(e) if is_per_connection(&e) => {
+                debug!(service, error = %e, "forward: accept failed for one connection");
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(service, error = %e, "forward: accept failing, backing off");
+                    failing = true;
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+    drop(bound);
+    debug!(service, "forward: accept loop ended");
+}
+
+async fn serve(
+    inner: Arc<Inner>,
+    mut ctx: ServiceCtx,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    _active: ActiveGuard,
+) {
+    let service = Arc::clone(&ctx.name);
+    let service = &*service;
+    if let Err(e) = client.set_nodelay(true) {
+        debug!(service, %peer, error = %e, "forward: cannot set TCP_NODELAY on client");
+    }
+    let upstream = tokio::select! {
+        biased;
+        () = inner.abort.cancelled() => {
+            inner.aborted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        up = pick_upstream(&inner, &mut ctx) => up,
+    };
+    let Some((mut upstream, replica)) = upstream else {
+        debug!(service, %peer, "forward: no replica reachable within hold, closing");
+        return;
+    };
+    debug!(service, %peer, %replica, "forward: spliced");
+    tokio::select! {
+        biased;
+        () = inner.abort.cancelled() => {
+            inner.aborted.fetch_add(1, Ordering::Relaxed);
+            debug!(service, %peer, %replica, "forward: aborted at shutdown");
+        }
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+            Ok((up, down)) => debug!(service, %peer, %replica, up, down, "forward: done"),
+            Err(e) => debug!(service, %peer, %replica, error = %e, "forward: ended with error"),
+        },
+    }
+}
+
+/// Dials a replica of the service, round robin, waiting up to `hold` for one.
+async fn pick_upstream(inner: &Inner, ctx: &mut ServiceCtx) -> Option<(TcpStream, SocketAddr)> {
+    let until = Instant::now() + inner.hold;
+    loop {
+        let endpoints = Arc::clone(&ctx.endpoints.borrow_and_update());
+        if !endpoints.is_empty() {
+            let start = ctx.cursor.fetch_add(1, Ordering::Relaxed);
+            for i in 0..endpoints.len() {
+                let addr = endpoints[(start.wrapping_add(i)) % endpoints.len()];
+                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                    Ok(Ok(stream)) => {
+                        if let Err(e) = stream.set_nodelay(true) {
+                            debug!(service = &*ctx.name, %addr, error = %e, "forward: cannot set TCP_NODELAY on replica");
+                        }
+                        return Some((stream, addr));
+                    }
+                    Ok(Err(e)) => {
+                        ctx.metrics.upstream_errors.inc();
+                        debug!(service = &*ctx.name, %addr, error = %e, "forward: replica unreachable");
+                    }
+                    Err(_) => {
+                        ctx.metrics.upstream_errors.inc();
+                        debug!(service = &*ctx.name, %addr, "forward: replica connect timed out");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = inner.stop.cancelled() => return None,
+            () = tokio::time::sleep_until(until) => return None,
+            changed = ctx.endpoints.changed() => {
+                if changed.is_err() {
+                    // The service was closed.
+                    return None;
+                }
+            }
+        }
+    }
+}
