@@ -139,6 +139,10 @@ pub enum ForwardError {
 }
 
 /// Handle to the forwarder: cheap to clone, all clones share the same listeners.
+///
+/// The accept loops run on the tokio runtime and keep the forwarder alive: dropping
+/// every handle does not close the listeners. End them with [`Forwarder::shutdown`],
+/// by cancelling the token given to [`Forwarder::new`], or with [`Forwarder::close`].
 #[derive(Clone)]
 pub struct Forwarder {
     inner: Arc<Inner>,
