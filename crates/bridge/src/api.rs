@@ -1,1 +1,457 @@
-//! The HTTP API: /metrics, /healthz, /readyz and /v1/...
+//! The HTTP API on `--listen`: `/metrics`, `/healthz`, `/readyz`, `/v1/pool`,
+//! `/v1/services[/{name}]` and the token-guarded `/v1/reservations`.
+//!
+//! Reads come from the latest [`Snapshot`] the app publishes; mutations are
+//! sent to the app as [`Command`]s so that one task owns the pool. Hostile
+//! clients are bounded: header read timeout, body size limit, path length
+//! limit, connection limit; every error is JSON with a reason.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::labels;
+use crate::metrics::Metrics;
+use crate::pool::PoolCounts;
+use crate::reconcile::ServiceView;
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 16 * 1024;
+/// Longest path accepted.
+const MAX_PATH: usize = 512;
+/// Concurrent connections served; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 256;
+
+/// `GET /v1/pool`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolView {
+    /// Inclusive ranges.
+    pub ranges: Vec<[u16; 2]>,
+    /// Ports in the ranges.
+    pub capacity: usize,
+    /// Reserved.
+    pub in_use: usize,
+    /// Quarantined.
+    pub quarantined: usize,
+    /// Conflicted.
+    pub conflicted: usize,
+    /// Free.
+    pub free: usize,
+    /// Services waiting for a port.
+    pub pending: usize,
+}
+
+impl PoolView {
+    /// Builds the view from the pool's counts.
+    pub fn new(ranges: Vec<[u16; 2]>, c: PoolCounts, pending: usize) -> Self {
+        PoolView {
+            ranges,
+            capacity: c.capacity,
+            in_use: c.in_use,
+            quarantined: c.quarantined,
+            conflicted: c.conflicted,
+            free: c.free,
+            pending,
+        }
+    }
+}
+
+/// What the API serves, published by the app after each change.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The pool.
+    pub pool: PoolView,
+    /// Every service.
+    pub services: Vec<ServiceView>,
+    /// Ok when ready, else why not.
+    pub ready: Result<(), String>,
+}
+
+/// Reply to a reservation command: (port, already held) or an error.
+pub type ReserveReply = Result<(u16, bool), String>;
+
+/// A mutation for the app.
+#[derive(Debug)]
+pub enum Command {
+    /// `POST /v1/reservations`.
+    Reserve {
+        /// The service.
+        service: String,
+        /// A specific port, if asked.
+        port: Option<u16>,
+        /// The answer.
+        reply: oneshot::Sender<ReserveReply>,
+    },
+    /// `DELETE /v1/reservations/{name}`.
+    Unreserve {
+        /// The service.
+        service: String,
+        /// The port released, or why not.
+        reply: oneshot::Sender<Result<u16, String>>,
+    },
+}
+
+/// Everything a request handler needs.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// For `/metrics`.
+    pub metrics: Metrics,
+    /// Latest snapshot.
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// Mutations go here.
+    pub commands: mpsc::Sender<Command>,
+    /// Bearer token for mutations; None disables them.
+    pub token: Option<Arc<str>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReserveBody {
+    service: String,
+    port: Option<u16>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+    json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; use {allow}"),
+    );
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// None when the request carries the right token, else the refusal.
+fn refuse_unauthorised(state: &ApiState, req: &Request<Incoming>) -> Option<Resp> {
+    let Some(token) = &state.token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "mutations are disabled: start the bridge with --api-token-file",
+        ));
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare without an early exit so timing says nothing about the token.
+    let a = given.as_bytes();
+    let b = token.as_bytes();
+    let mut diff = a.len() ^ b.len();
+    for (i, byte) in b.iter().enumerate() {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
+    }
+    if diff == 0 && !b.is_empty() {
+        None
+    } else {
+        Some(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token from --api-token-file>)",
+        ))
+    }
+}
+
+async fn handle(state: ApiState, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_string();
+    if path.len() > MAX_PATH {
+        return Ok(error(StatusCode::URI_TOO_LONG, "path too long"));
+    }
+    let snap = state.snapshot.borrow().clone();
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    let resp = match path.as_str() {
+        "/metrics" if get => {
+            let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/healthz" if get => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        "/readyz" if get => match &snap.ready {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+            Err(reason) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "not ready", "reason": reason}),
+            ),
+        },
+        "/v1/pool" if get => json(StatusCode::OK, &snap.pool),
+        "/v1/services" if get => json(StatusCode::OK, &snap.services),
+        "/metrics" | "/healthz" | "/readyz" | "/v1/pool" | "/v1/services" => {
+            method_not_allowed("GET")
+        }
+        "/v1/reservations" if req.method() == Method::POST => reserve(&state, req).await,
+        "/v1/reservations" => method_not_allowed("POST"),
+        p => {
+            if let Some(name) = p.strip_prefix("/v1/services/") {
+                if !get {
+                    method_not_allowed("GET")
+                } else {
+                    match snap.services.iter().find(|s| s.name == name) {
+                        Some(s) => json(StatusCode::OK, s),
+                        None => error(StatusCode::NOT_FOUND, format!("no service `{name}`")),
+                    }
+                }
+            } else if let Some(name) = p.strip_prefix("/v1/reservations/") {
+                if req.method() == Method::DELETE {
+                    unreserve(&state, &req, name).await
+                } else {
+                    method_not_allowed("DELETE")
+                }
+            } else {
+                error(
+                    StatusCode::NOT_FOUND,
+                    "no such endpoint; see /v1/pool, /v1/services, /metrics",
+                )
+            }
+        }
+    };
+    Ok(resp)
+}
+
+async fn reserve(state: &ApiState, req: Request<Incoming>) -> Resp {
+    if let Some(r) = refuse_unauthorised(state, &req) {
+        return r;
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {MAX_BODY} bytes or unreadable"),
+            );
+        }
+    };
+    let body: ReserveBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"service\": NAME, \"port\": N (optional)}}: {e}"),
+            );
+        }
+    };
+    if let Err(e) = labels::validate_service_name(&body.service) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let (tx, rx) = oneshot::channel();
+    let cmd = Command::Reserve {
+        service: body.service.clone(),
+        port: body.port,
+        reply: tx,
+    };
+    if state.commands.send(cmd).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the bridge is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok((port, existed))) => json(
+            if existed {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            },
+            &serde_json::json!({"service": body.service, "port": port}),
+        ),
+        Ok(Err(reason)) => error(StatusCode::CONFLICT, reason),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the bridge is shutting down",
+        ),
+    }
+}
+
+async fn unreserve(state: &ApiState, req: &Request<Incoming>, name: &str) -> Resp {
+    if let Some(r) = refuse_unauthorised(state, req) {
+        return r;
+    }
+    if let Err(e) = labels::validate_service_name(name) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let (tx, rx) = oneshot::channel();
+    let cmd = Command::Unreserve {
+        service: name.to_string(),
+        reply: tx,
+    };
+    if state.commands.send(cmd).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the bridge is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok(port)) => json(
+            StatusCode::OK,
+            &serde_json::json!({"service": name, "port": port, "state": "quarantined"}),
+        ),
+        Ok(Err(reason)) => error(StatusCode::CONFLICT, reason),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the bridge is shutting down",
+        ),
+    }
+}
+
+/// Serves the API on `listener` until `shutdown`; then finishes in-flight
+/// requests (bounded by the caller's overall deadline).
+pub async fn serve(listener: TcpListener, state: ApiState, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut accept_failing = false;
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, _peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(s) => { accept_failing = false; s }
+                Err(e) => {
+                    if !accept_failing {
+                        tracing::warn!(error = %e, "api accept failing");
+                        accept_failing = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = token.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Errors of the small API client used by `mesh-bridge status`.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not `http://HOST:PORT`.
+    #[error("bad API URL `{0}`: use http://HOST:PORT")]
+    Url(String),
+    /// Could not connect or talk.
+    #[error("cannot reach the bridge API at {url}: {reason}")]
+    Io {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// Non-2xx or invalid JSON.
+    #[error("{url} answered {status}: {body}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: u16,
+        /// The body, shortened.
+        body: String,
+    },
+}
+
+/// `GET {base}{path}` and parse JSON, with a 5 s deadline.
+pub async fn get_json(base: &str, path: &str) -> Result<serde_json::Value, ClientError> {
+    let hostport = base
+        .strip_prefix("http://")
+        .map(|s| s.trim_end_matches('/'))
+        .filter(|s| !s.is_empty() && !s.contains('/'))
+        .ok_or_else(|| ClientError::Url(base.to_string()))?;
+    let url = format!("http://{hostport}{path}");
+    let io = |e: &dyn std::fmt::Display| ClientError::Io {
+        url: url.clone(),
+        reason: e.to_string(),
+    };
+    let work = async {
+        let stream = tokio::net::TcpStream::connect(hostport)
+            .await
+            .map_err(|e| io(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| io(&e))?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", hostport)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| io(&e))?;
+        let resp = sender.send_request(req).await.map_err(|e| io(&e))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), 64 << 20)
+            .collect()
+            .await
+            .map_err(|e| io(&e))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                url: url.clone(),
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).chars().take(300).collect(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| io(&e))
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .map_err(|_| io(&"no answer within 5 s"))?
+}
+
+/// The address a `TcpListener` for the API binds, for error messages.
+pub fn describe_bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            format!("cannot listen on {addr}: another process uses it; pick another --listen")
+        }
+        std::io::ErrorKind::PermissionDenied => format!(
+            "cannot listen on {addr}: permission denied; use a port above 1023 or grant CAP_NET_BIND_SERVICE"
+        ),
+        _ => format!("cannot listen on {addr}: {e}"),
+    }
+}

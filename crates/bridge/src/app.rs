@@ -1,1 +1,454 @@
-//! The running daemon: wires store, pool, registry, watcher, forwarder and API together.
+//! The running daemon: wires store, pool, reconciler, watcher, forwarder and
+//! API together. One task (the loop in [`run`]) owns the pool and the
+//! registry; the watcher and the API send it messages, and it publishes a
+//! [`Snapshot`] for readers. Each batch of messages becomes one store
+//! transaction, written before the forwarder is told to listen.
+//!
+//! Start: open the store (a damaged one is moved aside and reported), restore
+//! reservations, bind the API, open listeners for restored services at once
+//! (clients wait up to `--hold` for a replica), then follow Docker. Ready
+//! once the first resync is applied. SIGTERM/SIGINT: stop accepting, flush,
+//! exit within 5 s.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState, Command, PoolView, Snapshot};
+use crate::config::Config;
+use crate::docker::{Event, Watcher};
+use crate::forward::{ForwardError, ForwardMetrics, Forwarder};
+use crate::metrics::Metrics;
+use crate::pool::{Millis, Pool, RestoreState};
+use crate::reconcile::{Core, Effect};
+use crate::store::{self, RecordState, Store, StoreError};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened (and was not damaged: e.g. permissions).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The API address could not be bound.
+    #[error("{0}")]
+    Listen(String),
+    /// The token file could not be read.
+    #[error("cannot read --api-token-file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Metrics registration failed (a bug).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// What the store holds, as last written: service -> (port, quarantine deadline).
+type Persisted = HashMap<String, (u16, Option<Millis>)>;
+
+struct Daemon {
+    core: Core,
+    store: Option<Store>,
+    persisted: Persisted,
+    store_failing: bool,
+    forwarder: Forwarder,
+    metrics: Metrics,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    ready: Result<(), String>,
+    docker_up: bool,
+}
+
+impl Daemon {
+    /// Writes what changed since the last write, in one transaction.
+    fn persist(&mut self) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        let now = now_ms();
+        let desired: Persisted = self
+            .core
+            .pool
+            .holdings()
+            .map(|(s, p, u)| (s.to_string(), (p, u)))
+            .collect();
+        let mut removes = Vec::new();
+        let mut writes = Vec::new();
+        for (s, old) in &self.persisted {
+            match desired.get(s) {
+                None => removes.push(store::Change::Remove { service: s.clone() }),
+                Some(new) if new.0 != old.0 => {
+                    removes.push(store::Change::Remove { service: s.clone() })
+                }
+                _ => {}
+            }
+        }
+        for (s, &(port, until)) in &desired {
+            if self.persisted.get(s) == Some(&(port, until)) {
+                continue;
+            }
+            writes.push(match until {
+                None => store::Change::Reserve {
+                    service: s.clone(),
+                    port,
+                    since_ms: now,
+                },
+                Some(until_ms) => store::Change::Quarantine {
+                    service: s.clone(),
+                    port,
+                    until_ms,
+                },
+            });
+            writes.push(store::Change::LastPort {
+                service: s.clone(),
+                port,
+                seen_ms: now,
+            });
+        }
+        if removes.is_empty() && writes.is_empty() {
+            return;
+        }
+        removes.extend(writes);
+        let t = Instant::now();
+        match store.apply(&removes) {
+            Ok(()) => {
+                self.metrics
+                    .store_write_duration
+                    .observe(t.elapsed().as_secs_f64());
+                self.persisted = desired;
+                if self.store_failing {
+                    tracing::info!("store writes work again");
+                    self.store_failing = false;
+                }
+            }
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                if !self.store_failing {
+                    tracing::error!(error = %e, "store write failed; keeping state in memory and retrying on the next change");
+                    self.store_failing = true;
+                }
+            }
+        }
+    }
+
+    /// Persists, then performs forwarder effects; a port another process
+    /// holds moves its service (bounded number of moves per batch).
+    async fn perform(&mut self, mut effects: Vec<Effect>) {
+        let mut moves = 0;
+        while !effects.is_empty() {
+            self.persist();
+            let mut next = Vec::new();
+            for e in effects {
+                match e {
+                    Effect::Open { service, port } => {
+                        match self.forwarder.open(&service, port).await {
+                            Ok(()) => {}
+                            Err(ForwardError::AddrInUse { .. }) if moves < 64 => {
+                                moves += 1;
+                                next.extend(self.core.conflicted(&service, port, now_ms()));
+                            }
+                            Err(e) => {
+                                tracing::error!(service, port, error = %e, "cannot listen for the service");
+                            }
+                        }
+                    }
+                    Effect::Close { service } => self.forwarder.close(&service),
+                    Effect::Endpoints { service, endpoints } => {
+                        self.forwarder.set_endpoints(&service, endpoints);
+                    }
+                }
+            }
+            effects = next;
+        }
+        self.persist();
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        let services = self.core.update_gauges();
+        let pool = PoolView::new(
+            self.core.pool.ranges().as_pairs(),
+            self.core.pool.counts(),
+            self.core.pending(),
+        );
+        let ready = self.ready.clone();
+        self.snapshot.send_replace(Arc::new(Snapshot {
+            pool,
+            services,
+            ready,
+        }));
+    }
+
+    async fn on_event(&mut self, ev: Event) {
+        let now = now_ms();
+        match ev {
+            Event::Connected => self.docker_up = true,
+            Event::Disconnected { reason } => {
+                self.docker_up = false;
+                if self.ready.is_err() {
+                    self.ready = Err(format!("docker engine unreachable: {reason}"));
+                }
+                self.publish();
+            }
+            Event::Started { info, at, replayed } => {
+                let (fx, fresh) = self.core.started(&info, replayed, now);
+                let service = self
+                    .core
+                    .registry
+                    .container(&info.id)
+                    .map(|c| c.service.clone());
+                self.perform(fx).await;
+                if fresh
+                    && info.running
+                    && let Some(s) = service
+                    && self.forwarder.listening().iter().any(|(l, _)| *l == s)
+                    && let Ok(d) = SystemTime::now().duration_since(at)
+                {
+                    self.metrics.registration_latency.observe(d.as_secs_f64());
+                }
+            }
+            Event::Stopped { id } => {
+                let fx = self.core.stopped(&id);
+                self.perform(fx).await;
+            }
+            Event::Destroyed { id } => {
+                let fx = self.core.destroyed(&id, now);
+                self.perform(fx).await;
+            }
+            Event::Resync {
+                containers,
+                started,
+            } => {
+                let fx = self.core.resync(&containers, now);
+                self.perform(fx).await;
+                self.metrics
+                    .reconcile_duration
+                    .observe(started.elapsed().as_secs_f64());
+                if self.ready.is_err() {
+                    self.ready = Ok(());
+                    tracing::info!(
+                        services = self.core.registry.services().len(),
+                        "first resync applied; ready"
+                    );
+                    self.publish();
+                }
+            }
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        let now = now_ms();
+        match cmd {
+            Command::Reserve {
+                service,
+                port,
+                reply,
+            } => {
+                let r = self
+                    .core
+                    .reserve_api(&service, port, now)
+                    .map_err(|e| e.to_string());
+                self.perform(Vec::new()).await;
+                let _ = reply.send(r);
+            }
+            Command::Unreserve { service, reply } => {
+                let r = self
+                    .core
+                    .unreserve_api(&service, now)
+                    .map_err(|e| e.to_string());
+                self.perform(Vec::new()).await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
+/// Opens the store, moving a damaged one aside. Returns the store (None when
+/// even a fresh one cannot be opened: the bridge then runs from Docker truth
+/// alone and reports it) and a note for the log.
+fn open_store(config: &Config, metrics: &Metrics) -> Result<Option<Store>, StartError> {
+    match Store::open(&config.state_dir) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.is_damaged() => {
+            metrics.store_errors.inc();
+            match Store::move_aside(&config.state_dir, SystemTime::now()) {
+                Ok(aside) => tracing::error!(
+                    error = %e,
+                    moved_to = %aside.display(),
+                    "store damaged: moved aside; starting from Docker truth"
+                ),
+                Err(m) => {
+                    tracing::error!(error = %e, move_error = %m, "store damaged and cannot be moved aside");
+                    return Err(StartError::Store(m));
+                }
+            }
+            Ok(Some(Store::open(&config.state_dir)?))
+        }
+        Err(e) => Err(StartError::Store(e)),
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let metrics = Metrics::new()?;
+    let forward_metrics = ForwardMetrics::register(&metrics.registry)?;
+    let token = match &config.api_token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|e| StartError::Token {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let t = t.trim().to_string();
+            if t.len() < 16 {
+                return Err(StartError::Token {
+                    path: p.display().to_string(),
+                    reason: "the token must be at least 16 characters".into(),
+                });
+            }
+            Some(Arc::<str>::from(t))
+        }
+        None => None,
+    };
+
+    let store = open_store(&config, &metrics)?;
+    let mut pool = Pool::new(config.ports.clone(), config.grace.as_millis() as Millis);
+    let mut persisted = Persisted::new();
+    let mut restored = 0usize;
+    if let Some(s) = &store {
+        let snap = s.load()?;
+        for (service, port) in snap.last_ports.iter().rev() {
+            pool.restore_last_port(service, *port);
+        }
+        for r in &snap.reservations {
+            let state = match r.state {
+                RecordState::Reserved => RestoreState::Reserved,
+                RecordState::Quarantined { until_ms } => RestoreState::Quarantined(until_ms),
+            };
+            match pool.restore(&r.service, r.port, &state) {
+                Ok(()) => {
+                    restored += 1;
+                    let until = match r.state {
+                        RecordState::Reserved => None,
+                        RecordState::Quarantined { until_ms } => Some(until_ms),
+                    };
+                    persisted.insert(r.service.clone(), (r.port, until));
+                }
+                Err(e) => tracing::warn!(
+                    service = %r.service,
+                    port = r.port,
+                    error = %e,
+                    "stored reservation not restored (ranges changed?)"
+                ),
+            }
+        }
+    }
+    let core = Core::new(pool, config.leak_cycles, metrics.clone());
+    for _ in 0..restored {
+        core.count_restored();
+    }
+    tracing::info!(restored, state_dir = %config.state_dir.display(), ports = %config.ports, "store loaded");
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Listen(api::describe_bind_error(config.listen, &e)))?;
+    tracing::info!(listen = %config.listen, "api listening");
+
+    let forwarder = Forwarder::new(
+        config.bind_ip,
+        config.hold,
+        forward_metrics,
+        shutdown.clone(),
+    );
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot {
+        pool: PoolView::default(),
+        services: Vec::new(),
+        ready: Err("starting: waiting for the first resync with Docker".into()),
+    }));
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(1024);
+
+    let api_stop = CancellationToken::new();
+    let api_task = tokio::spawn(api::serve(
+        listener,
+        ApiState {
+            metrics: metrics.clone(),
+            snapshot: snap_rx,
+            commands: cmd_tx,
+            token,
+        },
+        api_stop.clone(),
+    ));
+
+    let watcher_stop = shutdown.child_token();
+    let watcher_task = tokio::spawn(
+        Watcher {
+            host: config.docker_host.clone(),
+            resync: config.resync,
+            tx: ev_tx,
+            metrics: metrics.clone(),
+        }
+        .run(watcher_stop.clone()),
+    );
+
+    let mut d = Daemon {
+        core,
+        store,
+        persisted,
+        store_failing: false,
+        forwarder: forwarder.clone(),
+        metrics: metrics.clone(),
+        snapshot: snap_tx,
+        ready: Err("starting: waiting for the first resync with Docker".into()),
+        docker_up: false,
+    };
+    let fx = d.core.open_all();
+    d.perform(fx).await;
+
+    loop {
+        let deadline = d.core.pool.next_deadline();
+        let sleep = async {
+            match deadline {
+                Some(ms) => {
+                    let wait = ms.saturating_sub(now_ms());
+                    tokio::time::sleep(Duration::from_millis(wait.min(3_600_000))).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(ev) = ev_rx.recv() => d.on_event(ev).await,
+            Some(cmd) = cmd_rx.recv() => d.on_command(cmd).await,
+            () = sleep => {
+                let fx = d.core.expire(now_ms());
+                d.perform(fx).await;
+            }
+        }
+    }
+
+    tracing::info!("shutting down");
+    watcher_stop.cancel();
+    api_stop.cancel();
+    d.persist();
+    let aborted = forwarder.shutdown(Duration::from_secs(3)).await;
+    if aborted > 0 {
+        tracing::warn!(aborted, "connections cut at shutdown");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), api_task).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), watcher_task).await;
+    drop(d);
+    tracing::info!("stopped");
+    Ok(())
+}

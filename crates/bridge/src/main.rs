@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_bridge::config::RunArgs;
+use mesh_bridge::config::{Config, LogFormat, RunArgs};
 use mesh_bridge::state::StateArgs;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the bridge daemon.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the pool and the services as a table.
     Status {
         /// Base URL of a running bridge's API.
@@ -31,11 +32,114 @@ enum Command {
     State(StateArgs),
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_BRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::resolve(args)?;
+    init_logging(config.log_format);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot install the SIGTERM handler");
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+            signals.cancel();
+        });
+        mesh_bridge::app::run(config, shutdown).await
+    })?;
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(api: &str) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let (pool, services) = rt.block_on(async {
+        let pool = mesh_bridge::api::get_json(api, "/v1/pool").await?;
+        let services = mesh_bridge::api::get_json(api, "/v1/services").await?;
+        Ok::<_, anyhow::Error>((pool, services))
+    })?;
+    let n = |k: &str| pool.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let ranges: Vec<String> = pool
+        .get("ranges")
+        .and_then(|r| r.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some(format!("{}-{}", p.get(0)?, p.get(1)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "pool {}: capacity {}, in use {}, quarantined {}, conflicted {}, free {}, pending {}",
+        ranges.join(","),
+        n("capacity"),
+        n("in_use"),
+        n("quarantined"),
+        n("conflicted"),
+        n("free"),
+        n("pending")
+    );
+    println!();
+    println!(
+        "{:<32} {:>6}  {:<12} {:>8}  REASON",
+        "SERVICE", "PORT", "STATE", "REPLICAS"
+    );
+    for s in services.as_array().into_iter().flatten() {
+        let text = |k: &str| s.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        let port = s
+            .get("port")
+            .and_then(|v| v.as_u64())
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
+        let replicas = s
+            .get("replicas")
+            .and_then(|r| r.as_array())
+            .map(|r| r.len())
+            .unwrap_or(0);
+        println!(
+            "{:<32} {:>6}  {:<12} {:>8}  {}",
+            text("name"),
+            port,
+            text("state"),
+            replicas,
+            text("reason")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(_args) => Err(anyhow::anyhow!("run is not wired yet")),
-        Command::Status { api: _ } => Err(anyhow::anyhow!("status is not wired yet")),
+        Command::Run(args) => run(&args),
+        Command::Status { api } => status(&api),
         Command::State(args) => mesh_bridge::state::run(&args).map_err(anyhow::Error::from),
     };
     match result {
