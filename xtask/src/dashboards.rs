@@ -984,7 +984,13 @@ fn tail(path: &Path) -> String {
 fn time_range(prom: &Prom, args: &CheckArgs, blocks: &[(i64, i64)]) -> Result<(f64, f64)> {
     let mut lo = i64::MAX;
     let mut hi = i64::MIN;
-    if let Ok(data) = prom.api("/api/v1/status/tsdb") {
+    let status = prom.api("/api/v1/status/tsdb");
+    if status.is_err() && blocks.is_empty() && (args.start.is_none() || args.end.is_none()) {
+        return status
+            .map(|_| (0.0, 0.0))
+            .with_context(|| format!("asking {} for its TSDB time range", prom.url()));
+    }
+    if let Ok(data) = status {
         let head = &data["headStats"];
         match (head["minTime"].as_i64(), head["maxTime"].as_i64()) {
             (Some(a), Some(b)) if a <= b => {
@@ -1078,9 +1084,11 @@ fn run_queries(
             );
             let verdict = match prom.api(&path) {
                 Ok(data) => {
-                    let series = data["result"].as_array().map_or(0, Vec::len);
-                    if series == 0 {
+                    let result = data["result"].as_array().cloned().unwrap_or_default();
+                    if result.is_empty() {
                         Some("no data".to_string())
+                    } else if !result.iter().any(has_number) {
+                        Some(format!("{} series, all NaN", result.len()))
                     } else {
                         None
                     }
@@ -1114,6 +1122,18 @@ fn run_queries(
     }
     println!("queries: all {total} panel queries returned data");
     Ok(())
+}
+
+/// Whether a series of a query_range answer has a sample that is a number
+/// (a p99 of a histogram that never observed anything is all NaN).
+fn has_number(series: &Value) -> bool {
+    series["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(std::iter::once(&series["value"]))
+        .filter_map(|sample| sample[1].as_str())
+        .any(|v| v.parse::<f64>().is_ok_and(|f| !f.is_nan()))
 }
 
 #[cfg(test)]
