@@ -98,8 +98,10 @@ pub struct Core {
     pub registry: Registry,
     /// Reserved services without containers: resyncs seen so.
     missing: HashMap<String, u32>,
-    /// Services with containers but no port, with the reason.
-    pending: BTreeMap<String, String>,
+    /// Services with containers but no port: (arrival order, reason). Served FIFO.
+    pending: HashMap<String, (u64, String)>,
+    /// Next arrival number for `pending`.
+    pending_seq: u64,
     /// Reservations made through the API (an orchestrator publishes the port).
     pinned: BTreeMap<String, Millis>,
     leak_cycles: u32,
@@ -118,7 +120,8 @@ impl Core {
             pool,
             registry: Registry::new(),
             missing: HashMap::new(),
-            pending: BTreeMap::new(),
+            pending: HashMap::new(),
+            pending_seq: 0,
             pinned: BTreeMap::new(),
             leak_cycles,
             metrics,
@@ -181,11 +184,16 @@ impl Core {
                 port
             }
             Err(e) => {
-                if !self.pending.contains_key(service) {
-                    self.metrics.exhaustion_events.inc();
-                    tracing::warn!(service, error = %e, "service is pending: no port");
+                match self.pending.get_mut(service) {
+                    Some(entry) => entry.1 = e.to_string(),
+                    None => {
+                        self.metrics.exhaustion_events.inc();
+                        tracing::warn!(service, error = %e, "service is pending: no port");
+                        self.pending_seq += 1;
+                        self.pending
+                            .insert(service.to_string(), (self.pending_seq, e.to_string()));
+                    }
                 }
-                self.pending.insert(service.to_string(), e.to_string());
                 return;
             }
         };
@@ -315,8 +323,13 @@ impl Core {
     }
 
     fn retry_pending(&mut self, now: Millis, out: &mut Vec<Effect>) {
-        let waiting: Vec<String> = self.pending.keys().cloned().collect();
-        for s in waiting {
+        let mut waiting: Vec<(u64, String)> = self
+            .pending
+            .iter()
+            .map(|(s, (seq, _))| (*seq, s.clone()))
+            .collect();
+        waiting.sort();
+        for (_, s) in waiting {
             self.ensure(&s, now, out);
         }
     }
@@ -417,7 +430,10 @@ impl Core {
             let port = self.pool.port_of(name);
             let serving = !self.registry.endpoints(name).is_empty();
             let (state, reason) = match (port, serving) {
-                (None, _) => ("pending", self.pending.get(name.as_str()).cloned()),
+                (None, _) => (
+                    "pending",
+                    self.pending.get(name.as_str()).map(|(_, r)| r.clone()),
+                ),
                 (Some(_), true) => ("serving", None),
                 (Some(_), false) => ("waiting", Some("no running replica".to_string())),
             };
@@ -554,6 +570,20 @@ mod tests {
             port: 100
         }));
         assert_eq!(c.pending(), 0);
+    }
+
+    #[test]
+    fn pending_services_get_freed_ports_in_arrival_order() {
+        let mut c = core("100-100", 3);
+        let _ = c.started(&info("a", "first", true), false, 0);
+        let _ = c.started(&info("z", "zeta", true), false, 1);
+        let _ = c.started(&info("b", "alpha", true), false, 2);
+        assert_eq!(c.pending(), 2);
+        let _ = c.destroyed("a", 3);
+        let _ = c.expire(3 + 1000);
+        assert_eq!(c.pool.port_of("zeta"), Some(100), "oldest pending first");
+        assert_eq!(c.pool.port_of("alpha"), None);
+        assert_eq!(c.metrics.exhaustion_events.get(), 2);
     }
 
     #[test]
