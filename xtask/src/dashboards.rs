@@ -103,6 +103,15 @@ const CONTRACT: &[(&str, Kind)] = &[
     ("mesh_bridge_build_info", Kind::Gauge),
 ];
 
+/// The harness's metrics (issue 4, "harness metrics exported for
+/// Prometheus"), read by the reliability dashboard.
+const HARNESS: &[(&str, Kind)] = &[
+    ("mesh_chaos_faults_injected_total", Kind::Counter),
+    ("mesh_chaos_probe_results_total", Kind::Counter),
+    ("mesh_chaos_probe_duration_seconds", Kind::Histogram),
+    ("mesh_chaos_invariant_violations_total", Kind::Counter),
+];
+
 /// Prefixes of the series names the check holds to a contract list.
 const CHECKED_PREFIXES: &[&str] = &["mesh_bridge_", "mesh_bridge:", "mesh_chaos_"];
 
@@ -263,6 +272,19 @@ fn load_dashboards(
                 }
             }
             variables.insert(name, variable_value(v));
+        }
+
+        // Annotation queries: variable datasource, contract metrics.
+        for a in json["annotations"]["list"].as_array().into_iter().flatten() {
+            if a["builtIn"].as_u64() == Some(1) {
+                continue;
+            }
+            let name = a["name"].as_str().unwrap_or("?");
+            check_datasource(&a["datasource"], &format!("annotation {name:?}"), &mut p);
+            let expr = a["expr"].as_str().unwrap_or("");
+            for m in metric_problems(expr, recorded, true) {
+                p(format!("annotation {name:?}: {m}"));
+            }
         }
 
         // Panels, rows included.
@@ -511,7 +533,7 @@ fn metric_problems(expr: &str, recorded: &BTreeSet<String>, dashboard: bool) -> 
                 }
                 let Some((base, kind, suffix)) = contract_series(&name) else {
                     out.push(format!(
-                        "{name} is not a metric of the contract (DESIGN.md section 3)"
+                        "{name} is not a metric of the contract (DESIGN.md section 3, harness: issue 4)"
                     ));
                     continue;
                 };
@@ -542,7 +564,7 @@ fn metric_problems(expr: &str, recorded: &BTreeSet<String>, dashboard: bool) -> 
 
 /// Resolves a series name to its contract metric, kind and histogram suffix.
 fn contract_series(name: &str) -> Option<(&'static str, Kind, &'static str)> {
-    for &(metric, kind) in CONTRACT {
+    for &(metric, kind) in CONTRACT.iter().chain(HARNESS) {
         if name == metric {
             return Some((metric, kind, ""));
         }
@@ -1098,7 +1120,12 @@ fn run_queries(
             match verdict {
                 None => println!("  ok       {} / {} [{}]", d.title, q.panel, q.ref_id),
                 Some(why) => {
-                    println!("  NO DATA  {} / {} [{}]", d.title, q.panel, q.ref_id);
+                    let tag = if why.starts_with("error") {
+                        "ERROR  "
+                    } else {
+                        "NO DATA"
+                    };
+                    println!("  {tag}  {} / {} [{}]", d.title, q.panel, q.ref_id);
                     failures.push(format!(
                         "{} ({}) / {} query {}: {why}\n      {expr}",
                         d.title, d.file, q.panel, q.ref_id
