@@ -528,7 +528,7 @@ impl Pool {
                 Slot::Quarantined(s, u) if *u == until => {
                     let s = s.clone();
                     self.services.remove(&s);
-                    self.last.insert(s.clone(), port);
+                    self.remember(s.clone(), port);
                     self.set_slot(off, Slot::Free);
                     out.push(Expired {
                         port,
@@ -624,7 +624,7 @@ impl Pool {
         self.cursor = (off + 1) % self.capacity;
         let port = self.port_at(off);
         self.services.insert(name.clone(), Held::Reserved(port));
-        self.last.insert(name, port);
+        self.remember(name, port);
         Ok(Reservation::Assigned {
             port,
             outcome: Outcome::New,
@@ -676,7 +676,7 @@ impl Pool {
         self.set_slot(off, Slot::Reserved(name.clone()));
         self.services.insert(name.clone(), Held::Reserved(port));
         let sticky = self.last.get(service) == Some(&port);
-        self.last.insert(name, port);
+        self.remember(name, port);
         Ok(Reservation::Assigned {
             port,
             outcome: if sticky {
@@ -704,7 +704,7 @@ impl Pool {
             self.services.insert(name.clone(), Held::Quarantined(port));
             self.deadlines.insert((until, port), ());
         }
-        self.last.insert(name, port);
+        self.remember(name, port);
         Some(port)
     }
 
@@ -781,7 +781,7 @@ impl Pool {
                 self.deadlines.insert((until, port), ());
             }
         }
-        self.last.insert(name, port);
+        self.remember(name, port);
         Ok(())
     }
 
@@ -789,7 +789,7 @@ impl Pool {
     pub fn restore_last_port(&mut self, service: &str, port: u16) {
         if self.ranges.contains(port) {
             let name = self.intern(service);
-            self.last.insert(name, port);
+            self.remember(name, port);
         }
     }
 
@@ -820,6 +820,17 @@ impl Pool {
         }
         *self = next;
         Ok(())
+    }
+
+    /// Records a service's last port. The history is bounded: past
+    /// `2 * capacity + 1024` entries, the history of services that hold
+    /// nothing is dropped (amortised O(1); sticky-after-grace is best effort).
+    fn remember(&mut self, name: Arc<str>, port: u16) {
+        self.last.insert(name, port);
+        if self.last.len() > 2 * self.capacity + 1024 {
+            let services = &self.services;
+            self.last.retain(|s, _| services.contains_key(s));
+        }
     }
 
     /// Every service holding a port: (service, port, None) when reserved,
@@ -873,6 +884,17 @@ mod tests {
 
     fn pool(spec: &str, grace: Millis) -> Pool {
         Pool::new(spec.parse().expect("valid ranges"), grace)
+    }
+
+    #[test]
+    fn last_port_history_is_bounded() {
+        let mut p = pool("100-109", 0);
+        for i in 0..10_000 {
+            let name = format!("s{i}");
+            p.reserve(&name, 0).unwrap();
+            p.release(&name, 0);
+        }
+        assert!(p.last.len() <= 2 * 10 + 1024 + 1, "{}", p.last.len());
     }
 
     #[test]
