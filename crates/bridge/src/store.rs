@@ -93,7 +93,7 @@ pub enum StoreError {
     },
     /// The file is not a healthy mesh-bridge store.
     #[error(
-        "store {path} is damaged: {reason}; the bridge moves it aside on start (or run `mesh-bridge state check` for details and import an export into a fresh --state-dir)"
+        "store {path} is damaged: {reason}; `mesh-bridge run` moves it aside and starts from Docker truth; to keep its reservations, import an export into a fresh --state-dir"
     )]
     Damaged {
         /// The store file.
@@ -349,6 +349,11 @@ fn check_port(path: &Path, service: &str, port: u16) -> Result<(), StoreError> {
 /// store at once migrate it once.
 fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<u32, StoreError> {
     let known = migrations.len() as u32;
+    // The common case needs no write lock, so opening beside a live bridge
+    // does not queue behind its writes.
+    if user_version(conn, path)? == known {
+        return Ok(known);
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| StoreError::sql(path, "starting the migration", e))?;
