@@ -24,7 +24,7 @@ const ROOTFS_REPO: &str = "mesh-bridge/dind-rootfs";
 /// Label carrying the content hash on the final image.
 const HASH_LABEL: &str = "mesh-bridge.content-hash";
 /// Bumped when the way the rootfs is made changes (not its inputs).
-const RECIPE: &str = "mesh-bridge-dind-rootfs/1";
+const RECIPE: &str = "mesh-bridge-dind-rootfs/2";
 
 /// Builds (or reuses, by content hash) the DinD image and returns its tag.
 #[allow(dead_code)]
@@ -84,20 +84,31 @@ pub fn build(force: bool) -> Result<String> {
         progress(t0, &format!("reusing imported {rootfs_image}"));
     }
 
+    let previous = image_id(TAG)?;
     progress(t0, &format!("docker build -> {TAG}"));
-    run(Command::new("docker")
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "--quiet", "--rm", "--force-rm"])
-        .arg("--build-arg")
-        .arg(format!("ROOTFS={rootfs_image}"))
-        .arg("--label")
-        .arg(format!("{HASH_LABEL}={hash}"))
-        .arg("--tag")
-        .arg(TAG)
-        .arg("--file")
-        .arg(src.join("Dockerfile"))
-        .arg(&src)
-        .stdout(Stdio::null()))?;
+    capture(
+        Command::new("docker")
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "--quiet", "--rm", "--force-rm"])
+            .arg("--build-arg")
+            .arg(format!("ROOTFS={rootfs_image}"))
+            .arg("--label")
+            .arg(format!("{HASH_LABEL}={hash}"))
+            .arg("--tag")
+            .arg(TAG)
+            .arg("--file")
+            .arg(src.join("Dockerfile"))
+            .arg(&src),
+    )?;
+
+    // The image this build replaced is now untagged; drop it unless something still uses it.
+    if let Some(old) = previous.filter(|old| image_id(TAG).ok().flatten().as_ref() != Some(old)) {
+        let _ = Command::new("docker")
+            .args(["image", "rm", &old])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 
     let size = capture(Command::new("docker").args(["image", "inspect", "-f", "{{.Size}}", TAG]))?;
     let size_mb = size.trim().parse::<u64>().unwrap_or(0) / 1_000_000;
@@ -291,6 +302,15 @@ fn image_label(image: &str, label: &str) -> Result<Option<String>> {
     Ok((!v.is_empty() && v != "<no value>").then(|| v.to_string()))
 }
 
+/// The id of a local image, `None` when absent.
+fn image_id(image: &str) -> Result<Option<String>> {
+    if !image_exists(image)? {
+        return Ok(None);
+    }
+    let id = capture(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", image]))?;
+    Ok(Some(id.trim().to_string()))
+}
+
 fn image_exists(image: &str) -> Result<bool> {
     let status = Command::new("docker")
         .args(["image", "inspect", image])
@@ -454,6 +474,19 @@ fn make_rootfs_tarball(
             }
         }
         let _ = fs::remove_dir_all(work.join("debootstrap"));
+        // Documentation and translations: ~50 MB nobody reads in a test engine.
+        for dir in [
+            "usr/share/doc",
+            "usr/share/man",
+            "usr/share/info",
+            "usr/share/locale",
+        ] {
+            let dir = work.join(dir);
+            if dir.is_dir() {
+                remove_tree(&dir)?;
+                fs::create_dir_all(&dir)?;
+            }
+        }
         progress(t0, &format!("packing {}", tarball.display()));
         let partial = tarball.with_extension("tar.partial");
         run(Command::new("tar")

@@ -12,11 +12,27 @@ set -eu
 
 log() { echo "dind-entrypoint: $*" >&2; }
 
-# cgroup v1: a privileged container normally gets every hierarchy mounted read-write.
-# If none is mounted (e.g. a runtime that hides them), mount them ourselves.
+# Without --privileged (see README: this engine refuses it), docker mounts /sys and every
+# cgroup v1 hierarchy read-only. With CAP_SYS_ADMIN we may remount them read-write; run the
+# container with --cgroupns=private so the hierarchies' roots are this container's cgroup.
+remount_rw() { # $1 = mount point
+	mount -o remount,rw "$1" 2>/dev/null || mount -o remount,bind,rw "$1" 2>/dev/null ||
+		log "warning: could not remount $1 read-write"
+}
+if awk '$2 == "/sys" && $4 ~ /(^|,)ro(,|$)/ { found = 1 } END { exit !found }' /proc/self/mounts; then
+	log "/sys is read-only (not --privileged); remounting /sys and the cgroup mounts read-write"
+	remount_rw /sys
+	# shellcheck disable=SC2013 # mount points have no blanks
+	for mp in $(awk '$2 ~ "^/sys/fs/cgroup" && $4 ~ /(^|,)ro(,|$)/ { print $2 }' /proc/self/mounts); do
+		remount_rw "$mp"
+	done
+fi
+
+# cgroup v1: if no hierarchy is mounted at all (e.g. a runtime that hides them), mount them.
 if [ ! -e /sys/fs/cgroup/cgroup.controllers ] && [ ! -d /sys/fs/cgroup/cpu ] && [ ! -d /sys/fs/cgroup/memory ]; then
 	log "no cgroup hierarchy mounted; mounting cgroup v1 controllers"
 	mount -t tmpfs -o uid=0,gid=0,mode=0755 cgroup /sys/fs/cgroup || true
+	# shellcheck disable=SC2013 # controller names have no blanks
 	for ss in $(awk 'NR > 1 && $4 == 1 { print $1 }' /proc/cgroups); do
 		mkdir -p "/sys/fs/cgroup/$ss"
 		mountpoint -q "/sys/fs/cgroup/$ss" || mount -n -t cgroup -o "$ss" cgroup "/sys/fs/cgroup/$ss" || true
@@ -52,6 +68,7 @@ log "starting: dockerd $*"
 dockerd "$@" &
 pid=$!
 
+# shellcheck disable=SC2317 # called from the traps
 stop() {
 	log "received $1; stopping dockerd (pid $pid)"
 	kill -TERM "$pid" 2>/dev/null || true
