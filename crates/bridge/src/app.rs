@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState, Command, PoolView, Snapshot};
@@ -191,7 +191,8 @@ impl Daemon {
         }));
     }
 
-    async fn on_event(&mut self, ev: Event) {
+    /// Applies one watcher event to the core, collecting its effects.
+    fn on_event(&mut self, ev: Event, batch: &mut Batch) {
         let now = now_ms();
         match ev {
             Event::Connected => self.docker_up = true,
@@ -200,55 +201,31 @@ impl Daemon {
                 if self.ready.is_err() {
                     self.ready = Err(format!("docker engine unreachable: {reason}"));
                 }
-                self.publish();
             }
             Event::Started { info, at, replayed } => {
                 let (fx, fresh) = self.core.started(&info, replayed, now);
-                let service = self
-                    .core
-                    .registry
-                    .container(&info.id)
-                    .map(|c| c.service.clone());
-                self.perform(fx).await;
+                batch.effects.extend(fx);
                 if fresh
                     && info.running
-                    && let Some(s) = service
-                    && self.forwarder.listening().iter().any(|(l, _)| *l == s)
-                    && let Ok(d) = SystemTime::now().duration_since(at)
+                    && let Some(c) = self.core.registry.container(&info.id)
                 {
-                    self.metrics.registration_latency.observe(d.as_secs_f64());
+                    batch.latencies.push((c.service.clone(), at));
                 }
             }
-            Event::Stopped { id } => {
-                let fx = self.core.stopped(&id);
-                self.perform(fx).await;
-            }
-            Event::Destroyed { id } => {
-                let fx = self.core.destroyed(&id, now);
-                self.perform(fx).await;
-            }
+            Event::Stopped { id } => batch.effects.extend(self.core.stopped(&id)),
+            Event::Destroyed { id } => batch.effects.extend(self.core.destroyed(&id, now)),
             Event::Resync {
                 containers,
                 started,
             } => {
-                let fx = self.core.resync(&containers, now);
-                self.perform(fx).await;
-                self.metrics
-                    .reconcile_duration
-                    .observe(started.elapsed().as_secs_f64());
-                if self.ready.is_err() {
-                    self.ready = Ok(());
-                    tracing::info!(
-                        services = self.core.registry.services().len(),
-                        "first resync applied; ready"
-                    );
-                    self.publish();
-                }
+                batch.effects.extend(self.core.resync(&containers, now));
+                batch.resyncs.push(started);
             }
         }
     }
 
-    async fn on_command(&mut self, cmd: Command) {
+    /// Applies one API command; its answer waits until the batch is durable.
+    fn on_command(&mut self, cmd: Command, batch: &mut Batch) {
         let now = now_ms();
         match cmd {
             Command::Reserve {
@@ -260,20 +237,90 @@ impl Daemon {
                     .core
                     .reserve_api(&service, port, now)
                     .map_err(|e| e.to_string());
-                self.perform(Vec::new()).await;
-                let _ = reply.send(r);
+                batch.replies.push(Reply::Reserve(reply, r));
             }
             Command::Unreserve { service, reply } => {
                 let r = self
                     .core
                     .unreserve_api(&service, now)
                     .map_err(|e| e.to_string());
-                self.perform(Vec::new()).await;
-                let _ = reply.send(r);
+                batch.replies.push(Reply::Unreserve(reply, r));
             }
         }
     }
+
+    /// Makes a batch durable (one transaction), performs its effects, then
+    /// answers its commands and records its measurements.
+    async fn finish(&mut self, batch: Batch) {
+        self.perform(batch.effects).await;
+        let failing = self.store_failing;
+        for reply in batch.replies {
+            let not_durable = "the store is failing: the change is held in memory but not yet durable; see store_errors_total and the log".to_string();
+            match reply {
+                Reply::Reserve(tx, r) => {
+                    let r = if failing && r.is_ok() {
+                        Err(not_durable)
+                    } else {
+                        r
+                    };
+                    let _ = tx.send(r);
+                }
+                Reply::Unreserve(tx, r) => {
+                    let r = if failing && r.is_ok() {
+                        Err(not_durable)
+                    } else {
+                        r
+                    };
+                    let _ = tx.send(r);
+                }
+            }
+        }
+        if !batch.latencies.is_empty() {
+            let listening = self.forwarder.listening();
+            let now = SystemTime::now();
+            for (service, at) in batch.latencies {
+                if listening.iter().any(|(l, _)| *l == service)
+                    && let Ok(d) = now.duration_since(at)
+                {
+                    self.metrics.registration_latency.observe(d.as_secs_f64());
+                }
+            }
+        }
+        for started in &batch.resyncs {
+            self.metrics
+                .reconcile_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        if !batch.resyncs.is_empty() && self.ready.is_err() {
+            self.ready = Ok(());
+            tracing::info!(
+                services = self.core.registry.services().len(),
+                "first resync applied; ready"
+            );
+            self.publish();
+        }
+    }
 }
+
+/// An answer owed to an API client once its batch is durable.
+enum Reply {
+    Reserve(oneshot::Sender<api::ReserveReply>, api::ReserveReply),
+    Unreserve(oneshot::Sender<Result<u16, String>>, Result<u16, String>),
+}
+
+/// Messages taken together: one store transaction, one forwarder pass.
+#[derive(Default)]
+struct Batch {
+    effects: Vec<Effect>,
+    replies: Vec<Reply>,
+    /// Fresh starts whose latency is measured once the port serves.
+    latencies: Vec<(String, SystemTime)>,
+    /// Start times of the resyncs in this batch.
+    resyncs: Vec<Instant>,
+}
+
+/// Most messages folded into one batch.
+const MAX_BATCH: usize = 4096;
 
 /// Opens the store, moving a damaged one aside. Returns the store (None when
 /// even a fresh one cannot be opened: the bridge then runs from Docker truth
@@ -427,15 +474,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
                 None => std::future::pending::<()>().await,
             }
         };
+        let mut batch = Batch::default();
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(ev) = ev_rx.recv() => d.on_event(ev).await,
-            Some(cmd) = cmd_rx.recv() => d.on_command(cmd).await,
-            () = sleep => {
-                let fx = d.core.expire(now_ms());
-                d.perform(fx).await;
-            }
+            Some(ev) = ev_rx.recv() => d.on_event(ev, &mut batch),
+            Some(cmd) = cmd_rx.recv() => d.on_command(cmd, &mut batch),
+            () = sleep => batch.effects.extend(d.core.expire(now_ms())),
         }
+        // Fold whatever else is already queued into the same transaction.
+        let mut taken = 1;
+        while taken < MAX_BATCH {
+            if let Ok(cmd) = cmd_rx.try_recv() {
+                d.on_command(cmd, &mut batch);
+            } else if let Ok(ev) = ev_rx.try_recv() {
+                d.on_event(ev, &mut batch);
+            } else {
+                break;
+            }
+            taken += 1;
+        }
+        d.finish(batch).await;
     }
 
     tracing::info!("shutting down");
