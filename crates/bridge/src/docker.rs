@@ -330,7 +330,13 @@ impl Watcher {
                     let event = match base {
                         "start" | "restart" | "unpause" => {
                             match inspect(docker, &id).await {
-                                Ok(Some(info)) => Event::Started { info, at, replayed: at_ns <= listed_ns },
+                                // `restart` comes after the `start` of the same
+                                // restart: an observation, not a second registration.
+                                Ok(Some(info)) => Event::Started {
+                                    info,
+                                    at,
+                                    replayed: at_ns <= listed_ns || base == "restart",
+                                },
                                 Ok(None) => continue,
                                 Err(e) => return Ended::Lost(e.to_string()),
                             }
