@@ -1,4 +1,12 @@
 //! mesh-chaos: the reliability harness for mesh-bridge (faults, probes,
-//! invariants, reports). See DESIGN.md section 4; filled in by the harness work.
+//! invariants, reports). See DESIGN.md section 4.
 
+pub mod faults;
+pub mod http;
+pub mod invariants;
+pub mod metrics;
+pub mod probe;
+pub mod report;
+pub mod scenario;
+pub mod schedule;
 pub mod stub;

@@ -1,0 +1,594 @@
+//! Faults, injected through the docker CLI against a given engine
+//! (`docker -H <host>`), and against the bridge's state directory and API.
+//!
+//! Container faults pick victims by label and count or fraction (seeded, see
+//! [`crate::schedule::pick`]). Deployment faults (bridge kill -9, engine
+//! restart or cut, store damage, full disk, port squat, registration flood,
+//! duplicate storm) need a [`Target`] describing the deployment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Label of every container the harness starts.
+pub const TEST_LABEL: &str = "mesh-bridge.test";
+/// Label naming the service of a container.
+pub const SERVICE_LABEL: &str = "mesh-bridge.service";
+
+/// Every fault the harness knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// SIGKILL containers.
+    ContainerKill,
+    /// `docker stop` containers.
+    ContainerStop,
+    /// `docker restart` containers.
+    ContainerRestart,
+    /// `docker pause` containers (unpaused after `hold`).
+    ContainerPause,
+    /// `docker rm -f` containers (a replacement is started after `hold`).
+    ContainerRemove,
+    /// SIGKILL the bridge, check its store, start it again.
+    BridgeKill,
+    /// Restart the engine the bridge talks to (dockerd inside DinD).
+    EngineRestart,
+    /// Cut the bridge's connection to the engine for `hold`.
+    EngineCut,
+    /// Stop the bridge, overwrite the store with garbage, start it.
+    StoreCorrupt,
+    /// Stop the bridge, truncate the store, start it.
+    StoreTruncate,
+    /// Fill the state disk for `hold` while services come and go.
+    DiskFull,
+    /// A foreign listener on free ports of the range, then a new service.
+    PortSquat,
+    /// Reserve more services than the pool holds (then release them).
+    RegistrationFlood,
+    /// Re-register services that already hold ports.
+    DuplicateStorm,
+}
+
+impl FaultKind {
+    /// Every kind, for the CLI and the report.
+    pub const ALL: [FaultKind; 14] = [
+        FaultKind::ContainerKill,
+        FaultKind::ContainerStop,
+        FaultKind::ContainerRestart,
+        FaultKind::ContainerPause,
+        FaultKind::ContainerRemove,
+        FaultKind::BridgeKill,
+        FaultKind::EngineRestart,
+        FaultKind::EngineCut,
+        FaultKind::StoreCorrupt,
+        FaultKind::StoreTruncate,
+        FaultKind::DiskFull,
+        FaultKind::PortSquat,
+        FaultKind::RegistrationFlood,
+        FaultKind::DuplicateStorm,
+    ];
+
+    /// The kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::ContainerKill => "container-kill",
+            FaultKind::ContainerStop => "container-stop",
+            FaultKind::ContainerRestart => "container-restart",
+            FaultKind::ContainerPause => "container-pause",
+            FaultKind::ContainerRemove => "container-remove",
+            FaultKind::BridgeKill => "bridge-kill",
+            FaultKind::EngineRestart => "engine-restart",
+            FaultKind::EngineCut => "engine-cut",
+            FaultKind::StoreCorrupt => "store-corrupt",
+            FaultKind::StoreTruncate => "store-truncate",
+            FaultKind::DiskFull => "disk-full",
+            FaultKind::PortSquat => "port-squat",
+            FaultKind::RegistrationFlood => "registration-flood",
+            FaultKind::DuplicateStorm => "duplicate-storm",
+        }
+    }
+
+    /// Parses the kebab-case name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Container faults act on service containers chosen by label.
+    pub fn is_container(self) -> bool {
+        matches!(
+            self,
+            FaultKind::ContainerKill
+                | FaultKind::ContainerStop
+                | FaultKind::ContainerRestart
+                | FaultKind::ContainerPause
+                | FaultKind::ContainerRemove
+        )
+    }
+
+    /// Faults that take every service through the bridge down with them.
+    pub fn is_global(self) -> bool {
+        matches!(
+            self,
+            FaultKind::BridgeKill
+                | FaultKind::EngineRestart
+                | FaultKind::StoreCorrupt
+                | FaultKind::StoreTruncate
+        )
+    }
+
+    /// Default time before healing.
+    pub fn default_hold_ms(self) -> u64 {
+        match self {
+            FaultKind::ContainerPause => 3_000,
+            FaultKind::ContainerKill | FaultKind::ContainerStop | FaultKind::ContainerRemove => {
+                4_000
+            }
+            FaultKind::EngineCut => 5_000,
+            FaultKind::DiskFull => 6_000,
+            FaultKind::PortSquat => 8_000,
+            FaultKind::RegistrationFlood => 4_000,
+            _ => 0,
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The docker CLI against one engine.
+#[derive(Debug, Clone, Default)]
+pub struct Docker {
+    /// `-H` value; None = the CLI's default (`DOCKER_HOST`).
+    pub host: Option<String>,
+}
+
+/// A container as `docker ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Container {
+    /// Name (sorted first, so choices do not depend on ids).
+    pub name: String,
+    /// Id.
+    pub id: String,
+    /// `mesh-bridge.service` label.
+    pub service: String,
+    /// running, exited, paused, ...
+    pub state: String,
+}
+
+impl Docker {
+    /// An engine at `host`.
+    pub fn at(host: impl Into<String>) -> Self {
+        Self {
+            host: Some(host.into()),
+        }
+    }
+
+    fn command(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("docker");
+        if let Some(h) = &self.host {
+            c.arg("-H").arg(h);
+        }
+        c.kill_on_drop(true);
+        c
+    }
+
+    /// Runs `docker <args>` (60 s limit) and returns stdout.
+    pub async fn run(&self, args: &[&str]) -> Result<String> {
+        self.run_timeout(args, Duration::from_secs(60)).await
+    }
+
+    /// Runs `docker <args>` with a time limit and returns stdout.
+    pub async fn run_timeout(&self, args: &[&str], limit: Duration) -> Result<String> {
+        let mut c = self.command();
+        c.args(args);
+        let out = tokio::time::timeout(limit, c.output())
+            .await
+            .with_context(|| format!("docker {} timed out after {limit:?}", args.join(" ")))?
+            .context("running docker")?;
+        if !out.status.success() {
+            bail!(
+                "docker {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Containers (all states) matching every `K=V` (or `K`) label filter.
+    pub async fn list(&self, labels: &[String]) -> Result<Vec<Container>> {
+        let mut args = vec!["ps".to_string(), "-a".into(), "--no-trunc".into()];
+        for l in labels {
+            args.push("--filter".into());
+            args.push(format!("label={l}"));
+        }
+        args.push("--format".into());
+        args.push(format!(
+            "{{{{.ID}}}}\t{{{{.Names}}}}\t{{{{.Label \"{SERVICE_LABEL}\"}}}}\t{{{{.State}}}}"
+        ));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.run(&argv).await?;
+        let mut v: Vec<Container> = out
+            .lines()
+            .filter_map(|l| {
+                let mut p = l.split('\t');
+                Some(Container {
+                    id: p.next()?.to_string(),
+                    name: p.next()?.to_string(),
+                    service: p.next().unwrap_or("").to_string(),
+                    state: p.next().unwrap_or("").to_string(),
+                })
+            })
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+}
+
+/// Turns a scenario target (service name or `K=V`) into label filters.
+pub fn target_labels(target: Option<&str>) -> Vec<String> {
+    match target {
+        None => vec![SERVICE_LABEL.to_string()],
+        Some(t) if t.contains('=') => vec![t.to_string()],
+        Some(service) => vec![format!("{SERVICE_LABEL}={service}")],
+    }
+}
+
+/// The docker command lines a container fault runs on `ids`.
+pub fn container_commands(kind: FaultKind, ids: &[String]) -> Vec<Vec<String>> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let with = |pre: &[&str]| {
+        let mut v: Vec<String> = pre.iter().map(|s| s.to_string()).collect();
+        v.extend(ids.iter().cloned());
+        vec![v]
+    };
+    match kind {
+        FaultKind::ContainerKill => with(&["kill", "--signal", "KILL"]),
+        FaultKind::ContainerStop => with(&["stop", "--time", "2"]),
+        FaultKind::ContainerRestart => with(&["restart", "--time", "2"]),
+        FaultKind::ContainerPause => with(&["pause"]),
+        FaultKind::ContainerRemove => with(&["rm", "--force"]),
+        _ => Vec::new(),
+    }
+}
+
+/// What heals a container fault after its hold.
+pub fn container_heal_commands(kind: FaultKind, ids: &[String]) -> Vec<Vec<String>> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let with = |pre: &[&str]| {
+        let mut v: Vec<String> = pre.iter().map(|s| s.to_string()).collect();
+        v.extend(ids.iter().cloned());
+        vec![v]
+    };
+    match kind {
+        FaultKind::ContainerKill | FaultKind::ContainerStop => with(&["start"]),
+        FaultKind::ContainerPause => with(&["unpause"]),
+        _ => Vec::new(),
+    }
+}
+
+/// Runs command lines against an engine.
+pub async fn run_all(docker: &Docker, cmds: &[Vec<String>]) -> Result<()> {
+    for c in cmds {
+        let argv: Vec<&str> = c.iter().map(String::as_str).collect();
+        docker.run(&argv).await?;
+    }
+    Ok(())
+}
+
+/// A deployment the deployment faults act on.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The engine the bridge (and DinD) containers run on.
+    pub outer: Docker,
+    /// The engine the services run on (the one the bridge watches).
+    pub inner: Docker,
+    /// The bridge container's name on `outer`.
+    pub bridge: String,
+    /// The DinD container's name on `outer` (engine faults), if any.
+    pub engine: Option<String>,
+    /// Host path of the bridge's state directory.
+    pub state_dir: PathBuf,
+    /// The bridge image (for `state check`).
+    pub bridge_image: String,
+    /// The stub image (squatters, replacements).
+    pub stub_image: String,
+    /// The bridge's API on host loopback.
+    pub api: SocketAddr,
+    /// The API bearer token.
+    pub token: String,
+    /// Labels every started container gets.
+    pub labels: Vec<String>,
+    /// Docker's `--network` value for containers that must share the
+    /// bridge's network namespace (squatters).
+    pub bridge_netns: String,
+}
+
+/// What a store check found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoreCheck {
+    /// When, ms from the start.
+    pub t_ms: u64,
+    /// `mesh-bridge state check` exit 0.
+    pub ok: bool,
+    /// Its output.
+    pub detail: String,
+    /// The store was damaged on purpose just before.
+    pub damaged_on_purpose: bool,
+}
+
+impl Target {
+    /// `docker run --rm` args with the harness labels.
+    pub fn labelled_run(&self) -> Vec<String> {
+        let mut v = vec!["run".to_string()];
+        for l in &self.labels {
+            v.push("--label".into());
+            v.push(l.clone());
+        }
+        v
+    }
+
+    /// SIGKILL the bridge container.
+    pub async fn kill_bridge(&self) -> Result<()> {
+        self.outer
+            .run(&["kill", "--signal", "KILL", &self.bridge])
+            .await
+            .map(drop)
+    }
+
+    /// SIGTERM the bridge container and wait for it to exit.
+    pub async fn stop_bridge(&self) -> Result<()> {
+        self.outer
+            .run(&["stop", "--time", "6", &self.bridge])
+            .await
+            .map(drop)
+    }
+
+    /// Starts the (stopped) bridge container.
+    pub async fn start_bridge(&self) -> Result<()> {
+        self.outer.run(&["start", &self.bridge]).await.map(drop)
+    }
+
+    /// `mesh-bridge state check` on the state directory while the bridge is down.
+    pub async fn check_store(&self) -> (bool, String) {
+        let vol = format!("{}:/state", self.state_dir.display());
+        let mut args = self.labelled_run();
+        args.extend(
+            [
+                "--rm",
+                "--network",
+                "none",
+                "-v",
+                &vol,
+                &self.bridge_image,
+                "state",
+                "check",
+                "--state-dir",
+                "/state",
+            ]
+            .map(String::from),
+        );
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        match self.outer.run(&argv).await {
+            Ok(out) => (true, out.trim().to_string()),
+            Err(e) => (false, format!("{e:#}")),
+        }
+    }
+
+    /// The store file.
+    pub fn store_file(&self) -> PathBuf {
+        self.state_dir.join("state.db")
+    }
+
+    /// Overwrites the start of the store with garbage (bridge must be down).
+    pub fn corrupt_store(&self, seed: u64) -> Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        let path = self.store_file();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut x = seed | 1;
+        let garbage: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&garbage)?;
+        f.sync_all()?;
+        for side in ["state.db-wal", "state.db-shm"] {
+            let _ = std::fs::remove_file(self.state_dir.join(side));
+        }
+        Ok(())
+    }
+
+    /// Truncates the store to a few bytes (bridge must be down).
+    pub fn truncate_store(&self) -> Result<()> {
+        let path = self.store_file();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let len = f.metadata()?.len();
+        f.set_len((len / 3).min(700))?;
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// Files moved aside by the bridge (`state.db.damaged-*`).
+    pub fn damaged_files(&self) -> Vec<String> {
+        std::fs::read_dir(&self.state_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.contains(".damaged-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Starts a foreign listener (an MCP stub named `squatter`) on `port` in
+    /// the bridge's network namespace; returns its container name.
+    pub async fn squat(&self, port: u16, tag: &str) -> Result<String> {
+        let name = format!("mesh-chaos-squat-{tag}-{port}");
+        let mut args = self.labelled_run();
+        args.extend(
+            [
+                "-d",
+                "--name",
+                &name,
+                "--network",
+                &self.bridge_netns,
+                "-e",
+                &format!("MCP_STUB_PORT={port}"),
+                "-e",
+                "MCP_STUB_NAME=squatter",
+                &self.stub_image,
+            ]
+            .map(String::from),
+        );
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.outer.run(&argv).await?;
+        Ok(name)
+    }
+
+    /// Removes containers on the outer engine.
+    pub async fn remove_outer(&self, names: &[String]) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec!["rm", "--force"];
+        args.extend(names.iter().map(String::as_str));
+        self.outer.run(&args).await.map(drop)
+    }
+
+    /// Sends SIGTERM to dockerd inside the engine container (its entrypoint
+    /// loop starts a new one).
+    pub async fn restart_engine(&self) -> Result<()> {
+        let Some(engine) = &self.engine else {
+            bail!("no engine container: engine faults need the DinD topology");
+        };
+        self.outer
+            .run(&[
+                "exec",
+                engine,
+                "sh",
+                "-c",
+                "kill -TERM \"$(cat /var/run/docker.pid)\"",
+            ])
+            .await
+            .map(drop)
+    }
+
+    /// Cuts (or restores) tcp :2375 inside the engine container.
+    pub async fn cut_engine(&self, cut: bool) -> Result<()> {
+        let Some(engine) = &self.engine else {
+            bail!("no engine container: engine faults need the DinD topology");
+        };
+        let op = if cut { "-I" } else { "-D" };
+        for dir in ["--dport", "--sport"] {
+            self.outer
+                .run(&[
+                    "exec",
+                    engine,
+                    "iptables",
+                    op,
+                    "INPUT",
+                    "-p",
+                    "tcp",
+                    dir,
+                    "2375",
+                    "-j",
+                    "REJECT",
+                    "--reject-with",
+                    "tcp-reset",
+                ])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/reservations` for `service`; returns the HTTP status and body.
+    pub async fn reserve(&self, service: &str) -> Result<(u16, String)> {
+        self.api_call(
+            hyper::Method::POST,
+            "/v1/reservations",
+            serde_json::json!({ "service": service }).to_string(),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/reservations/{service}`.
+    pub async fn unreserve(&self, service: &str) -> Result<(u16, String)> {
+        self.api_call(
+            hyper::Method::DELETE,
+            &format!("/v1/reservations/{service}"),
+            String::new(),
+        )
+        .await
+    }
+
+    async fn api_call(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: String,
+    ) -> Result<(u16, String)> {
+        crate::http::request(self.api, method, path, body, Some(&self.token)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for k in FaultKind::ALL {
+            assert_eq!(FaultKind::parse(k.as_str()), Some(k));
+            let json = serde_json::to_string(&k).expect("json");
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+        }
+    }
+
+    #[test]
+    fn container_commands_name_every_victim() {
+        let ids = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(
+            container_commands(FaultKind::ContainerKill, &ids),
+            vec![vec!["kill", "--signal", "KILL", "a", "b"]]
+        );
+        assert_eq!(
+            container_heal_commands(FaultKind::ContainerPause, &ids),
+            vec![vec!["unpause", "a", "b"]]
+        );
+        assert!(container_commands(FaultKind::BridgeKill, &ids).is_empty());
+        assert!(container_commands(FaultKind::ContainerKill, &[]).is_empty());
+    }
+
+    #[test]
+    fn targets_become_label_filters() {
+        assert_eq!(
+            target_labels(Some("docs")),
+            vec!["mesh-bridge.service=docs"]
+        );
+        assert_eq!(target_labels(Some("tier=db")), vec!["tier=db"]);
+        assert_eq!(target_labels(None), vec!["mesh-bridge.service"]);
+    }
+}

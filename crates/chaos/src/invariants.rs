@@ -1,0 +1,587 @@
+//! Invariants I1-I7 (DESIGN.md section 4), judged on a recorded [`History`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::faults::FaultKind;
+use crate::probe::{History, Outcome};
+
+/// One invariant's verdict.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Verdict {
+    /// I1..I7.
+    pub id: String,
+    /// What it says.
+    pub title: String,
+    /// Held?
+    pub held: bool,
+    /// Evidence.
+    pub detail: String,
+}
+
+/// Pass marks used by I4.
+#[derive(Debug, Clone, Copy)]
+pub struct Marks {
+    /// Minimum availability of services not under fault.
+    pub availability: f64,
+    /// Maximum recovery after a bridge restart, ms.
+    pub recovery_ms: u64,
+}
+
+/// Availability and recovery figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Figures {
+    /// Ok / all samples of services not under fault.
+    pub availability: f64,
+    /// Samples counted for it.
+    pub samples: usize,
+    /// Worst recovery after a bridge restart (ms), if any restart.
+    pub recovery_ms: Option<u64>,
+    /// Every recovery, ms.
+    pub recoveries: Vec<u64>,
+}
+
+fn v(id: &str, title: &str, problems: Vec<String>, ok_detail: String) -> Verdict {
+    let held = problems.is_empty();
+    let detail = if held {
+        ok_detail
+    } else {
+        let n = problems.len();
+        let mut d: Vec<String> = problems.into_iter().take(5).collect();
+        if n > 5 {
+            d.push(format!("... and {} more", n - 5));
+        }
+        d.join("; ")
+    };
+    Verdict {
+        id: id.into(),
+        title: title.into(),
+        held,
+        detail,
+    }
+}
+
+/// Is `service` under a fault at `t` (fault window plus `tail` ms)?
+pub fn under_fault(h: &History, service: &str, t: u64, tail: u64) -> bool {
+    h.faults.iter().any(|f| {
+        (f.kind.is_global() || f.services.iter().any(|s| s == service))
+            && t + 500 >= f.t_ms
+            && t <= f.until_ms + tail
+    })
+}
+
+/// Availability (I4) and recovery figures.
+pub fn figures(h: &History, marks: Marks) -> Figures {
+    let probed: BTreeSet<&str> = h.probed.iter().map(String::as_str).collect();
+    let mut ok = 0usize;
+    let mut all = 0usize;
+    for s in &h.samples {
+        if !probed.contains(s.service.as_str())
+            || under_fault(h, &s.service, s.t_ms, marks.recovery_ms)
+        {
+            continue;
+        }
+        all += 1;
+        if s.outcome == Outcome::Ok {
+            ok += 1;
+        }
+    }
+    let mut recoveries = Vec::new();
+    for f in h
+        .faults
+        .iter()
+        .filter(|f| f.kind == FaultKind::BridgeKill && f.error.is_none())
+    {
+        let mut worst = 0u64;
+        let mut complete = true;
+        for s in &probed {
+            match h
+                .samples
+                .iter()
+                .filter(|x| x.service == *s && x.t_ms >= f.until_ms && x.outcome == Outcome::Ok)
+                .map(|x| x.t_ms)
+                .min()
+            {
+                Some(t) => worst = worst.max(t - f.until_ms),
+                None => complete = false,
+            }
+        }
+        recoveries.push(if complete { worst } else { u64::MAX });
+    }
+    Figures {
+        availability: if all == 0 {
+            1.0
+        } else {
+            ok as f64 / all as f64
+        },
+        samples: all,
+        recovery_ms: recoveries.iter().copied().max(),
+        recoveries,
+    }
+}
+
+/// Checks I1-I7.
+pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
+    let fig = figures(h, marks);
+    let mut out = Vec::new();
+
+    // I1: no two services share a port, in any snapshot.
+    let mut p1 = Vec::new();
+    for s in &h.snapshots {
+        let mut seen: BTreeMap<u16, &str> = BTreeMap::new();
+        for sv in &s.services {
+            if let Some(p) = sv.port
+                && let Some(other) = seen.insert(p, &sv.name)
+            {
+                p1.push(format!(
+                    "t={}ms port {p} held by {other} and {}",
+                    s.t_ms, sv.name
+                ));
+            }
+        }
+    }
+    let n = h.snapshots.len();
+    out.push(v(
+        "I1",
+        "no two services ever share a port",
+        p1,
+        format!("{n} snapshots, no shared port"),
+    ));
+
+    // I2: a live service keeps its port (unless a fault allows it to move).
+    let mut p2 = Vec::new();
+    let mut last: BTreeMap<&str, (u16, u64)> = BTreeMap::new();
+    let live: BTreeSet<&str> = h.probed.iter().map(String::as_str).collect();
+    for s in &h.snapshots {
+        for sv in &s.services {
+            if !live.contains(sv.name.as_str()) {
+                continue;
+            }
+            let Some(p) = sv.port else { continue };
+            if let Some(&(old, t_old)) = last.get(sv.name.as_str())
+                && old != p
+            {
+                let allowed = h.faults.iter().any(|f| {
+                    f.t_ms <= s.t_ms
+                        && f.until_ms + 30_000 >= t_old
+                        && f.may_move.iter().any(|m| m == &sv.name || m == "*")
+                });
+                if !allowed {
+                    p2.push(format!(
+                        "{} moved {old} -> {p} between t={t_old}ms and t={}ms",
+                        sv.name, s.t_ms
+                    ));
+                }
+            }
+            last.insert(&sv.name, (p, s.t_ms));
+        }
+    }
+    let restarts = h.faults.iter().filter(|f| f.kind.is_global()).count();
+    out.push(v(
+        "I2",
+        "a live service keeps its port across bridge and container restarts",
+        p2,
+        format!(
+            "{} services kept their ports through {} bridge/engine faults",
+            last.len(),
+            restarts
+        ),
+    ));
+
+    // I3: after settling, ports_in_use == live services; quarantine drained.
+    let mut p3 = Vec::new();
+    let fin = h.snapshots.iter().rev().find(|s| s.pool.is_some());
+    match fin {
+        None => p3.push("no snapshot of /v1/pool at the end".to_string()),
+        Some(s) => {
+            let in_use = s.pool_u64("in_use").unwrap_or(u64::MAX);
+            let want = h.live.len() as u64;
+            if in_use != want {
+                p3.push(format!(
+                    "final in_use {in_use} but {want} live services ({})",
+                    h.live.join(",")
+                ));
+            }
+            let serving: BTreeSet<&str> = s
+                .services
+                .iter()
+                .filter(|x| x.port.is_some() && x.state == "serving")
+                .map(|x| x.name.as_str())
+                .collect();
+            for l in &h.live {
+                if !serving.contains(l.as_str()) {
+                    p3.push(format!("live service {l} not serving at the end"));
+                }
+            }
+            let q = s.pool_u64("quarantined").unwrap_or(0);
+            if q > 0 && s.t_ms >= h.settle_from_ms + h.grace_ms + 2_000 {
+                p3.push(format!(
+                    "{q} ports still quarantined {}ms after the last fault (grace {}ms)",
+                    s.t_ms - h.settle_from_ms,
+                    h.grace_ms
+                ));
+            }
+        }
+    }
+    out.push(v(
+        "I3",
+        "after settling, ports_in_use equals the live services and quarantine drains",
+        p3,
+        format!("{} live services, each serving on one port", h.live.len()),
+    ));
+
+    // I4: availability and recovery.
+    let mut p4 = Vec::new();
+    if fig.availability < marks.availability {
+        p4.push(format!(
+            "availability {:.4} < {:.4} over {} samples",
+            fig.availability, marks.availability, fig.samples
+        ));
+    }
+    if fig.samples == 0 && !h.probed.is_empty() {
+        p4.push("no sample of a service outside fault windows".into());
+    }
+    for r in &fig.recoveries {
+        if *r > marks.recovery_ms {
+            p4.push(if *r == u64::MAX {
+                "a service never recovered after a bridge restart".into()
+            } else {
+                format!("recovery {r}ms > {}ms", marks.recovery_ms)
+            });
+        }
+    }
+    out.push(v(
+        "I4",
+        "availability of services not under fault >= threshold; recovery <= bound",
+        p4,
+        format!(
+            "availability {:.4} over {} samples (>= {}); worst recovery {}",
+            fig.availability,
+            fig.samples,
+            marks.availability,
+            fig.recovery_ms
+                .map_or("n/a (no bridge restart)".to_string(), |r| format!(
+                    "{r}ms (<= {}ms)",
+                    marks.recovery_ms
+                ))
+        ),
+    ));
+
+    // I5: /metrics agrees with /v1/pool; counters move exactly as expected.
+    let mut p5 = Vec::new();
+    let mut compared = 0;
+    for s in h.snapshots.iter().filter(|s| s.stable) {
+        compared += 1;
+        for (k, m) in [
+            ("in_use", "mesh_bridge_ports_in_use"),
+            ("quarantined", "mesh_bridge_ports_quarantined"),
+            ("conflicted", "mesh_bridge_ports_conflicted"),
+            ("capacity", "mesh_bridge_ports_capacity"),
+        ] {
+            let a = s.pool_u64(k);
+            let b = s.metric(m).map(|x| x as u64);
+            if a != b {
+                p5.push(format!("t={}ms /v1/pool {k}={a:?} but {m}={b:?}", s.t_ms));
+            }
+        }
+    }
+    let delta = |name: &str| -> u64 {
+        // Sum of increases; a drop means the bridge restarted (counter reset).
+        let mut total = 0f64;
+        let mut prev: Option<f64> = None;
+        for s in &h.snapshots {
+            if let Some(x) = s.metric(name) {
+                if let Some(p) = prev {
+                    total += if x >= p { x - p } else { x };
+                }
+                prev = Some(x);
+            }
+        }
+        total as u64
+    };
+    let dup = delta("mesh_bridge_duplicate_registration_attempts_total");
+    let exh = delta("mesh_bridge_port_exhaustion_events_total");
+    if let Some(want) = h.expect.duplicates
+        && dup != want
+    {
+        p5.push(format!(
+            "duplicate_registration_attempts_total rose by {dup}, expected exactly {want}"
+        ));
+    }
+    match h.expect.exhaustion {
+        Some(true) if exh == 0 => p5.push(
+            "port_exhaustion_events_total did not move during a flood beyond capacity".into(),
+        ),
+        Some(false) if exh > 0 => p5.push(format!(
+            "port_exhaustion_events_total rose by {exh} with the pool never full"
+        )),
+        _ => {}
+    }
+    out.push(v(
+        "I5",
+        "/metrics agrees with /v1/pool; exhaustion and duplicate counters move exactly when they should",
+        p5,
+        format!("{compared} snapshots agree; duplicates +{dup}, exhaustion +{exh}"),
+    ));
+
+    // I6: the store is consistent after every kill -9.
+    let mut p6 = Vec::new();
+    for c in &h.store_checks {
+        if !c.ok && !c.damaged_on_purpose {
+            p6.push(format!("t={}ms store check failed: {}", c.t_ms, c.detail));
+        }
+    }
+    for f in h.faults.iter().filter(|f| f.error.is_some()) {
+        if matches!(f.kind, FaultKind::StoreCorrupt | FaultKind::StoreTruncate) {
+            p6.push(format!(
+                "t={}ms {}: {}",
+                f.t_ms,
+                f.kind,
+                f.error.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    out.push(v(
+        "I6",
+        "nothing is lost: the store is consistent after any kill -9",
+        p6,
+        format!("{} store checks after kills", h.store_checks.len()),
+    ));
+
+    // I7: X's port is answered by X.
+    let wrong: Vec<String> = h
+        .samples
+        .iter()
+        .filter(|s| s.outcome == Outcome::Wrong)
+        .map(|s| {
+            format!(
+                "t={}ms port {:?} of {} answered by {}",
+                s.t_ms,
+                s.port,
+                s.service,
+                s.server.as_deref().unwrap_or("?")
+            )
+        })
+        .collect();
+    let answered = h
+        .samples
+        .iter()
+        .filter(|s| s.outcome == Outcome::Ok)
+        .count();
+    out.push(v(
+        "I7",
+        "a request to service X's port is answered by a replica of X",
+        wrong,
+        format!("{answered} answers, all from the right service"),
+    ));
+    (out, fig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::StoreCheck;
+    use crate::probe::{FaultRecord, Sample, ServiceView, Snapshot};
+
+    const MARKS: Marks = Marks {
+        availability: 0.9,
+        recovery_ms: 3_000,
+    };
+
+    fn snap(t: u64, services: &[(&str, u16)], in_use: u64, gauge: f64) -> Snapshot {
+        let mut metrics = BTreeMap::new();
+        metrics.insert("mesh_bridge_ports_in_use".into(), gauge);
+        metrics.insert("mesh_bridge_ports_quarantined".into(), 0.0);
+        metrics.insert("mesh_bridge_ports_conflicted".into(), 0.0);
+        metrics.insert("mesh_bridge_ports_capacity".into(), 10.0);
+        metrics.insert(
+            "mesh_bridge_duplicate_registration_attempts_total".into(),
+            0.0,
+        );
+        metrics.insert("mesh_bridge_port_exhaustion_events_total".into(), 0.0);
+        Snapshot {
+            t_ms: t,
+            pool: Some(
+                serde_json::json!({"capacity":10,"in_use":in_use,"quarantined":0,"conflicted":0}),
+            ),
+            services: services
+                .iter()
+                .map(|(n, p)| ServiceView {
+                    name: n.to_string(),
+                    port: Some(*p),
+                    state: "serving".into(),
+                    replicas: 1,
+                })
+                .collect(),
+            metrics,
+            stable: true,
+        }
+    }
+
+    fn sample(t: u64, service: &str, outcome: Outcome, server: &str) -> Sample {
+        Sample {
+            t_ms: t,
+            service: service.into(),
+            port: Some(11100),
+            outcome,
+            server: Some(server.into()),
+            latency_ms: 1.0,
+        }
+    }
+
+    /// A history where everything holds.
+    fn good() -> History {
+        History {
+            samples: (0..20)
+                .flat_map(|i| {
+                    [
+                        sample(i * 500, "a", Outcome::Ok, "a"),
+                        sample(i * 500, "b", Outcome::Ok, "b"),
+                    ]
+                })
+                .collect(),
+            snapshots: (0..10)
+                .map(|i| snap(i * 1000, &[("a", 11100), ("b", 11101)], 2, 2.0))
+                .collect(),
+            live: vec!["a".into(), "b".into()],
+            probed: vec!["a".into(), "b".into()],
+            settle_from_ms: 5_000,
+            end_ms: 10_000,
+            grace_ms: 1_000,
+            ..History::default()
+        }
+    }
+
+    fn held(h: &History, id: &str) -> bool {
+        check(h, MARKS)
+            .0
+            .iter()
+            .find(|v| v.id == id)
+            .expect("verdict")
+            .held
+    }
+
+    #[test]
+    fn good_history_holds_everything() {
+        let (vs, fig) = check(&good(), MARKS);
+        assert!(vs.iter().all(|v| v.held), "{vs:#?}");
+        assert_eq!(vs.len(), 7);
+        assert_eq!(fig.availability, 1.0);
+    }
+
+    #[test]
+    fn i1_shared_port_fails() {
+        let mut h = good();
+        h.snapshots[3].services[1].port = Some(11100);
+        assert!(!held(&h, "I1"));
+    }
+
+    #[test]
+    fn i2_moved_port_fails_unless_allowed() {
+        let mut h = good();
+        for s in &mut h.snapshots[5..] {
+            s.services[0].port = Some(11105);
+        }
+        assert!(!held(&h, "I2"));
+        h.faults.push(FaultRecord {
+            t_ms: 4_500,
+            kind: FaultKind::StoreCorrupt,
+            target: "store".into(),
+            services: vec!["a".into(), "b".into()],
+            until_ms: 4_600,
+            may_move: vec!["*".into()],
+            error: None,
+        });
+        assert!(held(&h, "I2"));
+    }
+
+    #[test]
+    fn i3_leaked_port_fails() {
+        let mut h = good();
+        let last = h.snapshots.last_mut().expect("snap");
+        last.pool =
+            Some(serde_json::json!({"capacity":10,"in_use":3,"quarantined":0,"conflicted":0}));
+        assert!(!held(&h, "I3"));
+        let mut h = good();
+        h.snapshots.last_mut().expect("snap").pool =
+            Some(serde_json::json!({"capacity":10,"in_use":2,"quarantined":1,"conflicted":0}));
+        h.snapshots.last_mut().expect("snap").t_ms = 60_000;
+        assert!(!held(&h, "I3"), "quarantine that never drains");
+    }
+
+    #[test]
+    fn i4_low_availability_and_slow_recovery_fail() {
+        let mut h = good();
+        for s in h.samples.iter_mut().take(10) {
+            s.outcome = Outcome::Refused;
+        }
+        assert!(!held(&h, "I4"));
+        let mut h = good();
+        h.faults.push(FaultRecord {
+            t_ms: 1_000,
+            kind: FaultKind::BridgeKill,
+            target: "bridge".into(),
+            services: vec![],
+            until_ms: 1_000,
+            may_move: vec![],
+            error: None,
+        });
+        for s in h
+            .samples
+            .iter_mut()
+            .filter(|s| s.t_ms >= 1_000 && s.t_ms < 5_000)
+        {
+            s.outcome = Outcome::Refused;
+        }
+        let fig = figures(&h, MARKS);
+        assert_eq!(fig.recovery_ms, Some(4_000));
+        assert!(!held(&h, "I4"));
+    }
+
+    #[test]
+    fn i5_metric_disagreement_and_counters_fail() {
+        let mut h = good();
+        h.snapshots[2]
+            .metrics
+            .insert("mesh_bridge_ports_in_use".into(), 3.0);
+        assert!(!held(&h, "I5"));
+        let mut h = good();
+        h.expect.duplicates = Some(5);
+        h.snapshots[6].metrics.insert(
+            "mesh_bridge_duplicate_registration_attempts_total".into(),
+            4.0,
+        );
+        for s in &mut h.snapshots[7..] {
+            s.metrics.insert(
+                "mesh_bridge_duplicate_registration_attempts_total".into(),
+                4.0,
+            );
+        }
+        assert!(!held(&h, "I5"), "4 duplicates counted for 5 attempts");
+        let mut h = good();
+        h.expect.exhaustion = Some(true);
+        assert!(!held(&h, "I5"), "exhaustion never counted");
+    }
+
+    #[test]
+    fn i6_inconsistent_store_fails() {
+        let mut h = good();
+        h.store_checks.push(StoreCheck {
+            t_ms: 1,
+            ok: false,
+            detail: "malformed".into(),
+            damaged_on_purpose: false,
+        });
+        assert!(!held(&h, "I6"));
+        h.store_checks[0].damaged_on_purpose = true;
+        assert!(held(&h, "I6"));
+    }
+
+    #[test]
+    fn i7_wrong_server_fails() {
+        let mut h = good();
+        h.samples[3] = sample(1500, "b", Outcome::Wrong, "a");
+        assert!(!held(&h, "I7"));
+    }
+}

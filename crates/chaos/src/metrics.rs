@@ -1,0 +1,163 @@
+//! Harness metrics for Prometheus, served on a loopback port during a run:
+//! `mesh_chaos_faults_injected_total{fault}`, `mesh_chaos_probe_results_total{outcome}`,
+//! `mesh_chaos_probe_duration_seconds`, `mesh_chaos_invariant_violations_total{invariant}`.
+
+use std::net::SocketAddr;
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::probe::Outcome;
+
+/// The harness's metrics.
+#[derive(Debug, Clone)]
+pub struct HarnessMetrics {
+    /// The registry.
+    pub registry: Registry,
+    faults: IntCounterVec,
+    probes: IntCounterVec,
+    duration: Histogram,
+    violations: IntCounterVec,
+}
+
+impl HarnessMetrics {
+    /// Registers the metrics.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let faults = IntCounterVec::new(
+            Opts::new(
+                "mesh_chaos_faults_injected_total",
+                "Faults injected, by kind.",
+            ),
+            &["fault"],
+        )?;
+        let probes = IntCounterVec::new(
+            Opts::new(
+                "mesh_chaos_probe_results_total",
+                "Probe results, by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "mesh_chaos_probe_duration_seconds",
+                "Round trip of one probe through the mesh port.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )?;
+        let violations = IntCounterVec::new(
+            Opts::new(
+                "mesh_chaos_invariant_violations_total",
+                "Invariants found violated, by invariant.",
+            ),
+            &["invariant"],
+        )?;
+        registry.register(Box::new(faults.clone()))?;
+        registry.register(Box::new(probes.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(violations.clone()))?;
+        for o in [
+            Outcome::Ok,
+            Outcome::Wrong,
+            Outcome::NoPort,
+            Outcome::Refused,
+            Outcome::Timeout,
+            Outcome::Error,
+        ] {
+            probes.with_label_values(&[o.as_str()]);
+        }
+        for i in 1..=7 {
+            violations.with_label_values(&[&format!("I{i}")]);
+        }
+        Ok(Self {
+            registry,
+            faults,
+            probes,
+            duration,
+            violations,
+        })
+    }
+
+    /// Counts a fault.
+    pub fn fault(&self, kind: &str) {
+        self.faults.with_label_values(&[kind]).inc();
+    }
+    /// Counts a probe.
+    pub fn probe(&self, outcome: Outcome, seconds: f64) {
+        self.probes.with_label_values(&[outcome.as_str()]).inc();
+        if outcome != Outcome::NoPort {
+            self.duration.observe(seconds);
+        }
+    }
+    /// Counts a violated invariant.
+    pub fn violation(&self, id: &str) {
+        self.violations.with_label_values(&[id]).inc();
+    }
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Serves `/metrics` on `addr` (use 127.0.0.1:0) until the task is aborted.
+    pub async fn serve(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+                            .await;
+                    let body = me.render();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(body.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        Ok((local, task))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn renders_and_serves() {
+        let m = HarnessMetrics::new().expect("metrics");
+        m.fault("container-kill");
+        m.probe(Outcome::Ok, 0.002);
+        m.violation("I3");
+        let text = m.render();
+        assert!(text.contains("mesh_chaos_faults_injected_total{fault=\"container-kill\"} 1"));
+        assert!(text.contains("mesh_chaos_invariant_violations_total{invariant=\"I3\"} 1"));
+        assert!(text.contains("mesh_chaos_probe_duration_seconds_count 1"));
+        let (addr, task) = m
+            .serve("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("serve");
+        let body = crate::http::get_text(addr, "/metrics").await.expect("get");
+        assert!(body.contains("mesh_chaos_probe_results_total{outcome=\"ok\"} 1"));
+        task.abort();
+    }
+}

@@ -1,0 +1,368 @@
+//! Probes and the recorded history: a client per service that keeps calling
+//! `initialize` (and `ping`) through the service's mesh port, and a poller of
+//! the bridge's `/v1/pool`, `/v1/services` and `/metrics`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::faults::{FaultKind, StoreCheck};
+use crate::metrics::HarnessMetrics;
+
+/// How one probe ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Answered, by the right service.
+    Ok,
+    /// Answered by another service (I7).
+    Wrong,
+    /// The bridge shows no port for the service.
+    NoPort,
+    /// Connection refused / reset / closed.
+    Refused,
+    /// No answer in time.
+    Timeout,
+    /// Any other failure (HTTP, protocol).
+    Error,
+}
+
+impl Outcome {
+    /// snake_case name (metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Wrong => "wrong",
+            Outcome::NoPort => "no_port",
+            Outcome::Refused => "refused",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// One probe result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    /// ms from the start of the run.
+    pub t_ms: u64,
+    /// The service probed.
+    pub service: String,
+    /// Its mesh port at the time (bridge's view).
+    pub port: Option<u16>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// `serverInfo.name` of whoever answered.
+    pub server: Option<String>,
+    /// Round trip.
+    pub latency_ms: f64,
+}
+
+/// A service as `/v1/services` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceView {
+    /// Name.
+    pub name: String,
+    /// Port (null while pending).
+    pub port: Option<u16>,
+    /// State.
+    pub state: String,
+    /// Replica count.
+    #[serde(default)]
+    pub replicas: usize,
+}
+
+/// One poll of the bridge's API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Snapshot {
+    /// ms from the start.
+    pub t_ms: u64,
+    /// `/v1/pool` (None when the bridge did not answer).
+    pub pool: Option<serde_json::Value>,
+    /// `/v1/services`.
+    pub services: Vec<ServiceView>,
+    /// `/metrics`, `name{labels}` -> value.
+    pub metrics: BTreeMap<String, f64>,
+    /// The pool gauges read the same before and after `/v1/pool` (so the
+    /// metrics and the pool view may be compared).
+    pub stable: bool,
+}
+
+impl Snapshot {
+    /// A pool field.
+    pub fn pool_u64(&self, key: &str) -> Option<u64> {
+        self.pool.as_ref()?.get(key)?.as_u64()
+    }
+    /// A metric without labels.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics.get(name).copied()
+    }
+}
+
+/// A fault as it was injected.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FaultRecord {
+    /// ms from the start.
+    pub t_ms: u64,
+    /// The fault.
+    pub kind: FaultKind,
+    /// What it hit (container names, ports, "bridge", ...).
+    pub target: String,
+    /// Services under this fault (all services for global faults).
+    pub services: Vec<String>,
+    /// When it was healed (== t_ms when instantaneous).
+    pub until_ms: u64,
+    /// Services whose port may legitimately change because of this fault.
+    #[serde(default)]
+    pub may_move: Vec<String>,
+    /// Failure to inject, if any.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What the counters must show.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Expect {
+    /// Exact increase of `duplicate_registration_attempts_total`.
+    pub duplicates: Option<u64>,
+    /// Whether `port_exhaustion_events_total` must move (true) or stay (false).
+    pub exhaustion: Option<bool>,
+}
+
+/// Everything recorded in one run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct History {
+    /// Probe results.
+    pub samples: Vec<Sample>,
+    /// API polls.
+    pub snapshots: Vec<Snapshot>,
+    /// Faults.
+    pub faults: Vec<FaultRecord>,
+    /// Store checks after bridge kills.
+    pub store_checks: Vec<StoreCheck>,
+    /// Counter expectations.
+    pub expect: Expect,
+    /// Services that must be live (hold a port, serve) at the end.
+    pub live: Vec<String>,
+    /// Services probed for availability (the scenario's services).
+    pub probed: Vec<String>,
+    /// When the quiet settle time began (ms).
+    pub settle_from_ms: u64,
+    /// End of the run (ms).
+    pub end_ms: u64,
+    /// The bridge's grace (ms).
+    pub grace_ms: u64,
+    /// Port movement is allowed for every service (e.g. the store was lost).
+    #[serde(default)]
+    pub bridge_restarts: Vec<u64>,
+}
+
+/// Shared, lock-protected recording used by the probe tasks.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    inner: Arc<Mutex<History>>,
+    /// Latest service -> port, from the last snapshot.
+    ports: Arc<Mutex<HashMap<String, Option<u16>>>>,
+}
+
+impl Recorder {
+    /// Runs `f` on the history.
+    pub fn with<R>(&self, f: impl FnOnce(&mut History) -> R) -> R {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut g)
+    }
+    /// A copy of the history.
+    pub fn history(&self) -> History {
+        self.with(|h| h.clone())
+    }
+    /// The latest port the bridge shows for `service`.
+    pub fn port_of(&self, service: &str) -> Option<u16> {
+        let g = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        g.get(service).copied().flatten()
+    }
+    fn set_ports(&self, s: &Snapshot) {
+        let mut g = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        g.clear();
+        for v in &s.services {
+            g.insert(v.name.clone(), v.port);
+        }
+    }
+}
+
+/// Where mesh ports are reached from the harness.
+#[derive(Debug, Clone)]
+pub struct PortMap {
+    /// mesh port -> host loopback port.
+    pub map: HashMap<u16, u16>,
+}
+
+impl PortMap {
+    /// Host address of a mesh port.
+    pub fn addr(&self, mesh: u16) -> Option<SocketAddr> {
+        self.map
+            .get(&mesh)
+            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, *p)))
+    }
+}
+
+/// Probes one service once.
+pub async fn probe_once(
+    service: &str,
+    port: Option<u16>,
+    ports: &PortMap,
+    timeout: Duration,
+    ping: bool,
+) -> (Outcome, Option<String>, f64) {
+    let t = Instant::now();
+    let Some(addr) = port.and_then(|p| ports.addr(p)) else {
+        return (Outcome::NoPort, None, 0.0);
+    };
+    let r = crate::stub::initialize(addr, timeout).await;
+    let mut out = match r {
+        Ok(name) if name == service => (Outcome::Ok, Some(name)),
+        Ok(name) => (Outcome::Wrong, Some(name)),
+        Err(crate::stub::StubError::Timeout { .. }) => (Outcome::Timeout, None),
+        Err(crate::stub::StubError::Io { .. }) | Err(crate::stub::StubError::Http { .. }) => {
+            (Outcome::Refused, None)
+        }
+        Err(_) => (Outcome::Error, None),
+    };
+    if ping && out.0 == Outcome::Ok && crate::stub::ping(addr, timeout).await.is_err() {
+        out.0 = Outcome::Error;
+    }
+    (out.0, out.1, t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Keeps probing `services()` every `every` until `stop` fires.
+pub async fn run_probes(
+    rec: Recorder,
+    services: Arc<Mutex<Vec<String>>>,
+    ports: PortMap,
+    start: Instant,
+    every: Duration,
+    metrics: HarnessMetrics,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut round = 0u64;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Bounded: at most one round a tick for at most a day.
+    while round < 86_400_000 / every.as_millis().max(1) as u64 {
+        tick.tick().await;
+        if *stop.borrow() {
+            break;
+        }
+        round += 1;
+        let list = services.lock().map(|g| g.clone()).unwrap_or_default();
+        let mut set = tokio::task::JoinSet::new();
+        for s in list {
+            let port = rec.port_of(&s);
+            let ports = ports.clone();
+            let ping = round % 4 == 0;
+            set.spawn(async move {
+                let t_ms = start.elapsed().as_millis() as u64;
+                let (o, server, ms) =
+                    probe_once(&s, port, &ports, Duration::from_millis(1500), ping).await;
+                Sample {
+                    t_ms,
+                    service: s,
+                    port,
+                    outcome: o,
+                    server,
+                    latency_ms: ms,
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok(sample) = r {
+                metrics.probe(sample.outcome, sample.latency_ms / 1000.0);
+                rec.with(|h| h.samples.push(sample));
+            }
+        }
+    }
+}
+
+/// One poll of the API.
+pub async fn snapshot(api: SocketAddr, t_ms: u64) -> Snapshot {
+    let gauges = |m: &BTreeMap<String, f64>| {
+        [
+            "mesh_bridge_ports_in_use",
+            "mesh_bridge_ports_quarantined",
+            "mesh_bridge_ports_conflicted",
+        ]
+        .map(|k| m.get(k).copied())
+    };
+    let m1 = crate::http::get_text(api, "/metrics")
+        .await
+        .map(|t| crate::http::parse_metrics(&t));
+    let pool = crate::http::get_json(api, "/v1/pool").await.ok();
+    let services: Vec<ServiceView> = match crate::http::get_json(api, "/v1/services").await {
+        Ok(v) => v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| {
+                        Some(ServiceView {
+                            name: s.get("name")?.as_str()?.to_string(),
+                            port: s.get("port").and_then(|p| p.as_u64()).map(|p| p as u16),
+                            state: s
+                                .get("state")
+                                .and_then(|x| x.as_str())
+                                .unwrap_or("")
+                                .to_string(),
+                            replicas: s
+                                .get("replicas")
+                                .and_then(|r| r.as_array())
+                                .map_or(0, |r| r.len()),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let m2 = crate::http::get_text(api, "/metrics")
+        .await
+        .map(|t| crate::http::parse_metrics(&t));
+    let (metrics, stable) = match (m1, m2) {
+        (Ok(a), Ok(b)) => {
+            let stable = gauges(&a) == gauges(&b) && pool.is_some();
+            (b, stable)
+        }
+        (_, Ok(b)) => (b, false),
+        (Ok(a), _) => (a, false),
+        _ => (BTreeMap::new(), false),
+    };
+    Snapshot {
+        t_ms,
+        pool,
+        services,
+        metrics,
+        stable,
+    }
+}
+
+/// Polls the API every `every` until `stop` fires.
+pub async fn run_poller(
+    rec: Recorder,
+    api: SocketAddr,
+    start: Instant,
+    every: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    for _ in 0..(86_400_000 / every.as_millis().max(1) as u64) {
+        tick.tick().await;
+        if *stop.borrow() {
+            break;
+        }
+        let s = snapshot(api, start.elapsed().as_millis() as u64).await;
+        if s.pool.is_some() {
+            rec.set_ports(&s);
+        }
+        rec.with(|h| h.snapshots.push(s));
+    }
+}

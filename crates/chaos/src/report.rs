@@ -1,0 +1,430 @@
+//! Reports in the run directory: `report.json`, `junit.xml`, `summary.md`,
+//! `timeline.png` (and the raw `history.json`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::invariants::{Figures, Verdict};
+use crate::probe::{History, Outcome};
+
+/// `report.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// pass | fail.
+    pub verdict: String,
+    /// Engine topology used (dind | host).
+    pub engine: String,
+    /// Wall time of the run, ms.
+    pub duration_ms: u64,
+    /// Faults as injected.
+    pub faults: Vec<ReportFault>,
+    /// Invariant verdicts.
+    pub invariants: Vec<ReportInvariant>,
+    /// Availability of services not under fault.
+    pub availability: f64,
+    /// Worst recovery after a bridge restart, ms (null when none).
+    pub recovery_ms: Option<u64>,
+    /// Faults injected by kind.
+    pub faults_by_kind: BTreeMap<String, u64>,
+    /// Probe results by outcome.
+    pub probes_by_outcome: BTreeMap<String, u64>,
+}
+
+/// One fault in the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportFault {
+    /// ms from the start.
+    pub t_ms: u64,
+    /// Kind.
+    pub kind: String,
+    /// Target.
+    pub target: String,
+    /// Injection error, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One invariant in the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportInvariant {
+    /// I1..I7.
+    pub id: String,
+    /// Held?
+    pub held: bool,
+    /// Evidence.
+    pub detail: String,
+    /// What it says.
+    pub title: String,
+}
+
+/// Builds the report.
+pub fn build(
+    scenario: &str,
+    seed: u64,
+    engine: &str,
+    h: &History,
+    verdicts: &[Verdict],
+    fig: &Figures,
+    duration_ms: u64,
+) -> Report {
+    let mut by_kind = BTreeMap::new();
+    for f in &h.faults {
+        *by_kind.entry(f.kind.to_string()).or_insert(0) += 1;
+    }
+    let mut by_outcome = BTreeMap::new();
+    for s in &h.samples {
+        *by_outcome
+            .entry(s.outcome.as_str().to_string())
+            .or_insert(0) += 1;
+    }
+    Report {
+        scenario: scenario.into(),
+        seed,
+        verdict: if verdicts.iter().all(|v| v.held) {
+            "pass".into()
+        } else {
+            "fail".into()
+        },
+        engine: engine.into(),
+        duration_ms,
+        faults: h
+            .faults
+            .iter()
+            .map(|f| ReportFault {
+                t_ms: f.t_ms,
+                kind: f.kind.to_string(),
+                target: f.target.clone(),
+                error: f.error.clone(),
+            })
+            .collect(),
+        invariants: verdicts
+            .iter()
+            .map(|v| ReportInvariant {
+                id: v.id.clone(),
+                held: v.held,
+                detail: v.detail.clone(),
+                title: v.title.clone(),
+            })
+            .collect(),
+        availability: fig.availability,
+        recovery_ms: fig.recovery_ms,
+        faults_by_kind: by_kind,
+        probes_by_outcome: by_outcome,
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `junit.xml`: a testcase per invariant.
+pub fn junit(r: &Report) -> String {
+    let failures = r.invariants.iter().filter(|i| !i.held).count();
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        x,
+        "<testsuites><testsuite name=\"{}-{}\" tests=\"{}\" failures=\"{}\" time=\"{:.3}\">",
+        xml_escape(&r.scenario),
+        r.seed,
+        r.invariants.len(),
+        failures,
+        r.duration_ms as f64 / 1000.0
+    );
+    for i in &r.invariants {
+        let _ = write!(
+            x,
+            "  <testcase classname=\"reliability.{}\" name=\"{} {}\">",
+            xml_escape(&r.scenario),
+            i.id,
+            xml_escape(&i.title)
+        );
+        if i.held {
+            let _ = writeln!(
+                x,
+                "<system-out>{}</system-out></testcase>",
+                xml_escape(&i.detail)
+            );
+        } else {
+            let _ = writeln!(
+                x,
+                "<failure message=\"{}\">{}</failure></testcase>",
+                xml_escape(&i.detail),
+                xml_escape(&i.detail)
+            );
+        }
+    }
+    x.push_str("</testsuite></testsuites>\n");
+    x
+}
+
+/// `summary.md`.
+pub fn summary(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# {} (seed {}): {}\n",
+        r.scenario,
+        r.seed,
+        r.verdict.to_uppercase()
+    );
+    let _ = writeln!(
+        s,
+        "Engine: {}. Wall time {:.1}s. Availability of services not under fault: {:.4}. Worst recovery after a bridge restart: {}.\n",
+        r.engine,
+        r.duration_ms as f64 / 1000.0,
+        r.availability,
+        r.recovery_ms
+            .map_or("n/a".to_string(), |m| format!("{m} ms"))
+    );
+    s.push_str("| invariant | held | detail |\n|---|---|---|\n");
+    for i in &r.invariants {
+        let _ = writeln!(
+            s,
+            "| {} {} | {} | {} |",
+            i.id,
+            i.title,
+            if i.held { "yes" } else { "**NO**" },
+            i.detail.replace('|', "\\|")
+        );
+    }
+    s.push_str("\n| fault | injected |\n|---|---|\n");
+    for (k, n) in &r.faults_by_kind {
+        let _ = writeln!(s, "| {k} | {n} |");
+    }
+    s.push_str("\n| probe outcome | count |\n|---|---|\n");
+    for (k, n) in &r.probes_by_outcome {
+        let _ = writeln!(s, "| {k} | {n} |");
+    }
+    s.push_str("\n![timeline](timeline.png)\n");
+    s
+}
+
+/// Colour of a fault kind on the timeline.
+fn fault_colour(kind: crate::faults::FaultKind) -> plotters::style::RGBColor {
+    use plotters::style::RGBColor;
+    let i = crate::faults::FaultKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(0);
+    const P: [RGBColor; 7] = [
+        RGBColor(214, 39, 40),
+        RGBColor(255, 127, 14),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    P[i % P.len()]
+}
+
+/// Registers DejaVu Sans (Debian `fonts-dejavu-core`) for plotters' text;
+/// false when no font file is there (the chart is then drawn without text).
+fn register_font() -> bool {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DONE.get_or_init(|| {
+        for p in [
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/TTF/DejaVuSans.ttf",
+        ] {
+            if let Ok(bytes) = std::fs::read(p) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font(
+                    "sans-serif",
+                    plotters::style::FontStyle::Normal,
+                    bytes,
+                )
+                .is_ok()
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+/// `timeline.png`: ports in use and availability against time, faults as
+/// vertical lines.
+pub fn timeline(h: &History, title: &str, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let text = register_font();
+    let end_s = (h.end_ms.max(1000) as f64) / 1000.0;
+    let root = BitMapBackend::new(path, (1200, 640)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(320);
+    let max_ports = h
+        .snapshots
+        .iter()
+        .filter_map(|s| s.pool_u64("in_use"))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        * 1.2;
+
+    let mut c1 = ChartBuilder::on(&top);
+    c1.margin(10)
+        .x_label_area_size(if text { 25 } else { 5 })
+        .y_label_area_size(if text { 50 } else { 5 });
+    if text {
+        c1.caption(
+            format!("{title}: ports in use (blue), quarantined (grey)"),
+            ("sans-serif", 18),
+        );
+    }
+    let mut ch1 = c1.build_cartesian_2d(0f64..end_s, 0f64..max_ports)?;
+    if text {
+        ch1.configure_mesh().x_desc("s").draw()?;
+    }
+    let pts = |k: &'static str| {
+        h.snapshots
+            .iter()
+            .filter_map(move |s| Some((s.t_ms as f64 / 1000.0, s.pool_u64(k)? as f64)))
+    };
+    ch1.draw_series(LineSeries::new(pts("in_use"), BLUE.stroke_width(2)))?;
+    ch1.draw_series(LineSeries::new(
+        pts("quarantined"),
+        RGBColor(150, 150, 150).stroke_width(1),
+    ))?;
+    for f in &h.faults {
+        let x = f.t_ms as f64 / 1000.0;
+        ch1.draw_series(std::iter::once(PathElement::new(
+            vec![(x, 0.0), (x, max_ports)],
+            fault_colour(f.kind).stroke_width(2),
+        )))?;
+    }
+
+    // Availability per second (all probed services).
+    let mut buckets: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+    for s in &h.samples {
+        let e = buckets.entry(s.t_ms / 1000).or_insert((0, 0));
+        e.1 += 1;
+        if s.outcome == Outcome::Ok {
+            e.0 += 1;
+        }
+    }
+    let mut c2 = ChartBuilder::on(&bottom);
+    c2.margin(10)
+        .x_label_area_size(if text { 25 } else { 5 })
+        .y_label_area_size(if text { 50 } else { 5 });
+    if text {
+        c2.caption(
+            "availability (green, per second), faults (vertical lines)",
+            ("sans-serif", 18),
+        );
+    }
+    let mut ch2 = c2.build_cartesian_2d(0f64..end_s, 0f64..1.05f64)?;
+    if text {
+        ch2.configure_mesh().x_desc("s").draw()?;
+    }
+    ch2.draw_series(LineSeries::new(
+        buckets
+            .iter()
+            .map(|(t, (ok, n))| (*t as f64 + 0.5, f64::from(*ok) / f64::from((*n).max(1)))),
+        RGBColor(44, 160, 44).stroke_width(2),
+    ))?;
+    for f in &h.faults {
+        let x = f.t_ms as f64 / 1000.0;
+        let x2 = f.until_ms.max(f.t_ms) as f64 / 1000.0;
+        ch2.draw_series(std::iter::once(Rectangle::new(
+            [(x, 0.0), (x2.max(x + 0.1), 1.05)],
+            fault_colour(f.kind).mix(0.25).filled(),
+        )))?;
+        if text {
+            ch2.draw_series(std::iter::once(Text::new(
+                f.kind.to_string(),
+                (x, 0.08),
+                ("sans-serif", 11).into_font().color(&fault_colour(f.kind)),
+            )))?;
+        }
+    }
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes every report file into `dir`.
+pub fn write_all(dir: &Path, r: &Report, h: &History) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
+    std::fs::write(dir.join("junit.xml"), junit(r))?;
+    std::fs::write(dir.join("summary.md"), summary(r))?;
+    std::fs::write(dir.join("history.json"), serde_json::to_string(h)?)?;
+    timeline(
+        h,
+        &format!("{} seed {}", r.scenario, r.seed),
+        &dir.join("timeline.png"),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invariants::{Marks, check};
+    use crate::probe::{Sample, Snapshot};
+
+    #[test]
+    fn writes_every_file() {
+        let mut h = History {
+            end_ms: 5_000,
+            live: vec![],
+            probed: vec!["a".into()],
+            ..History::default()
+        };
+        for i in 0..10 {
+            h.samples.push(Sample {
+                t_ms: i * 500,
+                service: "a".into(),
+                port: Some(1),
+                outcome: Outcome::Ok,
+                server: Some("a".into()),
+                latency_ms: 1.0,
+            });
+            h.snapshots.push(Snapshot {
+                t_ms: i * 500,
+                pool: Some(serde_json::json!({"in_use": 0, "quarantined": 0})),
+                ..Snapshot::default()
+            });
+        }
+        let (vs, fig) = check(
+            &h,
+            Marks {
+                availability: 0.5,
+                recovery_ms: 1,
+            },
+        );
+        let r = build("t", 7, "dind", &h, &vs, &fig, 5_000);
+        let dir = tempfile::tempdir().expect("tmp");
+        write_all(dir.path(), &r, &h).expect("write");
+        for f in ["report.json", "junit.xml", "summary.md", "timeline.png"] {
+            assert!(dir.path().join(f).metadata().expect(f).len() > 0, "{f}");
+        }
+        let j: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).expect("read"))
+                .expect("json");
+        for k in [
+            "scenario",
+            "seed",
+            "verdict",
+            "faults",
+            "invariants",
+            "availability",
+            "recovery_ms",
+        ] {
+            assert!(j.get(k).is_some(), "{k}");
+        }
+        assert_eq!(junit(&r).matches("<testcase").count(), 7);
+    }
+}
