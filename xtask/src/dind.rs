@@ -72,6 +72,7 @@ pub fn build(force: bool) -> Result<String> {
     }
 
     if fresh_tarball || !image_exists(&rootfs_image)? {
+        let previous_rootfs = image_id(&rootfs_image)?;
         progress(t0, &format!("docker import -> {rootfs_image}"));
         run(Command::new("docker")
             .arg("import")
@@ -80,6 +81,7 @@ pub fn build(force: bool) -> Result<String> {
             .arg(&tarball)
             .arg(&rootfs_image)
             .stdout(Stdio::null()))?;
+        remove_if_replaced(&rootfs_image, previous_rootfs);
     } else {
         progress(t0, &format!("reusing imported {rootfs_image}"));
     }
@@ -101,14 +103,7 @@ pub fn build(force: bool) -> Result<String> {
             .arg(&src),
     )?;
 
-    // The image this build replaced is now untagged; drop it unless something still uses it.
-    if let Some(old) = previous.filter(|old| image_id(TAG).ok().flatten().as_ref() != Some(old)) {
-        let _ = Command::new("docker")
-            .args(["image", "rm", &old])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+    remove_if_replaced(TAG, previous);
 
     let size = capture(Command::new("docker").args(["image", "inspect", "-f", "{{.Size}}", TAG]))?;
     let size_mb = size.trim().parse::<u64>().unwrap_or(0) / 1_000_000;
@@ -300,6 +295,18 @@ fn image_label(image: &str, label: &str) -> Result<Option<String>> {
     let v = capture(Command::new("docker").args(["image", "inspect", "-f", &fmt, image]))?;
     let v = v.trim();
     Ok((!v.is_empty() && v != "<no value>").then(|| v.to_string()))
+}
+
+/// After `tag` was rebuilt: removes the image it used to name (`previous`), now untagged,
+/// unless a container (or a child image) still uses it; failures are ignored.
+fn remove_if_replaced(tag: &str, previous: Option<String>) {
+    if let Some(old) = previous.filter(|old| image_id(tag).ok().flatten().as_ref() != Some(old)) {
+        let _ = Command::new("docker")
+            .args(["image", "rm", &old])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// The id of a local image, `None` when absent.
