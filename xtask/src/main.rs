@@ -4,6 +4,8 @@
 mod dashboards;
 mod dind;
 mod images;
+mod reliability;
+mod scenario;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -24,6 +26,13 @@ enum Command {
         #[command(subcommand)]
         command: dashboards::Command,
     },
+    /// List or run reliability scenarios (tests/scenarios/*.toml).
+    Scenario {
+        #[command(subcommand)]
+        command: scenario::Command,
+    },
+    /// The reliability suite CI runs: the `ci = true` scenarios, a verdict table.
+    Reliability(reliability::Args),
     /// Run the store crash test with more kills than `cargo test` does.
     Crash {
         /// How many times the writer is killed with SIGKILL.
@@ -38,6 +47,8 @@ fn main() -> Result<()> {
         Command::Images(args) => images::run(&args),
         Command::Dashboards { command } => dashboards::run(&command),
         Command::Crash { iterations } => crash(iterations),
+        Command::Scenario { command } => scenario::run(&command),
+        Command::Reliability(args) => reliability::run(&args),
     }
 }
 

@@ -1,0 +1,201 @@
+//! `cargo xtask reliability`: the short suite CI runs. Every scenario marked
+//! `ci = true` in tests/scenarios, one after the other, with progress lines and
+//! a pass/fail table; non-zero exit when any invariant failed.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use mesh_chaos::scenario::Scenario;
+
+use crate::scenario::{self, Engine, RunArgs};
+
+/// `reliability` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Only these scenarios (default: every `ci = true` one).
+    #[arg(long = "only")]
+    pub only: Vec<String>,
+    /// Where the services run.
+    #[arg(long, value_enum, default_value_t = Engine::Dind)]
+    pub engine: Engine,
+    /// Seed for every scenario (default: each scenario's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Runs the suite.
+pub fn run(args: &Args) -> Result<()> {
+    let all = Scenario::load_dir(&scenario::scenario_dir())?;
+    let chosen: Vec<Scenario> = all
+        .into_iter()
+        .filter(|s| {
+            if args.only.is_empty() {
+                s.ci
+            } else {
+                args.only.contains(&s.name)
+            }
+        })
+        .collect();
+    if chosen.is_empty() {
+        bail!("no scenario selected");
+    }
+    let t0 = Instant::now();
+    println!(
+        "reliability: {} scenarios: {}",
+        chosen.len(),
+        chosen
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let rt = scenario::runtime()?;
+    let mut rows = Vec::new();
+    for (i, s) in chosen.iter().enumerate() {
+        let t = Instant::now();
+        let prefix = format!("[{}/{} {} {:>5.0}s]", i + 1, chosen.len(), s.name, 0.0);
+        println!(
+            "{prefix} starting (duration {}, seed {})",
+            s.duration,
+            args.seed.unwrap_or(s.seed)
+        );
+        let name = s.name.clone();
+        let total = chosen.len();
+        let say = move |m: &str| {
+            println!(
+                "[{}/{} {} {:>5.0}s] {m}",
+                i + 1,
+                total,
+                name,
+                t0.elapsed().as_secs_f64()
+            );
+        };
+        let r = rt.block_on(scenario::run_named(
+            &RunArgs {
+                name: s.name.clone(),
+                seed: args.seed,
+                duration: None,
+                engine: args.engine,
+            },
+            &say,
+        ));
+        let secs = t.elapsed().as_secs_f64();
+        match r {
+            Ok(out) => {
+                let failed: Vec<String> = out
+                    .report
+                    .invariants
+                    .iter()
+                    .filter(|v| !v.held)
+                    .map(|v| format!("{}: {}", v.id, v.detail))
+                    .collect();
+                println!(
+                    "[{}/{} {}] {} in {secs:.0}s -> {}",
+                    i + 1,
+                    chosen.len(),
+                    s.name,
+                    out.report.verdict.to_uppercase(),
+                    out.dir.display()
+                );
+                for f in &failed {
+                    println!("    {f}");
+                }
+                rows.push(Row {
+                    name: s.name.clone(),
+                    seed: out.report.seed,
+                    verdict: out.report.verdict.clone(),
+                    held: out
+                        .report
+                        .invariants
+                        .iter()
+                        .map(|v| (v.id.clone(), v.held))
+                        .collect(),
+                    availability: Some(out.report.availability),
+                    recovery: out.report.recovery_ms,
+                    faults: out.report.faults.len(),
+                    secs,
+                    error: None,
+                });
+            }
+            Err(e) => {
+                println!(
+                    "[{}/{} {}] ERROR after {secs:.0}s: {e:#}",
+                    i + 1,
+                    chosen.len(),
+                    s.name
+                );
+                rows.push(Row {
+                    name: s.name.clone(),
+                    seed: args.seed.unwrap_or(s.seed),
+                    verdict: "error".into(),
+                    held: Vec::new(),
+                    availability: None,
+                    recovery: None,
+                    faults: 0,
+                    secs,
+                    error: Some(format!("{e:#}")),
+                });
+            }
+        }
+    }
+    println!();
+    println!(
+        "{:<18} {:>5}  {:<7} {:<20} {:>8} {:>9} {:>6} {:>6}",
+        "SCENARIO",
+        "SEED",
+        "VERDICT",
+        "I1 I2 I3 I4 I5 I6 I7",
+        "AVAIL",
+        "RECOVERY",
+        "FAULTS",
+        "TIME"
+    );
+    for r in &rows {
+        let marks: Vec<&str> = if r.held.is_empty() {
+            vec!["--"; 7]
+        } else {
+            r.held
+                .iter()
+                .map(|(_, h)| if *h { "ok" } else { "XX" })
+                .collect()
+        };
+        println!(
+            "{:<18} {:>5}  {:<7} {:<20} {:>8} {:>9} {:>6} {:>5.0}s",
+            r.name,
+            r.seed,
+            r.verdict.to_uppercase(),
+            marks.join(" "),
+            r.availability.map_or("-".into(), |a| format!("{:.4}", a)),
+            r.recovery.map_or("-".into(), |m| format!("{m}ms")),
+            r.faults,
+            r.secs
+        );
+        if let Some(e) = &r.error {
+            println!("    error: {e}");
+        }
+    }
+    let failed = rows.iter().filter(|r| r.verdict != "pass").count();
+    println!(
+        "\nreliability: {} passed, {} failed, {:.0}s total; reports in {}",
+        rows.len() - failed,
+        failed,
+        t0.elapsed().as_secs_f64(),
+        scenario::out_root().display()
+    );
+    if failed > 0 {
+        bail!("{failed} scenario(s) failed");
+    }
+    Ok(())
+}
+
+struct Row {
+    name: String,
+    seed: u64,
+    verdict: String,
+    held: Vec<(String, bool)>,
+    availability: Option<f64>,
+    recovery: Option<u64>,
+    faults: usize,
+    secs: f64,
+    error: Option<String>,
+}

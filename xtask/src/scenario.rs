@@ -1,0 +1,1276 @@
+//! `cargo xtask scenario list|run NAME [--seed N] [--duration D] [--engine dind|host]`.
+//!
+//! Topology (DESIGN.md section 5): a DinD container started with testcontainers
+//! (`--privileged` is refused by this engine, so the privileged-equivalent flags
+//! of `xtask/images/dind/README.md` are used when it is), the bridge container in
+//! the DinD container's network namespace, stub services inside the inner
+//! engine, the mesh range and the bridge API published by the DinD container to
+//! host loopback. `--engine host` keeps the same code path with the services on
+//! the host engine (the bridge then mounts the host's docker socket).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mesh_chaos::faults::{self, Docker, FaultKind, StoreCheck, Target};
+use mesh_chaos::invariants::{self, Marks};
+use mesh_chaos::metrics::HarnessMetrics;
+use mesh_chaos::probe::{self, FaultRecord, PortMap, Recorder};
+use mesh_chaos::report;
+use mesh_chaos::scenario::{Scenario, dur};
+use mesh_chaos::schedule::{self, Planned};
+use testcontainers::bollard::models::{HostConfig, PortBinding};
+use testcontainers::core::{CgroupnsMode, ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+/// Images the scenarios use (built by `cargo xtask images`).
+pub const DIND_IMAGE: (&str, &str) = ("mesh-bridge/dind", "dev");
+/// The bridge image.
+pub const BRIDGE_IMAGE: &str = "mesh-bridge/bridge:dev";
+/// The MCP stub image.
+pub const STUB_IMAGE: &str = "mesh-bridge/mcp-stub:dev";
+/// Label value every harness container carries.
+pub const TEST_VALUE: &str = "reliability";
+
+/// Which engine runs the services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// Inside a DinD container (the design's topology).
+    Dind,
+    /// The host engine itself (fallback; engine faults are skipped).
+    Host,
+}
+
+/// `scenario` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// List the scenarios of tests/scenarios.
+    List,
+    /// Run one scenario.
+    Run(RunArgs),
+}
+
+/// `scenario run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Scenario name (file stem in tests/scenarios).
+    pub name: String,
+    /// Seed (default: the scenario's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override the duration (humantime, e.g. 20m).
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Where the services run.
+    #[arg(long, value_enum, default_value_t = Engine::Dind)]
+    pub engine: Engine,
+}
+
+/// `tests/scenarios`.
+pub fn scenario_dir() -> PathBuf {
+    workspace().join("tests").join("scenarios")
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// `target/reliability`.
+pub fn out_root() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => workspace().join("target"),
+    }
+    .join("reliability")
+}
+
+/// Entry point of `cargo xtask scenario`.
+pub fn run(cmd: &Command) -> Result<()> {
+    match cmd {
+        Command::List => {
+            for s in Scenario::load_dir(&scenario_dir())? {
+                println!(
+                    "{:<18} {:>6} {:>3} services {:>2} faults{}  {}",
+                    s.name,
+                    s.duration,
+                    s.services.len(),
+                    s.faults.len(),
+                    if s.ci { "  [ci]" } else { "      " },
+                    s.description
+                );
+            }
+            Ok(())
+        }
+        Command::Run(args) => {
+            let rt = runtime()?;
+            let out = rt.block_on(run_named(args, &|m| println!("{m}")))?;
+            println!("\n{}", std::fs::read_to_string(out.dir.join("summary.md"))?);
+            println!("reports in {}", out.dir.display());
+            if out.report.verdict != "pass" {
+                bail!("scenario {} failed", args.name);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A tokio runtime for the harness.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The report.
+    pub report: report::Report,
+}
+
+/// Loads `name` and runs it, with cleanup on ctrl-c.
+pub async fn run_named(args: &RunArgs, say: &(dyn Fn(&str) + Sync)) -> Result<RunOutput> {
+    let path = scenario_dir().join(format!("{}.toml", args.name));
+    let mut scn = Scenario::load(&path)?;
+    if let Some(d) = &args.duration {
+        dur("--duration", d)?;
+        scn.duration = d.clone();
+    }
+    let seed = args.seed.unwrap_or(scn.seed);
+    let run_id = format!("{}-{}-{}", scn.name, seed, std::process::id());
+    let mut cleanup = Cleanup::new(&run_id);
+    let result = tokio::select! {
+        r = run_scenario(&scn, seed, args.engine, &run_id, &mut cleanup, say) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (ctrl-c); cleaning up")),
+    };
+    cleanup.run().await;
+    result
+}
+
+/// Everything started, removed at the end whatever happens.
+struct Cleanup {
+    run_label: String,
+    dind: Option<ContainerAsync<GenericImage>>,
+    children: Vec<tokio::process::Child>,
+    mounts: Vec<PathBuf>,
+    done: bool,
+}
+
+impl Cleanup {
+    fn new(run_id: &str) -> Self {
+        Self {
+            run_label: format!("mesh-bridge.run={run_id}"),
+            dind: None,
+            children: Vec::new(),
+            mounts: Vec::new(),
+            done: false,
+        }
+    }
+
+    async fn run(&mut self) {
+        for c in &mut self.children {
+            let _ = c.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+        }
+        self.children.clear();
+        sweep(&self.run_label);
+        if let Some(d) = self.dind.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), d.rm()).await;
+        }
+        sweep(&self.run_label);
+        for m in self.mounts.drain(..) {
+            let _ = std::process::Command::new("umount").arg(&m).status();
+        }
+        self.done = true;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.done {
+            sweep(&self.run_label);
+            for m in &self.mounts {
+                let _ = std::process::Command::new("umount").arg(m).status();
+            }
+        }
+    }
+}
+
+/// `docker rm -f` of every host container with the run's label.
+fn sweep(label: &str) {
+    let Ok(out) = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label={label}")])
+        .output()
+    else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-fv"])
+            .args(&ids)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Fails unless the image exists locally (so nothing is ever pulled).
+async fn require_image(docker: &Docker, image: &str) -> Result<()> {
+    docker
+        .run(&["image", "inspect", "--format", "{{.Id}}", image])
+        .await
+        .map(drop)
+        .with_context(|| {
+            format!("{image} is missing locally; run `cargo xtask images` (no registry is used)")
+        })
+}
+
+fn free_local_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The loop around the DinD entrypoint: a dockerd that exits (engine-restart
+/// fault) is started again; the container ends when /tmp/stop exists.
+const DIND_LOOP: &str =
+    "while :; do /usr/local/bin/dind-entrypoint; [ -e /tmp/stop ] && exit 0; sleep 0.3; done";
+
+/// Starts the DinD container through testcontainers; `--privileged` first,
+/// then the privileged-equivalent flags if the engine refuses it.
+async fn start_dind(
+    ports: &[u16],
+    labels: &[(String, String)],
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(ContainerAsync<GenericImage>, String)> {
+    let mut last_err = String::new();
+    for privileged in [true, false] {
+        let mut img = GenericImage::new(DIND_IMAGE.0, DIND_IMAGE.1)
+            .with_entrypoint("/usr/bin/tini")
+            .with_wait_for(WaitFor::Nothing)
+            .with_exposed_port(ContainerPort::Tcp(2375))
+            .with_exposed_port(ContainerPort::Tcp(9464));
+        for p in ports {
+            img = img.with_exposed_port(ContainerPort::Tcp(*p));
+        }
+        let mut all: Vec<u16> = vec![2375, 9464];
+        all.extend_from_slice(ports);
+        let mut req = img
+            .with_cmd(["--", "/bin/sh", "-c", DIND_LOOP])
+            .with_cgroupns_mode(CgroupnsMode::Private)
+            .with_startup_timeout(Duration::from_secs(60))
+            .with_env_var("DIND_SHUTDOWN_TIMEOUT", "2");
+        for (k, v) in labels {
+            req = req.with_label(k.clone(), v.clone());
+        }
+        if privileged {
+            req = req.with_privileged(true);
+        } else {
+            req = req
+                .with_cap_add("ALL")
+                .with_cap_drop("SYS_RESOURCE")
+                .with_security_opt("seccomp=unconfined")
+                .with_security_opt("apparmor=unconfined");
+        }
+        let req = req.with_host_config_modifier(move |hc: &mut HostConfig| {
+            let mut b = HashMap::new();
+            for p in &all {
+                b.insert(
+                    format!("{p}/tcp"),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(String::new()),
+                    }]),
+                );
+            }
+            hc.port_bindings = Some(b);
+            if !privileged {
+                // The API form of the CLI's `--security-opt systempaths=unconfined`.
+                hc.masked_paths = Some(Vec::new());
+                hc.readonly_paths = Some(Vec::new());
+            }
+        });
+        match req.start().await {
+            Ok(c) => {
+                let how = if privileged {
+                    "--privileged".to_string()
+                } else {
+                    "privileged-equivalent flags (--cap-add ALL --cap-drop SYS_RESOURCE, seccomp/apparmor/systempaths unconfined)".to_string()
+                };
+                return Ok((c, how));
+            }
+            Err(e) => {
+                last_err = format!("{e:#}");
+                say(&format!(
+                    "DinD start with privileged={privileged} refused: {last_err}"
+                ));
+                sweep(&format!("{}={}", labels[1].0, labels[1].1));
+            }
+        }
+    }
+    bail!("the DinD container could not be started: {last_err}")
+}
+
+/// Polls until `docker info` answers on `docker` (bounded).
+async fn wait_engine(docker: &Docker, limit: Duration) -> Result<()> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if docker
+            .run_timeout(
+                &["info", "--format", "{{.ServerVersion}}"],
+                Duration::from_secs(5),
+            )
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("engine {:?} did not answer within {limit:?}", docker.host)
+}
+
+/// The running topology.
+struct Topo {
+    target: Target,
+    ports: PortMap,
+    engine: Engine,
+    labels: Vec<String>,
+}
+
+impl Topo {
+    /// Starts `name` as a stub container of `service` on the service engine.
+    async fn start_stub(&self, name: &str, service: &str) -> Result<()> {
+        let mut args = vec!["run".to_string(), "-d".into(), "--name".into(), name.into()];
+        for l in &self.labels {
+            args.push("--label".into());
+            args.push(l.clone());
+        }
+        args.extend(
+            [
+                "--label",
+                &format!("{}={service}", faults::SERVICE_LABEL),
+                "-e",
+                &format!("MCP_STUB_NAME={service}"),
+                "--restart",
+                "unless-stopped",
+            ]
+            .map(String::from),
+        );
+        if self.engine == Engine::Host {
+            args.extend(["--network".to_string(), self.target.bridge_netns_net()]);
+        }
+        args.push(STUB_IMAGE.into());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.target.inner.run(&argv).await.map(drop)
+    }
+}
+
+trait NetExt {
+    fn bridge_netns_net(&self) -> String;
+}
+impl NetExt for Target {
+    /// Host topology: the network the services and the bridge's netns holder share.
+    fn bridge_netns_net(&self) -> String {
+        format!("{}-net", self.bridge)
+    }
+}
+
+async fn run_scenario(
+    scn: &Scenario,
+    seed: u64,
+    engine: Engine,
+    run_id: &str,
+    cleanup: &mut Cleanup,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<RunOutput> {
+    let t_setup = Instant::now();
+    let dir = out_root().join(format!("{}-{}", scn.name, seed));
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+    let plan = schedule::build(scn, seed)?;
+    std::fs::write(
+        dir.join("schedule.json"),
+        serde_json::to_string_pretty(&plan)?,
+    )?;
+    let mesh_ports = scn.bridge.all_ports()?;
+    let host = Docker::default();
+    for img in [BRIDGE_IMAGE, STUB_IMAGE] {
+        require_image(&host, img).await?;
+    }
+    let label_pairs = vec![
+        (faults::TEST_LABEL.to_string(), TEST_VALUE.to_string()),
+        ("mesh-bridge.run".to_string(), run_id.to_string()),
+    ];
+    let labels: Vec<String> = label_pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let bridge_name = format!("mb-bridge-{run_id}");
+    let state_dir = dir.join("state");
+    std::fs::create_dir_all(&state_dir)?;
+    if scn.faults.iter().any(|f| f.kind == FaultKind::DiskFull) {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs"])
+            .arg(&state_dir)
+            .status()?;
+        if st.success() {
+            cleanup.mounts.push(state_dir.clone());
+            say("state dir on a 2 MiB tmpfs (disk-full fault)");
+        } else {
+            say(
+                "could not mount a tmpfs for the state dir; disk-full will fill the real disk's quota-less dir (bounded to 64 MiB)",
+            );
+        }
+    }
+    let token = format!(
+        "chaos-{:016x}{:08x}",
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        std::process::id()
+    );
+    std::fs::write(dir.join("token"), &token)?;
+
+    // --- engine and bridge ---------------------------------------------------
+    let (inner, netns, engine_name, port_map, api, how) = match engine {
+        Engine::Dind => {
+            require_image(&host, &format!("{}:{}", DIND_IMAGE.0, DIND_IMAGE.1)).await?;
+            say(&format!(
+                "starting DinD ({} mesh ports published to 127.0.0.1)",
+                mesh_ports.len()
+            ));
+            let (c, how) = start_dind(&mesh_ports, &label_pairs, say).await?;
+            let id = c.id().to_string();
+            let ports = c.ports().await?;
+            cleanup.dind = Some(c);
+            let hp = |p: u16| ports.map_to_host_port_ipv4(ContainerPort::Tcp(p));
+            let engine_port = hp(2375).context("2375 not published")?;
+            let api_port = hp(9464).context("9464 not published")?;
+            let mut map = HashMap::new();
+            for p in &mesh_ports {
+                map.insert(*p, hp(*p).with_context(|| format!("{p} not published"))?);
+            }
+            let inner = Docker::at(format!("tcp://127.0.0.1:{engine_port}"));
+            wait_engine(&inner, Duration::from_secs(90)).await?;
+            say(&format!(
+                "inner engine up on tcp://127.0.0.1:{engine_port} after {:.1}s ({how})",
+                t_setup.elapsed().as_secs_f64()
+            ));
+            let t = Instant::now();
+            let load = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "docker save {STUB_IMAGE} | docker -H tcp://127.0.0.1:{engine_port} load -q"
+                ))
+                .kill_on_drop(true)
+                .output();
+            let out = tokio::time::timeout(Duration::from_secs(180), load).await??;
+            if !out.status.success() {
+                bail!(
+                    "loading {STUB_IMAGE} into the inner engine: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            say(&format!(
+                "{STUB_IMAGE} loaded into the inner engine in {:.1}s",
+                t.elapsed().as_secs_f64()
+            ));
+            (
+                inner,
+                format!("container:{id}"),
+                Some(id),
+                PortMap { map },
+                SocketAddr::from(([127, 0, 0, 1], api_port)),
+                how,
+            )
+        }
+        Engine::Host => {
+            // A netns holder (a stub) publishes the ports; the bridge joins it
+            // and watches the host engine through its socket.
+            let net = format!("{bridge_name}-net");
+            host.run(&[
+                "network", "create", "--label", &labels[0], "--label", &labels[1], &net,
+            ])
+            .await?;
+            let holder = format!("{bridge_name}-ns");
+            let mut args: Vec<String> =
+                vec!["run".into(), "-d".into(), "--name".into(), holder.clone()];
+            for l in &labels {
+                args.push("--label".into());
+                args.push(l.clone());
+            }
+            args.extend([
+                "--network".into(),
+                net.clone(),
+                "-e".into(),
+                "MCP_STUB_PORT=1".into(),
+            ]);
+            args.extend(["-p".into(), "127.0.0.1::9464".into()]);
+            for p in &mesh_ports {
+                args.push("-p".into());
+                args.push(format!("127.0.0.1::{p}"));
+            }
+            args.push(STUB_IMAGE.into());
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            host.run(&argv).await?;
+            let mut map = HashMap::new();
+            let mut api_port = 0;
+            let out = host.run(&["port", &holder]).await?;
+            for line in out.lines() {
+                // "11100/tcp -> 127.0.0.1:49153"
+                let Some((c, h)) = line.split_once(" -> ") else {
+                    continue;
+                };
+                let c: u16 = c.trim_end_matches("/tcp").parse().unwrap_or(0);
+                let h: u16 = h
+                    .rsplit(':')
+                    .next()
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(0);
+                if c == 9464 {
+                    api_port = h;
+                } else {
+                    map.insert(c, h);
+                }
+            }
+            (
+                host.clone(),
+                format!("container:{holder}"),
+                None,
+                PortMap { map },
+                SocketAddr::from(([127, 0, 0, 1], api_port)),
+                "host engine (no DinD)".to_string(),
+            )
+        }
+    };
+    let target = Target {
+        outer: host.clone(),
+        inner: inner.clone(),
+        bridge: bridge_name.clone(),
+        engine: engine_name.clone(),
+        state_dir: state_dir.clone(),
+        bridge_image: BRIDGE_IMAGE.into(),
+        stub_image: STUB_IMAGE.into(),
+        api,
+        token: token.clone(),
+        labels: labels.clone(),
+        bridge_netns: netns.clone(),
+    };
+    let topo = Topo {
+        target: target.clone(),
+        ports: port_map.clone(),
+        engine,
+        labels: labels.clone(),
+    };
+
+    // Services first, then the bridge: its first resync finds them.
+    let t = Instant::now();
+    for s in &scn.services {
+        for r in 0..s.replicas {
+            topo.start_stub(&format!("{}-{r}", s.name), &s.name).await?;
+        }
+    }
+    say(&format!(
+        "{} stub containers started in {:.1}s",
+        scn.containers(),
+        t.elapsed().as_secs_f64()
+    ));
+
+    let docker_host = match engine {
+        Engine::Dind => "tcp://127.0.0.1:2375".to_string(),
+        Engine::Host => "unix:///var/run/docker.sock".to_string(),
+    };
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "-d".into(),
+        "--name".into(),
+        bridge_name.clone(),
+    ];
+    for l in &labels {
+        args.push("--label".into());
+        args.push(l.clone());
+    }
+    args.extend(
+        [
+            "--network",
+            &netns,
+            "-v",
+            &format!("{}:/state", state_dir.display()),
+            "-v",
+            &format!("{}:/run/mesh-token:ro", dir.join("token").display()),
+            "-e",
+            "MESH_BRIDGE_LOG=info",
+        ]
+        .map(String::from),
+    );
+    if engine == Engine::Host {
+        args.extend([
+            "-v".into(),
+            "/var/run/docker.sock:/var/run/docker.sock".into(),
+        ]);
+    }
+    args.extend(
+        [
+            BRIDGE_IMAGE,
+            "run",
+            "--docker-host",
+            &docker_host,
+            "--ports",
+            &scn.bridge.ports,
+            "--grace",
+            &scn.bridge.grace,
+            "--resync",
+            &scn.bridge.resync,
+            "--leak-cycles",
+            &scn.bridge.leak_cycles.to_string(),
+            "--hold",
+            &scn.bridge.hold,
+            "--api-token-file",
+            "/run/mesh-token",
+            "--state-dir",
+            "/state",
+            "--listen",
+            "0.0.0.0:9464",
+            "--bind-ip",
+            "0.0.0.0",
+        ]
+        .map(String::from),
+    );
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    host.run(&argv).await?;
+
+    // Ready, and every service serving.
+    let want: Vec<String> = scn.services.iter().map(|s| s.name.clone()).collect();
+    let t = Instant::now();
+    loop {
+        let snap = probe::snapshot(api, 0).await;
+        let serving = want
+            .iter()
+            .filter(|w| {
+                snap.services
+                    .iter()
+                    .any(|s| &s.name == *w && s.port.is_some() && s.state == "serving")
+            })
+            .count();
+        if serving == want.len() {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(90) {
+            let logs = host
+                .run(&["logs", "--tail", "20", &bridge_name])
+                .await
+                .unwrap_or_default();
+            bail!(
+                "only {serving}/{} services serving after 90s; bridge log tail:\n{logs}",
+                want.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    say(&format!(
+        "bridge ready, {} services serving; setup took {:.1}s",
+        want.len(),
+        t_setup.elapsed().as_secs_f64()
+    ));
+
+    // --- harness metrics and Prometheus ---------------------------------------
+    let hm = HarnessMetrics::new()?;
+    let (maddr, mtask) = hm.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    if let Some(child) = start_prometheus(&dir, api, maddr, say)? {
+        cleanup.children.push(child);
+    }
+
+    // --- the run ---------------------------------------------------------------
+    let rec = Recorder::default();
+    let start = Instant::now();
+    let total = scn.duration()?;
+    let settle = scn.settle()?;
+    rec.with(|h| {
+        h.probed = want.clone();
+        h.live = want.clone();
+        h.grace_ms = dur("grace", &scn.bridge.grace).map_or(0, |d| d.as_millis() as u64);
+        h.settle_from_ms = total.as_millis() as u64;
+        let flood = scn
+            .faults
+            .iter()
+            .any(|f| f.kind == FaultKind::RegistrationFlood);
+        h.expect.exhaustion = Some(flood);
+        if scn
+            .faults
+            .iter()
+            .all(|f| f.kind == FaultKind::DuplicateStorm)
+        {
+            h.expect.duplicates = Some(0);
+        }
+    });
+    let probe_list = Arc::new(Mutex::new(want.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let poller = tokio::spawn(probe::run_poller(
+        rec.clone(),
+        api,
+        start,
+        Duration::from_millis(500),
+        stop_rx.clone(),
+    ));
+    // Let the poller learn the ports before the probes start.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let probes = tokio::spawn(probe::run_probes(
+        rec.clone(),
+        probe_list.clone(),
+        port_map.clone(),
+        start,
+        Duration::from_millis(250),
+        hm.clone(),
+        stop_rx.clone(),
+    ));
+
+    let mut heals = tokio::task::JoinSet::new();
+    let topo = Arc::new(topo);
+    let mut last_report = Instant::now();
+    for (i, p) in plan.iter().enumerate() {
+        let at = start + Duration::from_millis(p.t_ms);
+        while Instant::now() < at {
+            tokio::time::sleep((at - Instant::now()).min(Duration::from_secs(5))).await;
+            if last_report.elapsed() >= Duration::from_secs(10) {
+                progress(&rec, start, total, say);
+                last_report = Instant::now();
+            }
+        }
+        let t_ms = start.elapsed().as_millis() as u64;
+        hm.fault(p.kind.as_str());
+        let r = inject(&topo, p, i, t_ms, &rec, &probe_list, start).await;
+        let (rec_idx, heal) = match r {
+            Ok((record, heal)) => {
+                say(&format!(
+                    "t={:>6.1}s {} -> {}",
+                    t_ms as f64 / 1000.0,
+                    p.kind,
+                    record.target
+                ));
+                let idx = rec.with(|h| {
+                    h.faults.push(record);
+                    h.faults.len() - 1
+                });
+                (idx, heal)
+            }
+            Err(e) => {
+                say(&format!(
+                    "t={:>6.1}s {} FAILED: {e:#}",
+                    t_ms as f64 / 1000.0,
+                    p.kind
+                ));
+                rec.with(|h| {
+                    h.faults.push(FaultRecord {
+                        t_ms,
+                        kind: p.kind,
+                        target: p.target.clone().unwrap_or_default(),
+                        services: Vec::new(),
+                        until_ms: t_ms,
+                        may_move: Vec::new(),
+                        error: Some(format!("{e:#}")),
+                    })
+                });
+                continue;
+            }
+        };
+        if let Some(heal) = heal {
+            let topo = topo.clone();
+            let rec = rec.clone();
+            let hold = Duration::from_millis(p.hold_ms);
+            let probe_list = probe_list.clone();
+            heals.spawn(async move {
+                tokio::time::sleep(hold).await;
+                let err = heal.run(&topo, &probe_list).await.err();
+                let t = start.elapsed().as_millis() as u64;
+                rec.with(|h| {
+                    if let Some(f) = h.faults.get_mut(rec_idx) {
+                        f.until_ms = t;
+                        if let Some(e) = err {
+                            f.error = Some(format!("heal: {e:#}"));
+                        }
+                    }
+                });
+            });
+        }
+    }
+    // Wait out the duration, then heal everything, then settle.
+    while start.elapsed() < total {
+        tokio::time::sleep((total.saturating_sub(start.elapsed())).min(Duration::from_secs(5)))
+            .await;
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            progress(&rec, start, total, say);
+            last_report = Instant::now();
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        while heals.join_next().await.is_some() {}
+    })
+    .await;
+    heals.abort_all();
+    rec.with(|h| h.settle_from_ms = h.settle_from_ms.max(start.elapsed().as_millis() as u64));
+    say(&format!(
+        "faults done; settling {}",
+        humantime::format_duration(settle)
+    ));
+    tokio::time::sleep(settle).await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), probes).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), poller).await;
+    let fin = probe::snapshot(api, start.elapsed().as_millis() as u64).await;
+    rec.with(|h| {
+        h.snapshots.push(fin);
+        h.end_ms = start.elapsed().as_millis() as u64;
+    });
+    let h = rec.history();
+    let (verdicts, fig) = invariants::check(
+        &h,
+        Marks {
+            availability: scn.thresholds.availability,
+            recovery_ms: scn.thresholds.recovery_ms,
+        },
+    );
+    for v in verdicts.iter().filter(|v| !v.held) {
+        hm.violation(&v.id);
+    }
+    let r = report::build(
+        &scn.name,
+        seed,
+        &how_short(engine),
+        &h,
+        &verdicts,
+        &fig,
+        h.end_ms,
+    );
+    report::write_all(&dir, &r, &h)?;
+    // Bridge log for the record.
+    if let Ok(out) = tokio::process::Command::new("docker")
+        .args(["logs", "--tail", "400", &bridge_name])
+        .output()
+        .await
+    {
+        let mut log = out.stdout;
+        log.extend_from_slice(&out.stderr);
+        let _ = std::fs::write(dir.join("bridge.log"), log);
+    }
+    std::fs::write(
+        dir.join("topology.txt"),
+        format!("engine: {how}\napi: {api}\nharness metrics: {maddr}\n"),
+    )?;
+    // One more Prometheus scrape of the final counters.
+    if !cleanup.children.is_empty() {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    mtask.abort();
+    Ok(RunOutput { dir, report: r })
+}
+
+fn how_short(e: Engine) -> String {
+    match e {
+        Engine::Dind => "dind".into(),
+        Engine::Host => "host".into(),
+    }
+}
+
+fn progress(rec: &Recorder, start: Instant, total: Duration, say: &(dyn Fn(&str) + Sync)) {
+    let (n, ok, f, in_use) = rec.with(|h| {
+        let recent: Vec<_> = h.samples.iter().rev().take(200).collect();
+        (
+            recent.len(),
+            recent
+                .iter()
+                .filter(|s| s.outcome == probe::Outcome::Ok)
+                .count(),
+            h.faults.len(),
+            h.snapshots.last().and_then(|s| s.pool_u64("in_use")),
+        )
+    });
+    say(&format!(
+        "  .. {:>5.0}s/{:.0}s  faults {f}  recent probes ok {ok}/{n}  ports in use {}",
+        start.elapsed().as_secs_f64(),
+        total.as_secs_f64(),
+        in_use.map_or("?".into(), |x| x.to_string())
+    ));
+}
+
+/// Starts Debian's prometheus (if installed) scraping the bridge and the harness.
+fn start_prometheus(
+    dir: &Path,
+    api: SocketAddr,
+    harness: SocketAddr,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Option<tokio::process::Child>> {
+    let Ok(bin) = which("prometheus") else {
+        say("prometheus not installed; running without it");
+        return Ok(None);
+    };
+    let port = free_local_port()?;
+    let cfg = format!(
+        "global:\n  scrape_interval: 2s\n  evaluation_interval: 2s\nscrape_configs:\n  - job_name: mesh-bridge\n    static_configs:\n      - targets: ['{api}']\n  - job_name: mesh-chaos\n    static_configs:\n      - targets: ['{harness}']\n"
+    );
+    std::fs::write(dir.join("prometheus.yml"), cfg)?;
+    let data = dir.join("prometheus");
+    std::fs::create_dir_all(&data)?;
+    let log = std::fs::File::create(dir.join("prometheus.log"))?;
+    let child = tokio::process::Command::new(bin)
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    say(&format!(
+        "prometheus on 127.0.0.1:{port}, data in {}",
+        data.display()
+    ));
+    Ok(Some(child))
+}
+
+fn which(name: &str) -> Result<PathBuf> {
+    for d in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(d).join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("{name} not on PATH")
+}
+
+/// How to undo a fault after its hold.
+enum Heal {
+    Docker {
+        inner: bool,
+        cmds: Vec<Vec<String>>,
+    },
+    Replace {
+        names: Vec<(String, String)>,
+    },
+    Uncut,
+    Unfill(PathBuf, Vec<String>),
+    Unsquat {
+        squatters: Vec<String>,
+        late: Vec<String>,
+        late_services: Vec<String>,
+    },
+    RemoveInner {
+        names: Vec<String>,
+    },
+}
+
+impl Heal {
+    async fn run(self, topo: &Topo, probe_list: &Arc<Mutex<Vec<String>>>) -> Result<()> {
+        let t = &topo.target;
+        match self {
+            Heal::Docker { inner, cmds } => {
+                faults::run_all(if inner { &t.inner } else { &t.outer }, &cmds).await
+            }
+            Heal::Replace { names } => {
+                for (name, service) in names {
+                    topo.start_stub(&name, &service).await?;
+                }
+                Ok(())
+            }
+            Heal::Uncut => t.cut_engine(false).await,
+            Heal::Unfill(path, late) => {
+                let _ = std::fs::remove_file(&path);
+                remove_inner(t, &late).await
+            }
+            Heal::Unsquat {
+                squatters,
+                late,
+                late_services,
+            } => {
+                if let Ok(mut g) = probe_list.lock() {
+                    g.retain(|s| !late_services.contains(s));
+                }
+                remove_inner(t, &late).await?;
+                t.remove_outer(&squatters).await
+            }
+            Heal::RemoveInner { names } => remove_inner(t, &names).await,
+        }
+    }
+}
+
+async fn remove_inner(t: &Target, names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["rm", "-f"];
+    args.extend(names.iter().map(String::as_str));
+    t.inner.run(&args).await.map(drop)
+}
+
+/// Injects one planned fault; returns its record and how to heal it.
+async fn inject(
+    topo: &Topo,
+    p: &Planned,
+    seq: usize,
+    t_ms: u64,
+    rec: &Recorder,
+    probe_list: &Arc<Mutex<Vec<String>>>,
+    start: Instant,
+) -> Result<(FaultRecord, Option<Heal>)> {
+    let t = &topo.target;
+    let probed = rec.with(|h| h.probed.clone());
+    let mut record = FaultRecord {
+        t_ms,
+        kind: p.kind,
+        target: String::new(),
+        services: Vec::new(),
+        until_ms: t_ms,
+        may_move: Vec::new(),
+        error: None,
+    };
+    let now = || start.elapsed().as_millis() as u64;
+    let heal = match p.kind {
+        k if k.is_container() => {
+            let mut filters = faults::target_labels(p.target.as_deref());
+            filters.extend(topo.labels.iter().cloned());
+            let all = t.inner.list(&filters).await?;
+            let cands: Vec<_> = all.into_iter().filter(|c| c.state == "running").collect();
+            let victims = schedule::pick(&cands, p.count, p.fraction, p.pick);
+            let ids: Vec<String> = victims.iter().map(|c| c.id.clone()).collect();
+            record.target = victims
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            record.services = victims.iter().map(|c| c.service.clone()).collect();
+            record.services.dedup();
+            faults::run_all(&t.inner, &faults::container_commands(k, &ids)).await?;
+            if k == FaultKind::ContainerRemove {
+                Some(Heal::Replace {
+                    names: victims
+                        .iter()
+                        .map(|c| (format!("{}-x{seq}", c.service), c.service.clone()))
+                        .collect(),
+                })
+            } else {
+                let cmds = faults::container_heal_commands(k, &ids);
+                (!cmds.is_empty()).then_some(Heal::Docker { inner: true, cmds })
+            }
+        }
+        FaultKind::BridgeKill => {
+            t.kill_bridge().await?;
+            let (ok, detail) = t.check_store().await;
+            rec.with(|h| {
+                h.store_checks.push(StoreCheck {
+                    t_ms: now(),
+                    ok,
+                    detail,
+                    damaged_on_purpose: false,
+                })
+            });
+            t.start_bridge().await?;
+            record.target = format!(
+                "{} (kill -9, state check {}, start)",
+                t.bridge,
+                if ok { "ok" } else { "FAILED" }
+            );
+            record.services = probed.clone();
+            record.until_ms = now();
+            None
+        }
+        FaultKind::StoreCorrupt | FaultKind::StoreTruncate => {
+            t.stop_bridge().await?;
+            let before = t.damaged_files().len();
+            if p.kind == FaultKind::StoreCorrupt {
+                t.corrupt_store(p.pick)?;
+            } else {
+                t.truncate_store()?;
+            }
+            let (ok, detail) = t.check_store().await;
+            rec.with(|h| {
+                h.store_checks.push(StoreCheck {
+                    t_ms: now(),
+                    ok,
+                    detail: detail.clone(),
+                    damaged_on_purpose: true,
+                })
+            });
+            t.start_bridge().await?;
+            // The bridge must move the damaged store aside, never delete it.
+            let tw = Instant::now();
+            while t.damaged_files().len() <= before && tw.elapsed() < Duration::from_secs(15) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if t.damaged_files().len() <= before {
+                record.error = Some(format!(
+                    "damaged store was not moved aside within 15s (state check said: {detail})"
+                ));
+            }
+            record.target = format!(
+                "state.db ({}), bridge restarted",
+                if ok {
+                    "check still ok!"
+                } else {
+                    "check failed as expected"
+                }
+            );
+            record.services = probed.clone();
+            record.may_move = vec!["*".into()];
+            record.until_ms = now();
+            None
+        }
+        FaultKind::EngineRestart => {
+            t.restart_engine().await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            wait_engine(&t.inner, Duration::from_secs(90)).await?;
+            record.target = format!(
+                "dockerd in {}",
+                t.engine
+                    .as_deref()
+                    .unwrap_or("?")
+                    .chars()
+                    .take(12)
+                    .collect::<String>()
+            );
+            record.services = probed.clone();
+            record.until_ms = now();
+            None
+        }
+        FaultKind::EngineCut => {
+            t.cut_engine(true).await?;
+            record.target = "tcp :2375 (REJECT)".into();
+            Some(Heal::Uncut)
+        }
+        FaultKind::DiskFull => {
+            use std::io::Write;
+            let path = t.state_dir.join("filler");
+            let mut f = std::fs::File::create(&path)?;
+            let chunk = vec![0u8; 64 * 1024];
+            let mut written = 0usize;
+            while written < 64 * 1024 * 1024 {
+                if f.write_all(&chunk).and_then(|()| f.flush()).is_err() {
+                    break;
+                }
+                written += chunk.len();
+            }
+            let _ = f.sync_all();
+            // New services while the disk is full: the store cannot write.
+            let n = p.count.unwrap_or(1).min(4);
+            let mut late = Vec::new();
+            for i in 0..n {
+                let svc = format!("late-disk-{seq}-{i}");
+                topo.start_stub(&svc, &svc).await?;
+                late.push(svc);
+            }
+            record.target = format!(
+                "state dir filled ({} KiB), {} new services",
+                written / 1024,
+                late.len()
+            );
+            Some(Heal::Unfill(path, late))
+        }
+        FaultKind::PortSquat => {
+            let snap = probe::snapshot(t.api, 0).await;
+            let held: std::collections::BTreeSet<u16> =
+                snap.services.iter().filter_map(|s| s.port).collect();
+            let all = topo
+                .ports
+                .map
+                .keys()
+                .copied()
+                .collect::<std::collections::BTreeSet<u16>>();
+            let max_held = held.iter().max().copied().unwrap_or(0);
+            let mut free: Vec<u16> = all
+                .iter()
+                .copied()
+                .filter(|p| !held.contains(p) && *p > max_held)
+                .collect();
+            free.extend(
+                all.iter()
+                    .copied()
+                    .filter(|p| !held.contains(p) && *p <= max_held),
+            );
+            let n = p.count.unwrap_or(2) as usize;
+            let mut squatters = Vec::new();
+            let mut squatted = Vec::new();
+            for port in free.into_iter().take(n) {
+                squatters.push(t.squat(port, &format!("{seq}")).await?);
+                squatted.push(port);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // A new service must skip the squatted ports.
+            let svc = format!("late-squat-{seq}");
+            topo.start_stub(&svc, &svc).await?;
+            if let Ok(mut g) = probe_list.lock() {
+                g.push(svc.clone());
+            }
+            record.target = format!("ports {squatted:?} squatted; new service {svc}");
+            record.services = vec![svc.clone()];
+            Some(Heal::Unsquat {
+                squatters,
+                late: vec![svc.clone()],
+                late_services: vec![svc],
+            })
+        }
+        FaultKind::RegistrationFlood => {
+            let snap = probe::snapshot(t.api, 0).await;
+            let cap = snap.pool_u64("capacity").unwrap_or(0);
+            let used =
+                snap.pool_u64("in_use").unwrap_or(0) + snap.pool_u64("quarantined").unwrap_or(0);
+            let n = cap.saturating_sub(used) + u64::from(p.count.unwrap_or(3));
+            let mut names = Vec::new();
+            for i in 0..n.min(64) {
+                let svc = format!("flood-{seq}-{i}");
+                topo.start_stub(&svc, &svc).await?;
+                names.push(svc);
+            }
+            record.target = format!(
+                "{} new services for {} free ports",
+                names.len(),
+                cap.saturating_sub(used)
+            );
+            Some(Heal::RemoveInner { names })
+        }
+        FaultKind::DuplicateStorm => {
+            let n = p.count.unwrap_or(3);
+            let mut sent = 0u64;
+            let mut refused = 0u64;
+            for s in &probed {
+                for _ in 0..n {
+                    match t.reserve(s).await {
+                        // 200: already held (a duplicate); 201 would be a new reservation.
+                        Ok((200, _)) => sent += 1,
+                        _ => refused += 1,
+                    }
+                }
+            }
+            rec.with(|h| {
+                if let Some(d) = h.expect.duplicates.as_mut() {
+                    *d += sent;
+                }
+            });
+            record.target = format!(
+                "{sent} re-registrations of {} live services ({refused} refused)",
+                probed.len()
+            );
+            if refused > 0 {
+                record.error = Some(format!("{refused} re-registrations refused by the API"));
+            }
+            None
+        }
+        k => bail!("fault {k} is not implemented by the scenario runner"),
+    };
+    Ok((record, heal))
+}
