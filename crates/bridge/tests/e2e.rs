@@ -36,7 +36,7 @@ fn state_of(bridge: &Bridge, name: &str) -> Result<Value, String> {
 #[test]
 fn service_is_reachable_and_answers_as_itself() {
     let ctx = TestCtx::new("reachable");
-    let bridge = Bridge::start(BridgeOpts::new(32));
+    let bridge = Bridge::start(BridgeOpts::new(100));
     let svc = format!("reach-{}", ctx.run);
     let _c = ctx.stub(&svc, &svc);
     let port = bridge.wait_port(&svc, 1, REGISTER);
@@ -46,6 +46,23 @@ fn service_is_reachable_and_answers_as_itself() {
     for _ in 0..3 {
         assert_eq!(initialize(local(port), SERVE).unwrap(), svc);
     }
+    let out = std::process::Command::new(bridge_bin())
+        .args(["status", "--api", &format!("http://{}", bridge.api)])
+        .env_remove("MESH_BRIDGE_API")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status: {table} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&svc) && l.contains(&port.to_string()) && l.contains("serving")),
+        "status table lists the service:\n{table}"
+    );
     let text = bridge.metrics();
     assert!(
         metric_in(&text, "mesh_bridge_registration_latency_seconds_count", &[]).unwrap_or(0.0)
@@ -358,6 +375,78 @@ fn docker_restart_is_not_a_duplicate() {
     assert_eq!(bridge.ports_by_service().get("again"), Some(&p));
 }
 
+/// (6c) A replayed Docker `start` event (the relay delivers each `start`
+/// twice, as an engine replaying its stream would) counts one duplicate
+/// registration attempt and changes nothing.
+#[test]
+fn replayed_start_event_counts_a_duplicate_and_changes_nothing() {
+    let ctx = TestCtx::new("replay");
+    let proxy = DockerProxy::start(&ctx);
+    let bridge = Bridge::start(BridgeOpts::new(2).via(&proxy));
+    let dup = "mesh_bridge_duplicate_registration_attempts_total";
+    proxy.replay_start_events(true);
+    let _c = ctx.stub("twice", "twice");
+    let p = bridge.wait_port("twice", 1, REGISTER);
+    wait_serving(p, "twice", SERVE);
+    wait_for(
+        "the replayed start to be counted",
+        REGISTER,
+        || match bridge.metric(dup, &[]) {
+            1.0 => Ok(()),
+            v => Err(format!("{v}")),
+        },
+    );
+    assert_eq!(
+        bridge.metric("mesh_bridge_docker_events_total", &[("action", "start")]),
+        2.0
+    );
+    bridge.wait_resyncs(2, READY);
+    assert_eq!(bridge.metric(dup, &[]), 1.0, "resyncs count nothing");
+    let s = state_of(&bridge, "twice").unwrap();
+    assert_eq!(s["port"], p, "{s}");
+    assert_eq!(s["replicas"].as_array().map(Vec::len), Some(1), "{s}");
+    assert_eq!(
+        bridge.metric("mesh_bridge_port_allocations_total", &[("outcome", "new")]),
+        1.0
+    );
+    assert_eq!(
+        bridge.metric("mesh_bridge_registration_latency_seconds_count", &[]),
+        1.0,
+        "one registration measured"
+    );
+}
+
+/// /readyz is 503 with a reason until the first resync with the engine,
+/// while /healthz is 200; the bridge does not exit when the engine is away.
+#[test]
+fn readyz_waits_for_the_engine() {
+    let ctx = TestCtx::new("readyz");
+    let proxy = DockerProxy::start(&ctx);
+    proxy.cut();
+    let mut bridge = Bridge::spawn(BridgeOpts::new(2).via(&proxy));
+    let r = wait_for("the API", READY, || bridge.get("/readyz"));
+    assert_eq!(r.status, 503, "{}", r.text());
+    let reason = r.json().unwrap()["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(!reason.is_empty(), "{}", r.text());
+    assert_eq!(bridge.get("/healthz").unwrap().status, 200);
+    wait_for("docker to be reported unreachable", READY, || {
+        let r = bridge.get("/readyz")?;
+        let t = r.text();
+        if r.status == 503 && t.contains("unreachable") {
+            Ok(())
+        } else {
+            Err(format!("{} {t}", r.status))
+        }
+    });
+    assert!(bridge.running());
+    proxy.restore();
+    bridge.wait_ready(READY);
+    assert_eq!(bridge.metric("mesh_bridge_docker_connected", &[]), 1.0);
+}
+
 /// (7) Invalid labels make a container `rejected` with a reason; the bridge
 /// keeps running and serving the valid ones.
 #[test]
@@ -525,10 +614,16 @@ fn sigterm_exits_zero_within_5s_with_an_open_connection() {
     bridge.sigterm();
     let st = bridge.wait_exit(Duration::from_secs(6));
     let took = t0.elapsed();
+    eprintln!("SIGTERM to exit with a connection open: {took:?}");
     let st = st.unwrap_or_else(|| panic!("still running {took:?} after SIGTERM"));
     assert!(st.success(), "exit status {st}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
     drop(open);
+    // The port is still the service's after a restart.
+    bridge.restart();
+    bridge.wait_ready(READY);
+    assert_eq!(bridge.ports_by_service().get("term"), Some(&p));
+    wait_serving(p, "term", SERVE);
 }
 
 /// Every metric name of DESIGN.md section 3.
@@ -685,6 +780,11 @@ fn figures_registration_and_recovery() {
         },
         histogram_quantile_upper(&text, h, 0.50),
         histogram_quantile_upper(&text, h, 0.99)
+    );
+
+    println!(
+        "forward upstream errors during the starts (a replica not yet listening): {}",
+        metric_in(&text, "mesh_bridge_forward_upstream_errors_total", &[]).unwrap_or(0.0)
     );
 
     bridge.kill9();

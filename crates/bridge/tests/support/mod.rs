@@ -1093,6 +1093,8 @@ struct ProxyShared {
     kill: Mutex<tokio_util::sync::CancellationToken>,
     labels: Vec<String>,
     connections: std::sync::atomic::AtomicUsize,
+    /// Deliver every container `start` event twice (a replayed event).
+    replay_starts: AtomicBool,
 }
 
 /// An HTTP relay from `127.0.0.1:<port>` to the engine socket that limits a
@@ -1127,6 +1129,7 @@ impl DockerProxy {
             kill: Mutex::new(tokio_util::sync::CancellationToken::new()),
             labels: ctx.label_filters(),
             connections: std::sync::atomic::AtomicUsize::new(0),
+            replay_starts: AtomicBool::new(false),
         });
         let listener = rt
             .block_on(tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
@@ -1155,6 +1158,12 @@ impl DockerProxy {
     pub fn restore(&self) {
         *self.shared.kill.lock().unwrap() = tokio_util::sync::CancellationToken::new();
         self.shared.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// From now on, every container `start` event on the event streams is
+    /// delivered twice, as an engine replaying it would.
+    pub fn replay_start_events(&self, on: bool) {
+        self.shared.replay_starts.store(on, Ordering::SeqCst);
     }
 
     /// Connections currently relayed.
@@ -1210,16 +1219,41 @@ async fn relay(stream: tokio::net::TcpStream, shared: Arc<ProxyShared>) {
         let sender = Arc::clone(&sender);
         let shared = Arc::clone(&shared);
         async move {
+            use http_body_util::BodyExt;
             let (mut parts, body) = req.into_parts();
             let path = parts.uri.path().to_string();
-            if path.ends_with("/containers/json") || path.ends_with("/events") {
+            let events = path.ends_with("/events");
+            if path.ends_with("/containers/json") || events {
                 let q = add_label_filters(parts.uri.query(), &shared.labels);
                 parts.uri = format!("{path}?{q}").parse().expect("valid uri");
             }
             let req = hyper::Request::from_parts(parts, body);
-            let mut s = sender.lock().await;
-            s.ready().await?;
-            s.send_request(req).await
+            let resp = {
+                let mut s = sender.lock().await;
+                s.ready().await?;
+                s.send_request(req).await?
+            };
+            Ok::<_, hyper::Error>(resp.map(move |b| {
+                if !events {
+                    return b.boxed();
+                }
+                b.map_frame(move |frame| match frame.into_data() {
+                    Ok(data) => {
+                        let pat: &[u8] = b"\"Action\":\"start\"";
+                        let start = data.windows(pat.len()).any(|w| w == pat);
+                        if start && shared.replay_starts.load(Ordering::SeqCst) {
+                            // Docker sends one JSON event a chunk, newline-terminated.
+                            let mut twice = data.to_vec();
+                            twice.extend_from_slice(&data);
+                            hyper::body::Frame::data(bytes::Bytes::from(twice))
+                        } else {
+                            hyper::body::Frame::data(data)
+                        }
+                    }
+                    Err(frame) => frame,
+                })
+                .boxed()
+            }))
         }
     });
     let server =
