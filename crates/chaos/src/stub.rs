@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::service::service_fn;
@@ -35,6 +35,9 @@ pub const DEFAULT_NAME: &str = "mcp-stub";
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
 /// Largest request body the stub accepts; larger ones get HTTP 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// An oversized body up to this size is still read (and dropped) before the
+/// 413, so the client gets the answer rather than a connection reset.
+pub const DRAIN_LIMIT_BYTES: usize = 1024 * 1024;
 /// How long in-flight connections get to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -243,20 +246,16 @@ async fn handle(config: &StubConfig, req: Request<Incoming>) -> Response<Full<By
                 .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+            if declared.is_some_and(|len| len > DRAIN_LIMIT_BYTES as u64) {
+                // Too big to even read: answer now and close.
                 return too_large();
             }
-            let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-                .collect()
-                .await
-            {
-                Ok(collected) => collected.to_bytes(),
-                Err(err) => {
-                    if err.is::<http_body_util::LengthLimitError>() {
-                        return too_large();
-                    }
-                    return text(StatusCode::BAD_REQUEST, "unreadable body\n");
-                }
+            let body = match read_body(req.into_body()).await {
+                Ok(Some(body)) => body,
+                // Read (and dropped) in full, so the peer sees the 413
+                // instead of a reset from unread data.
+                Ok(None) => return too_large(),
+                Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable body\n"),
             };
             match handle_rpc(config, &body) {
                 Some(answer) => json_response(StatusCode::OK, &answer),
@@ -276,6 +275,26 @@ async fn handle(config: &StubConfig, req: Request<Incoming>) -> Response<Full<By
         (_, "/healthz") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`]. A larger one is read
+/// on and dropped up to [`DRAIN_LIMIT_BYTES`] (then `Ok(None)`), past which the
+/// read stops with an error.
+async fn read_body(mut body: Incoming) -> Result<Option<Bytes>, hyper::Error> {
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= MAX_BODY_BYTES {
+            buf.extend_from_slice(&data);
+        } else if seen > DRAIN_LIMIT_BYTES {
+            return Ok(None);
+        }
+    }
+    Ok((seen <= MAX_BODY_BYTES).then(|| Bytes::from(buf)))
 }
 
 /// Answers one JSON-RPC 2.0 message. Returns `None` for a notification (a

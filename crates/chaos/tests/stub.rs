@@ -184,6 +184,11 @@ async fn json_rpc_errors() {
     let (status, v) = s.post(big).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(v["error"]["code"], codes::INVALID_REQUEST);
+    // Far over the limit but under the drain limit: still a clean 413, and
+    // the server keeps serving.
+    let (status, _) = s.post(vec![b' '; stub::DRAIN_LIMIT_BYTES - 1]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    stub::ping(s.addr, T).await.unwrap();
     // Just under the limit still works.
     let text = "y".repeat(stub::MAX_BODY_BYTES - 200);
     let call = stub::rpc(
