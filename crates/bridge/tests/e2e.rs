@@ -154,6 +154,97 @@ fn kill9_and_restart_keep_every_port() {
     );
 }
 
+/// A reservation whose service lost its container while the bridge was down
+/// is restored, kept through fewer than `--leak-cycles` resyncs, then
+/// released into quarantine as a leak.
+#[test]
+fn reservation_without_container_is_released_after_leak_cycles() {
+    let ctx = TestCtx::new("leak");
+    let proxy = DockerProxy::start(&ctx);
+    let mut bridge = Bridge::start(BridgeOpts::new(2).via(&proxy));
+    let c = ctx.stub("ghost", "ghost");
+    let p = bridge.wait_port("ghost", 1, REGISTER);
+    bridge.kill9();
+    c.remove();
+    bridge.restart();
+    bridge.wait_ready(READY);
+    let s = state_of(&bridge, "ghost").unwrap();
+    assert_eq!(s["port"], p, "restored: {s}");
+    assert_eq!(s["state"], "waiting", "kept after one resync: {s}");
+    assert_eq!(bridge.metric("mesh_bridge_reconcile_leaks_total", &[]), 0.0);
+    wait_for("ghost released as a leak", REGISTER, || {
+        let s = state_of(&bridge, "ghost")?;
+        if s["state"] == "quarantined" && s["port"] == p {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    let text = bridge.metrics();
+    assert!(
+        metric_in(&text, "mesh_bridge_reconcile_duration_seconds_count", &[]).unwrap_or(0.0) >= 3.0,
+        "released only after --leak-cycles (3) resyncs"
+    );
+    assert_eq!(
+        metric_in(&text, "mesh_bridge_reconcile_leaks_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_in(
+            &text,
+            "mesh_bridge_port_releases_total",
+            &[("reason", "leak")]
+        ),
+        Some(1.0)
+    );
+    // The service comes back within grace: it gets its port again (sticky).
+    let _c2 = ctx.stub("ghost", "ghost");
+    let p2 = bridge.wait_port("ghost", 1, REGISTER);
+    assert_eq!(p2, p);
+    wait_serving(p, "ghost", SERVE);
+}
+
+/// `mesh-bridge.port` and `mesh-bridge.network` choose what is dialled: a
+/// stub on port 9090, attached to a network of the test and to the default
+/// bridge, is reached at its address on the named network.
+#[test]
+fn port_and_network_labels_choose_the_dialled_address() {
+    let net = TestNetwork::create("labels");
+    let ctx = TestCtx::new("netlabels");
+    let proxy = DockerProxy::start(&ctx);
+    let bridge = Bridge::start(BridgeOpts::new(2).via(&proxy));
+    let c = ctx.container_with(
+        &[
+            ("mesh-bridge.service", "netted"),
+            ("mesh-bridge.port", "9090"),
+            ("mesh-bridge.network", &net.name),
+        ],
+        "netted",
+        &["--network", &net.name, "-e", "MCP_STUB_PORT=9090"],
+    );
+    // Also on the default bridge: two networks, the label picks ours.
+    docker_ok(&["network", "connect", "bridge", &c.id]);
+    let ip = docker_ok(&[
+        "inspect",
+        "--format",
+        &format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            net.name
+        ),
+        &c.id,
+    ]);
+    let want = format!("{ip}:9090");
+    let p = wait_for("the replica on the named network", REGISTER, || {
+        let s = state_of(&bridge, "netted")?;
+        let addr = s["replicas"][0]["address"].as_str().unwrap_or("");
+        match s["port"].as_u64() {
+            Some(p) if addr == want && s["state"] == "serving" => Ok(p as u16),
+            _ => Err(format!("want {want}: {s}")),
+        }
+    });
+    wait_serving(p, "netted", SERVE);
+}
+
 /// (4) A port held by another process before start is never given out, and
 /// the conflict is counted.
 #[test]

@@ -266,6 +266,17 @@ impl TestCtx {
     /// Starts one stub container with these labels (plus the test labels).
     #[track_caller]
     pub fn container(&self, labels: &[(&str, &str)], stub_name: &str) -> TestContainer {
+        self.container_with(labels, stub_name, &[])
+    }
+
+    /// Like [`TestCtx::container`], with extra `docker run` options.
+    #[track_caller]
+    pub fn container_with(
+        &self,
+        labels: &[(&str, &str)],
+        stub_name: &str,
+        options: &[&str],
+    ) -> TestContainer {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let cname = format!("mb-e2e-{}-{}-{n}", self.name.replace('_', "-"), self.run);
         let test_label = format!("{TEST_LABEL}={}", self.name);
@@ -287,6 +298,7 @@ impl TestCtx {
             args.push("--label".into());
             args.push(format!("{k}={v}"));
         }
+        args.extend(options.iter().map(|o| o.to_string()));
         args.push(STUB_IMAGE.into());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let id = docker_ok(&refs);
@@ -354,6 +366,37 @@ impl TestContainer {
 impl Drop for TestContainer {
     fn drop(&mut self) {
         let _ = docker(&["rm", "-f", &self.id]);
+    }
+}
+
+/// A user-defined Docker network of this test; removed on drop (drop it after
+/// the containers attached to it).
+#[derive(Debug)]
+pub struct TestNetwork {
+    /// Its name.
+    pub name: String,
+}
+
+impl TestNetwork {
+    /// Creates `mb-e2e-<what>-<pid>` (removing a leftover of that name).
+    pub fn create(what: &str) -> TestNetwork {
+        require_docker();
+        let name = format!("mb-e2e-{what}-{}", std::process::id());
+        let _ = docker(&["network", "rm", &name]);
+        docker_ok(&[
+            "network",
+            "create",
+            "--label",
+            &format!("{TEST_LABEL}={what}"),
+            &name,
+        ]);
+        TestNetwork { name }
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.name]);
     }
 }
 
