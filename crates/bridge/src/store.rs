@@ -290,8 +290,27 @@ pub struct CheckReport {
     pub last_ports: usize,
 }
 
+impl CheckReport {
+    fn empty(path: PathBuf) -> Self {
+        CheckReport {
+            path,
+            schema_version: 0,
+            reservations: 0,
+            quarantined: 0,
+            last_ports: 0,
+        }
+    }
+}
+
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.schema_version == 0 {
+            return write!(
+                f,
+                "store {} is ok: empty, not initialised yet (the bridge initialises it on start)",
+                self.path.display()
+            );
+        }
         write!(
             f,
             "store {} is ok: schema v{}, {} reservations ({} quarantined), {} last ports, integrity ok",
@@ -739,10 +758,9 @@ impl Store {
             });
         }
         if meta.len() == 0 && !sidecar(&path, "-wal").exists() {
-            return Err(StoreError::Damaged {
-                path,
-                reason: "the file is empty (0 bytes): it holds no mesh-bridge schema".into(),
-            });
+            // Created, then the bridge stopped before writing anything:
+            // `open` initialises it. Nothing to read, nothing inconsistent.
+            return Ok(CheckReport::empty(path));
         }
         with_read_only(&path, |conn, p| check_conn(conn, p, ranges))
     }
@@ -848,6 +866,11 @@ fn open_read_only(path: &Path, query: &str) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Size of a WAL file's header.
+const WAL_HEADER: u64 = 32;
+/// Size of a WAL frame's header (the page follows it; pages are >= 512 bytes).
+const WAL_FRAME_HEADER: u64 = 24;
+
 /// Runs `f` on a read-only connection to `path` that creates, writes,
 /// checkpoints and deletes nothing.
 ///
@@ -855,22 +878,32 @@ fn open_read_only(path: &Path, query: &str) -> Result<Connection, StoreError> {
 /// but never writing the index (`readonly_shm`), so it sees what a live
 /// bridge committed. Without a WAL the main file is all there is, and
 /// `immutable` stops SQLite from creating a WAL and an index just to read it.
-/// A WAL without its index cannot be read without creating the index, so a
-/// private copy of both is read instead.
+/// A WAL without its index cannot be read without creating the index, and a
+/// read-only reader cannot recover every WAL a killed writer leaves (one
+/// with a header and no frame gives SQLITE_PROTOCOL), so in those cases a
+/// private copy of the database and its WAL is read instead.
 fn with_read_only<T>(
     path: &Path,
-    f: impl FnOnce(&Connection, &Path) -> Result<T, StoreError>,
+    f: impl Fn(&Connection, &Path) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     let wal = sidecar(path, "-wal");
-    let (has_wal, has_shm) = (wal.exists(), sidecar(path, "-shm").exists());
+    // A WAL shorter than its header plus one frame holds no transaction (a
+    // writer killed before its first commit leaves one); the main file is
+    // then the whole store. A read-only reader would spin on such a WAL for
+    // seconds before giving up with SQLITE_PROTOCOL.
+    let wal_len = fs::metadata(&wal).map(|m| m.len()).ok();
+    let has_wal = wal_len.is_some_and(|n| n >= WAL_HEADER + WAL_FRAME_HEADER + 512);
+    let has_shm = sidecar(path, "-shm").exists();
     if !has_wal || has_shm {
         let query = if has_wal {
             "mode=ro&readonly_shm=1"
         } else {
             "mode=ro&immutable=1"
         };
-        let conn = open_read_only(path, query)?;
-        return f(&conn, path);
+        match open_read_only(path, query).and_then(|conn| f(&conn, path)) {
+            Err(StoreError::Sqlite { .. }) if has_wal => {}
+            other => return other,
+        }
     }
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -911,9 +944,20 @@ fn check_conn(
     }
     integrity(conn, path, "integrity_check")?;
     if version == 0 {
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| StoreError::sql(path, "reading the schema", e))?;
+        if tables == 0 {
+            // Stopped before the first migration committed; `open` finishes it.
+            return Ok(CheckReport::empty(path.to_path_buf()));
+        }
         return Err(StoreError::Damaged {
             path: path.to_path_buf(),
-            reason: "schema version 0: not an initialised mesh-bridge store".into(),
+            reason: "schema version 0 but the file holds tables: not a mesh-bridge store".into(),
         });
     }
     require_tables(conn, path)?;
