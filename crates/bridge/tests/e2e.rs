@@ -538,6 +538,37 @@ fn readyz_waits_for_the_engine() {
     assert_eq!(bridge.metric("mesh_bridge_docker_connected", &[]), 1.0);
 }
 
+/// A reservation made through the API (an orchestrator publishes the port
+/// itself; no container carries the service) survives kill -9 and is not
+/// taken for a leak afterwards.
+#[test]
+#[ignore = "known bug: the store does not record that a reservation came from the API, so after a restart it is released as a leak after --leak-cycles resyncs"]
+fn api_reservation_survives_restart() {
+    let ctx = TestCtx::new("apikeep");
+    let proxy = DockerProxy::start(&ctx);
+    let mut bridge = Bridge::start(BridgeOpts::new(2).via(&proxy));
+    let r = bridge
+        .request(
+            "POST",
+            "/v1/reservations",
+            Some(TOKEN),
+            &json!({"service": "orch"}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let port = r.json().unwrap()["port"].clone();
+    bridge.wait_resyncs(4, READY);
+    assert_eq!(state_of(&bridge, "orch").unwrap()["port"], port);
+    bridge.kill9();
+    bridge.restart();
+    bridge.wait_ready(READY);
+    bridge.wait_resyncs(4, READY);
+    let s = state_of(&bridge, "orch").unwrap();
+    assert_eq!(s["port"], port, "{s}");
+    assert_ne!(s["state"], "quarantined", "released as a leak: {s}");
+    assert_eq!(bridge.metric("mesh_bridge_reconcile_leaks_total", &[]), 0.0);
+}
+
 /// (7) Invalid labels make a container `rejected` with a reason; the bridge
 /// keeps running and serving the valid ones.
 #[test]
