@@ -253,8 +253,7 @@ fn build_scratch_image(
     let hash = sha256_hex(&parts)?;
     progress(t0, &format!("{}: content hash {}", spec.tag, &hash[..16]));
 
-    let old_id = image_id(spec.tag)?;
-    if !force && old_id.is_some() && image_label(spec.tag, HASH_LABEL)?.as_deref() == Some(&hash) {
+    if !force && image_label(spec.tag, HASH_LABEL)?.as_deref() == Some(&hash) {
         progress(t0, &format!("{}: up to date", spec.tag));
         return Ok("up to date");
     }
@@ -282,6 +281,7 @@ fn build_scratch_image(
         let mut cmd = Command::new("docker");
         cmd.env("DOCKER_BUILDKIT", "0")
             .args(["build", "--network", "none", "--pull=false", "--quiet"])
+            .args(force.then_some("--no-cache"))
             .args(["--label", &format!("{HASH_LABEL}={hash}")])
             .args(["--label", &format!("mesh-bridge.image={}", spec.dir)])
             .args(["--tag", spec.tag])
@@ -309,15 +309,15 @@ fn build_scratch_image(
         "{} was built but carries {HASH_LABEL}={label:?}, expected {hash}",
         spec.tag
     );
-    // The previous build is now untagged; drop it unless a container uses it.
-    let new_id = image_id(spec.tag)?;
-    if let Some(old) = old_id.filter(|old| new_id.as_ref() != Some(old)) {
-        let _ = Command::new("docker")
-            .args(["image", "rm", &old])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+    // Earlier builds of this image that lost the tag: drop those that no
+    // container uses (prune only touches untagged images).
+    let _ = Command::new("docker")
+        .args(["image", "prune", "--force", "--filter"])
+        .arg(format!("label=mesh-bridge.image={}", spec.dir))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     progress(t0, &format!("{}: built", spec.tag));
     Ok(if force { "rebuilt (--force)" } else { "built" })
 }
@@ -369,20 +369,6 @@ fn docker_available() -> Result<()> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
-}
-
-/// The image id of a local tag, `None` when absent.
-fn image_id(tag: &str) -> Result<Option<String>> {
-    let out = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", tag])
-        .stdin(Stdio::null())
-        .output()
-        .context("running docker image inspect")?;
-    if !out.status.success() {
-        return Ok(None);
-    }
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    Ok((!id.is_empty()).then_some(id))
 }
 
 /// A label of a local image, `None` when the image or the label is absent.
