@@ -734,6 +734,17 @@ fn sigterm_exits_zero_within_5s_with_an_open_connection() {
     });
     let t0 = Instant::now();
     bridge.sigterm();
+    // It stops accepting at once, while the open connection still drains.
+    wait_for("the port to stop accepting", Duration::from_secs(2), || {
+        match std::net::TcpStream::connect_timeout(&local(p), Duration::from_millis(200)) {
+            Ok(_) => Err("still accepting".to_string()),
+            Err(_) => Ok(()),
+        }
+    });
+    assert!(
+        bridge.running(),
+        "still draining the open connection when the port stops accepting"
+    );
     let st = bridge.wait_exit(Duration::from_secs(6));
     let took = t0.elapsed();
     eprintln!("SIGTERM to exit with a connection open: {took:?}");
