@@ -278,7 +278,8 @@ impl Watcher {
             Ok(c) => c,
             Err(e) => return Ended::Lost(e.to_string()),
         };
-        let listed_ns = unix_nanos(SystemTime::now());
+        // Events up to the latest list are already reflected by it.
+        let mut listed_ns = unix_nanos(SystemTime::now());
         self.metrics.docker_connected.set(1);
         tracing::info!(
             containers = containers.len(),
@@ -306,6 +307,7 @@ impl Watcher {
                     let started = Instant::now();
                     match list(docker).await {
                         Ok(containers) => {
+                            listed_ns = unix_nanos(SystemTime::now());
                             if self.tx.send(Event::Resync { containers, started }).await.is_err() {
                                 return Ended::Shutdown;
                             }
