@@ -437,6 +437,36 @@ fn duplicates_are_counted_and_change_nothing() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// A resync that lists a container before its `start` event has been read
+/// registers it; the start event that follows is not a duplicate.
+#[test]
+fn resync_racing_start_events_counts_no_duplicate() {
+    let ctx = TestCtx::new("race");
+    let proxy = DockerProxy::start(&ctx);
+    let mut opts = BridgeOpts::new(8).via(&proxy);
+    opts.resync = "20ms".into();
+    let bridge = Bridge::start(opts);
+    let specs: Vec<(String, String)> = (0..8)
+        .map(|i| (format!("race-{i}"), format!("race-{i}")))
+        .collect();
+    let _cs = ctx.stubs(&specs);
+    for (n, _) in &specs {
+        let p = bridge.wait_port(n, 1, REGISTER);
+        wait_serving(p, n, SERVE);
+    }
+    wait_for("8 start events", REGISTER, || {
+        match bridge.metric("mesh_bridge_docker_events_total", &[("action", "start")]) {
+            8.0 => Ok(()),
+            v => Err(format!("{v}")),
+        }
+    });
+    bridge.wait_resyncs(3, READY);
+    assert_eq!(
+        bridge.metric("mesh_bridge_duplicate_registration_attempts_total", &[]),
+        0.0
+    );
+}
+
 /// (6b) `docker restart` (kill, die, stop, start, restart events) re-registers
 /// the container; it is not a duplicate registration attempt.
 #[test]
@@ -876,19 +906,25 @@ fn figures_registration_and_recovery() {
         let name = format!("fig-{i:02}");
         containers.push(ctx.stub(&name, &name));
         let started = Instant::now(); // `docker run -d` has returned: the container runs
-        let port = wait_for(&format!("{name} port"), REGISTER, || {
-            let s = state_of(&bridge, &name)?;
-            s["port"].as_u64().ok_or_else(|| s.to_string())
-        }) as u16;
-        wait_for(&format!("{name} serving"), SERVE, || {
-            match initialize(local(port), Duration::from_secs(2)) {
-                Ok(n) if n == name => Ok(()),
-                Ok(n) => Err(format!("answered as {n}")),
-                Err(e) => Err(e),
+        // Tight polling (1 ms) so that the figure is not the poll interval.
+        let deadline = started + REGISTER;
+        loop {
+            let served = state_of(&bridge, &name)
+                .ok()
+                .and_then(|s| s["port"].as_u64())
+                .map(|p| p as u16)
+                .filter(|&p| initialize(local(p), Duration::from_secs(3)).is_ok_and(|n| n == name));
+            if let Some(p) = served {
+                ports.insert(name.clone(), p);
+                break;
             }
-        });
+            assert!(
+                Instant::now() < deadline,
+                "{name} not serving within {REGISTER:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         lat.push(started.elapsed());
-        ports.insert(name, port);
     }
     lat.sort();
     let text = bridge.metrics();
@@ -916,8 +952,15 @@ fn figures_registration_and_recovery() {
     );
 
     println!(
-        "forward upstream errors during the starts (a replica not yet listening): {}",
-        metric_in(&text, "mesh_bridge_forward_upstream_errors_total", &[]).unwrap_or(0.0)
+        "forward upstream errors during the starts (a replica not yet listening): {}; \
+         duplicate registrations counted: {}",
+        metric_in(&text, "mesh_bridge_forward_upstream_errors_total", &[]).unwrap_or(0.0),
+        metric_in(
+            &text,
+            "mesh_bridge_duplicate_registration_attempts_total",
+            &[]
+        )
+        .unwrap_or(0.0)
     );
 
     bridge.kill9();
