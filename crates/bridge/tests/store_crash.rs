@@ -338,6 +338,7 @@ fn committed_bursts_survive_sigkill() {
         }
         // check first: read-only, on exactly what the kill left behind.
         let before = files(&dir);
+        let checked = Instant::now();
         let report = Store::check(&dir, None).unwrap_or_else(|e| {
             let keep = std::env::temp_dir().join(format!("store-crash-{seed}-{it}"));
             let _ = std::fs::create_dir_all(&keep);
@@ -353,6 +354,13 @@ fn committed_bursts_survive_sigkill() {
             files(&dir),
             before,
             "iteration {it}: check modified the store"
+        );
+        // SQLite's read-only WAL recovery can spin ~10 s before giving up;
+        // check must not go down that path on what a kill leaves.
+        assert!(
+            checked.elapsed() < Duration::from_secs(8),
+            "iteration {it} (seed {seed}): check took {:?}",
+            checked.elapsed()
         );
         let store = Store::open(&dir)
             .unwrap_or_else(|e| panic!("iteration {it} (seed {seed}): open failed: {e}"));
