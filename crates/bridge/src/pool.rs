@@ -313,21 +313,80 @@ pub enum PoolError {
     },
 }
 
-/// Internal per-port slot. `Free` slots have their bitmap bit cleared.
-#[derive(Debug, Clone)]
-enum Slot {
+/// Internal per-port slot, packed into 4 bytes: the low two bits are the
+/// state, the rest the index of the service record (reserved, quarantined).
+/// `Free` slots have their bitmap bit cleared. Deadlines live elsewhere: a
+/// quarantine's in its service record (a service holds at most one port), a
+/// conflict's in [`Pool::conflicts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot(u32);
+
+/// A [`Slot`], unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
     Free,
-    Reserved(Arc<str>),
-    Quarantined(Arc<str>, Millis),
-    Conflicted(Millis),
+    Reserved(u32),
+    Quarantined(u32),
+    Conflicted,
 }
 
-/// Where a service's port is, for the per-service index.
+impl Slot {
+    const FREE: Slot = Slot(0);
+    const CONFLICTED: Slot = Slot(1);
+
+    fn reserved(service: u32) -> Slot {
+        debug_assert!(service < 1 << 30);
+        Slot((service << 2) | 2)
+    }
+
+    fn quarantined(service: u32) -> Slot {
+        debug_assert!(service < 1 << 30);
+        Slot((service << 2) | 3)
+    }
+
+    fn get(self) -> SlotState {
+        match self.0 & 3 {
+            0 => SlotState::Free,
+            1 => SlotState::Conflicted,
+            2 => SlotState::Reserved(self.0 >> 2),
+            _ => SlotState::Quarantined(self.0 >> 2),
+        }
+    }
+}
+
+/// Where a service's port is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Held {
     Reserved(u16),
     Quarantined(u16),
 }
+
+/// Everything the pool knows about one service: the port it holds and its
+/// last port. A record exists while the service holds a port or has history;
+/// freed records are reused.
+#[derive(Debug, Clone)]
+struct Service {
+    /// None while the record is on the free list.
+    name: Option<Arc<str>>,
+    /// Quarantine deadline; meaningful while `held` is `Quarantined`.
+    until: Millis,
+    held: Option<Held>,
+    /// Last port held (sticky reuse after grace).
+    last: Option<u16>,
+}
+
+impl Service {
+    fn name(&self) -> &Arc<str> {
+        self.name.as_ref().expect("live service record")
+    }
+}
+
+/// Service name -> record index. foldhash instead of SipHash: this lookup is
+/// most of the cost of an allocation. Names come from container labels and
+/// the token-guarded API (validated, at most 63 characters), and foldhash's
+/// `RandomState` is seeded per process, so colliding names cannot be
+/// precomputed to flood the table.
+type NameIndex = HashMap<Arc<str>, u32, foldhash::fast::RandomState>;
 
 /// A port that changed from quarantined or conflicted back to free.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,9 +408,16 @@ pub struct Pool {
     bits: Vec<u64>,
     slots: Vec<Slot>,
     cursor: usize,
-    services: HashMap<Arc<str>, Held>,
-    /// Last port each service held (sticky reuse after grace).
-    last: HashMap<Arc<str>, u16>,
+    /// Service records, indexed by `index` and by the slots.
+    services: Vec<Service>,
+    /// Indices of free records in `services`.
+    vacant: Vec<u32>,
+    /// Name -> index into `services`, for every live record.
+    index: NameIndex,
+    /// Number of records with a last port (the bounded history).
+    last_len: usize,
+    /// Deadline of each conflicted port.
+    conflicts: HashMap<u16, Millis>,
     /// Deadlines: (until, port). Quarantine and conflicts; stale entries are skipped.
     deadlines: BTreeMap<(Millis, u16), ()>,
     grace_ms: Millis,
@@ -380,10 +446,13 @@ impl Pool {
             starts,
             capacity,
             bits,
-            slots: vec![Slot::Free; capacity],
+            slots: vec![Slot::FREE; capacity],
             cursor: 0,
-            services: HashMap::new(),
-            last: HashMap::new(),
+            services: Vec::new(),
+            vacant: Vec::new(),
+            index: NameIndex::default(),
+            last_len: 0,
+            conflicts: HashMap::new(),
             deadlines: BTreeMap::new(),
             grace_ms,
             counts: PoolCounts {
@@ -429,20 +498,20 @@ impl Pool {
 
     fn set_slot(&mut self, off: usize, slot: Slot) {
         let c = &mut self.counts;
-        match &self.slots[off] {
-            Slot::Free => c.free -= 1,
-            Slot::Reserved(_) => c.in_use -= 1,
-            Slot::Quarantined(..) => c.quarantined -= 1,
-            Slot::Conflicted(_) => c.conflicted -= 1,
+        match self.slots[off].get() {
+            SlotState::Free => c.free -= 1,
+            SlotState::Reserved(_) => c.in_use -= 1,
+            SlotState::Quarantined(_) => c.quarantined -= 1,
+            SlotState::Conflicted => c.conflicted -= 1,
         }
-        match &slot {
-            Slot::Free => c.free += 1,
-            Slot::Reserved(_) => c.in_use += 1,
-            Slot::Quarantined(..) => c.quarantined += 1,
-            Slot::Conflicted(_) => c.conflicted += 1,
+        match slot.get() {
+            SlotState::Free => c.free += 1,
+            SlotState::Reserved(_) => c.in_use += 1,
+            SlotState::Quarantined(_) => c.quarantined += 1,
+            SlotState::Conflicted => c.conflicted += 1,
         }
         let (w, b) = (off / 64, off % 64);
-        if matches!(slot, Slot::Free) {
+        if slot == Slot::FREE {
             self.bits[w] &= !(1u64 << b);
         } else {
             self.bits[w] |= 1u64 << b;
@@ -450,66 +519,123 @@ impl Pool {
         self.slots[off] = slot;
     }
 
+    /// The state of the port at `off`.
+    fn state_at(&self, off: usize) -> PortState {
+        match self.slots[off].get() {
+            SlotState::Free => PortState::Free,
+            SlotState::Reserved(i) => PortState::Reserved(self.record(i).name().clone()),
+            SlotState::Quarantined(i) => {
+                let rec = self.record(i);
+                PortState::Quarantined(rec.name().clone(), rec.until)
+            }
+            SlotState::Conflicted => {
+                let port = self.port_at(off);
+                PortState::Conflicted(self.conflicts.get(&port).copied().unwrap_or(0))
+            }
+        }
+    }
+
     /// The state of `port` (Free also for ports outside the ranges: check with
     /// [`PortRanges::contains`] first when it matters).
     pub fn state(&self, port: u16) -> PortState {
-        match self.offset_of(port).map(|o| &self.slots[o]) {
-            None | Some(Slot::Free) => PortState::Free,
-            Some(Slot::Reserved(s)) => PortState::Reserved(s.clone()),
-            Some(Slot::Quarantined(s, u)) => PortState::Quarantined(s.clone(), *u),
-            Some(Slot::Conflicted(u)) => PortState::Conflicted(*u),
+        match self.offset_of(port) {
+            None => PortState::Free,
+            Some(off) => self.state_at(off),
+        }
+    }
+
+    fn record(&self, i: u32) -> &Service {
+        &self.services[i as usize]
+    }
+
+    fn record_mut(&mut self, i: u32) -> &mut Service {
+        &mut self.services[i as usize]
+    }
+
+    /// The record of `service`, if it has one.
+    fn lookup(&self, service: &str) -> Option<u32> {
+        self.index.get(service).copied()
+    }
+
+    /// What `service` holds, if anything.
+    fn held(&self, service: &str) -> Option<Held> {
+        self.lookup(service).and_then(|i| self.record(i).held)
+    }
+
+    /// The record of `service`, created (holding nothing, no history) if needed.
+    fn intern(&mut self, service: &str) -> u32 {
+        if let Some(i) = self.lookup(service) {
+            return i;
+        }
+        let name: Arc<str> = Arc::from(service);
+        let rec = Service {
+            name: Some(name.clone()),
+            until: 0,
+            held: None,
+            last: None,
+        };
+        let i = match self.vacant.pop() {
+            Some(i) => {
+                self.services[i as usize] = rec;
+                i
+            }
+            None => {
+                let i = u32::try_from(self.services.len()).expect("service records fit in u32");
+                self.services.push(rec);
+                i
+            }
+        };
+        self.index.insert(name, i);
+        i
+    }
+
+    /// Frees the record if it holds nothing and has no history.
+    fn release_record_if_unused(&mut self, i: u32) {
+        let rec = self.record_mut(i);
+        if rec.held.is_none() && rec.last.is_none() {
+            let name = rec.name.take().expect("live service record");
+            self.index.remove(&name);
+            self.vacant.push(i);
         }
     }
 
     /// The port a service holds as reserved, if any.
     pub fn port_of(&self, service: &str) -> Option<u16> {
-        match self.services.get(service) {
-            Some(Held::Reserved(p)) => Some(*p),
+        match self.held(service) {
+            Some(Held::Reserved(p)) => Some(p),
             _ => None,
         }
     }
 
     /// The port held in quarantine for a service, if any.
     pub fn quarantined_port_of(&self, service: &str) -> Option<u16> {
-        match self.services.get(service) {
-            Some(Held::Quarantined(p)) => Some(*p),
+        match self.held(service) {
+            Some(Held::Quarantined(p)) => Some(p),
             _ => None,
         }
     }
 
     /// The last port a service held, if known (for sticky reuse after grace).
     pub fn last_port_of(&self, service: &str) -> Option<u16> {
-        self.last.get(service).copied()
+        self.lookup(service).and_then(|i| self.record(i).last)
     }
 
     /// All last-port history, for persistence.
     pub fn last_ports(&self) -> impl Iterator<Item = (&str, u16)> {
-        self.last.iter().map(|(s, p)| (&**s, *p))
+        self.index
+            .iter()
+            .filter_map(|(s, &i)| self.record(i).last.map(|p| (&**s, p)))
     }
 
     /// Every port that is not free, with its state, in port order.
     pub fn entries(&self) -> Vec<(u16, PortState)> {
         let mut out = Vec::with_capacity(self.capacity - self.counts.free);
         for (off, slot) in self.slots.iter().enumerate() {
-            let st = match slot {
-                Slot::Free => continue,
-                Slot::Reserved(s) => PortState::Reserved(s.clone()),
-                Slot::Quarantined(s, u) => PortState::Quarantined(s.clone(), *u),
-                Slot::Conflicted(u) => PortState::Conflicted(*u),
-            };
-            out.push((self.port_at(off), st));
+            if *slot != Slot::FREE {
+                out.push((self.port_at(off), self.state_at(off)));
+            }
         }
         out
-    }
-
-    fn intern(&self, service: &str) -> Arc<str> {
-        match self.services.get_key_value(service) {
-            Some((k, _)) => k.clone(),
-            None => match self.last.get_key_value(service) {
-                Some((k, _)) => k.clone(),
-                None => Arc::from(service),
-            },
-        }
     }
 
     /// Ends every quarantine and conflict whose deadline is `<= now`; returns the
@@ -524,19 +650,21 @@ impl Pool {
             let Some(off) = self.offset_of(port) else {
                 continue;
             };
-            match &self.slots[off] {
-                Slot::Quarantined(s, u) if *u == until => {
-                    let s = s.clone();
-                    self.services.remove(&s);
-                    self.remember(s.clone(), port);
-                    self.set_slot(off, Slot::Free);
+            match self.slots[off].get() {
+                SlotState::Quarantined(i) if self.record(i).until == until => {
+                    self.set_slot(off, Slot::FREE);
+                    let rec = self.record_mut(i);
+                    rec.held = None;
+                    let s = rec.name().clone();
+                    self.remember(i, port);
                     out.push(Expired {
                         port,
                         service: Some(s),
                     });
                 }
-                Slot::Conflicted(u) if *u == until => {
-                    self.set_slot(off, Slot::Free);
+                SlotState::Conflicted if self.conflicts.get(&port) == Some(&until) => {
+                    self.conflicts.remove(&port);
+                    self.set_slot(off, Slot::FREE);
                     out.push(Expired {
                         port,
                         service: None,
@@ -592,39 +720,37 @@ impl Pool {
         if self.next_deadline().is_some_and(|d| d <= now) {
             self.expire(now);
         }
-        match self.services.get(service) {
-            Some(Held::Reserved(p)) => return Ok(Reservation::AlreadyHeld(*p)),
-            Some(Held::Quarantined(p)) => {
-                let p = *p;
-                let name = self.intern(service);
+        let found = self.lookup(service);
+        if let Some(i) = found {
+            let rec = self.record(i);
+            let sticky = match rec.held {
+                Some(Held::Reserved(p)) => return Ok(Reservation::AlreadyHeld(p)),
+                Some(Held::Quarantined(p)) => Some(p),
+                None => rec.last.filter(|&p| {
+                    self.offset_of(p)
+                        .is_some_and(|off| self.slots[off] == Slot::FREE)
+                }),
+            };
+            if let Some(p) = sticky {
                 let off = self.offset_of(p).expect("held ports lie in the ranges");
-                self.set_slot(off, Slot::Reserved(name.clone()));
-                self.services.insert(name, Held::Reserved(p));
+                self.set_slot(off, Slot::reserved(i));
+                self.record_mut(i).held = Some(Held::Reserved(p));
                 return Ok(Reservation::Assigned {
                     port: p,
                     outcome: Outcome::Sticky,
                 });
             }
-            None => {}
-        }
-        let name = self.intern(service);
-        if let Some(&p) = self.last.get(service)
-            && let Some(off) = self.offset_of(p)
-            && matches!(self.slots[off], Slot::Free)
-        {
-            self.set_slot(off, Slot::Reserved(name.clone()));
-            self.services.insert(name, Held::Reserved(p));
-            return Ok(Reservation::Assigned {
-                port: p,
-                outcome: Outcome::Sticky,
-            });
         }
         let off = self.next_free().ok_or_else(|| self.exhausted())?;
-        self.set_slot(off, Slot::Reserved(name.clone()));
+        let i = match found {
+            Some(i) => i,
+            None => self.intern(service),
+        };
+        self.set_slot(off, Slot::reserved(i));
         self.cursor = (off + 1) % self.capacity;
         let port = self.port_at(off);
-        self.services.insert(name.clone(), Held::Reserved(port));
-        self.remember(name, port);
+        self.record_mut(i).held = Some(Held::Reserved(port));
+        self.remember(i, port);
         Ok(Reservation::Assigned {
             port,
             outcome: Outcome::New,
@@ -648,7 +774,8 @@ impl Pool {
                 port,
                 ranges: self.ranges.to_string(),
             })?;
-        match self.services.get(service).copied() {
+        let held = self.held(service);
+        match held {
             Some(Held::Reserved(p)) if p == port => return Ok(Reservation::AlreadyHeld(p)),
             Some(Held::Reserved(held)) => {
                 return Err(PoolError::ServiceHoldsOther {
@@ -660,23 +787,24 @@ impl Pool {
             Some(Held::Quarantined(p)) if p == port => return self.reserve(service, now),
             Some(Held::Quarantined(_)) | None => {}
         }
-        if !matches!(self.slots[off], Slot::Free) {
+        if self.slots[off] != Slot::FREE {
             return Err(PoolError::PortTaken {
                 port,
                 state: describe(&self.state(port)),
             });
         }
         // Give up a quarantined other port: the caller chose this one.
-        if let Some(Held::Quarantined(q)) = self.services.get(service).copied()
+        if let Some(Held::Quarantined(q)) = held
             && let Some(qoff) = self.offset_of(q)
         {
-            self.set_slot(qoff, Slot::Free);
+            self.set_slot(qoff, Slot::FREE);
         }
-        let name = self.intern(service);
-        self.set_slot(off, Slot::Reserved(name.clone()));
-        self.services.insert(name.clone(), Held::Reserved(port));
-        let sticky = self.last.get(service) == Some(&port);
-        self.remember(name, port);
+        let i = self.intern(service);
+        self.set_slot(off, Slot::reserved(i));
+        let rec = self.record_mut(i);
+        rec.held = Some(Held::Reserved(port));
+        let sticky = rec.last == Some(port);
+        self.remember(i, port);
         Ok(Reservation::Assigned {
             port,
             outcome: if sticky {
@@ -690,34 +818,37 @@ impl Pool {
     /// Releases the service's port into quarantine until `now + grace`.
     /// Returns the port, or None when the service held nothing (a no-op).
     pub fn release(&mut self, service: &str, now: Millis) -> Option<u16> {
-        let Some(Held::Reserved(port)) = self.services.get(service).copied() else {
+        let i = self.lookup(service)?;
+        let Some(Held::Reserved(port)) = self.record(i).held else {
             return None;
         };
-        let name = self.intern(service);
         let off = self.offset_of(port).expect("held ports lie in the ranges");
         if self.grace_ms == 0 {
-            self.set_slot(off, Slot::Free);
-            self.services.remove(service);
+            self.set_slot(off, Slot::FREE);
+            self.record_mut(i).held = None;
         } else {
             let until = now.saturating_add(self.grace_ms);
-            self.set_slot(off, Slot::Quarantined(name.clone(), until));
-            self.services.insert(name.clone(), Held::Quarantined(port));
+            self.set_slot(off, Slot::quarantined(i));
+            let rec = self.record_mut(i);
+            rec.held = Some(Held::Quarantined(port));
+            rec.until = until;
             self.deadlines.insert((until, port), ());
         }
-        self.remember(name, port);
+        self.remember(i, port);
         Some(port)
     }
 
     /// Drops a service's quarantined port at once (an operator's DELETE of a
     /// quarantined reservation). Returns the port freed.
     pub fn forget(&mut self, service: &str) -> Option<u16> {
-        let held = self.services.get(service).copied()?;
-        let port = match held {
+        let i = self.lookup(service)?;
+        let port = match self.record(i).held? {
             Held::Reserved(p) | Held::Quarantined(p) => p,
         };
         let off = self.offset_of(port).expect("held ports lie in the ranges");
-        self.set_slot(off, Slot::Free);
-        self.services.remove(service);
+        self.set_slot(off, Slot::FREE);
+        self.record_mut(i).held = None;
+        self.release_record_if_unused(i);
         Some(port)
     }
 
@@ -727,20 +858,24 @@ impl Pool {
     /// ranges are ignored (None).
     pub fn mark_conflicted(&mut self, port: u16, until: Millis) -> Option<Arc<str>> {
         let off = self.offset_of(port)?;
-        let lost = match &self.slots[off] {
-            Slot::Reserved(s) | Slot::Quarantined(s, _) => Some(s.clone()),
-            Slot::Free | Slot::Conflicted(_) => None,
+        let lost = match self.slots[off].get() {
+            SlotState::Reserved(i) | SlotState::Quarantined(i) => Some(i),
+            SlotState::Free | SlotState::Conflicted => None,
         };
-        if let Some(s) = &lost {
-            self.services.remove(s);
-            // Do not try this port first next time: it is held by someone else.
-            if self.last.get(s) == Some(&port) {
-                self.last.remove(s);
-            }
-        }
-        self.set_slot(off, Slot::Conflicted(until));
+        self.set_slot(off, Slot::CONFLICTED);
+        self.conflicts.insert(port, until);
         self.deadlines.insert((until, port), ());
-        lost
+        let i = lost?;
+        let rec = self.record_mut(i);
+        rec.held = None;
+        let name = rec.name().clone();
+        // Do not try this port first next time: it is held by someone else.
+        if rec.last == Some(port) {
+            rec.last = None;
+            self.last_len -= 1;
+        }
+        self.release_record_if_unused(i);
+        Some(name)
     }
 
     /// Puts back a reservation loaded from the store.
@@ -756,40 +891,42 @@ impl Pool {
                 port,
                 ranges: self.ranges.to_string(),
             })?;
-        if !matches!(self.slots[off], Slot::Free) {
+        if self.slots[off] != Slot::FREE {
             return Err(PoolError::PortTaken {
                 port,
                 state: describe(&self.state(port)),
             });
         }
-        if let Some(Held::Reserved(held) | Held::Quarantined(held)) = self.services.get(service) {
+        if let Some(Held::Reserved(held) | Held::Quarantined(held)) = self.held(service) {
             return Err(PoolError::ServiceHoldsOther {
                 service: service.to_string(),
-                held: *held,
+                held,
                 port,
             });
         }
-        let name = self.intern(service);
+        let i = self.intern(service);
         match *state {
             RestoreState::Reserved => {
-                self.set_slot(off, Slot::Reserved(name.clone()));
-                self.services.insert(name.clone(), Held::Reserved(port));
+                self.set_slot(off, Slot::reserved(i));
+                self.record_mut(i).held = Some(Held::Reserved(port));
             }
             RestoreState::Quarantined(until) => {
-                self.set_slot(off, Slot::Quarantined(name.clone(), until));
-                self.services.insert(name.clone(), Held::Quarantined(port));
+                self.set_slot(off, Slot::quarantined(i));
+                let rec = self.record_mut(i);
+                rec.held = Some(Held::Quarantined(port));
+                rec.until = until;
                 self.deadlines.insert((until, port), ());
             }
         }
-        self.remember(name, port);
+        self.remember(i, port);
         Ok(())
     }
 
     /// Remembers a service's last port (history from the store).
     pub fn restore_last_port(&mut self, service: &str, port: u16) {
         if self.ranges.contains(port) {
-            let name = self.intern(service);
-            self.remember(name, port);
+            let i = self.intern(service);
+            self.remember(i, port);
         }
     }
 
@@ -802,18 +939,19 @@ impl Pool {
             });
         }
         let mut next = Pool::new(ranges, self.grace_ms);
-        for (port, st) in self.entries() {
-            let off = next.offset_of(port).expect("subset checked above");
-            let slot = match st {
-                PortState::Free => Slot::Free,
-                PortState::Reserved(s) => Slot::Reserved(s),
-                PortState::Quarantined(s, u) => Slot::Quarantined(s, u),
-                PortState::Conflicted(u) => Slot::Conflicted(u),
-            };
-            next.set_slot(off, slot);
+        for (off, &slot) in self.slots.iter().enumerate() {
+            if slot != Slot::FREE {
+                let noff = next
+                    .offset_of(self.port_at(off))
+                    .expect("subset checked above");
+                next.set_slot(noff, slot);
+            }
         }
         next.services = std::mem::take(&mut self.services);
-        next.last = std::mem::take(&mut self.last);
+        next.vacant = std::mem::take(&mut self.vacant);
+        next.index = std::mem::take(&mut self.index);
+        next.last_len = self.last_len;
+        next.conflicts = std::mem::take(&mut self.conflicts);
         next.deadlines = std::mem::take(&mut self.deadlines);
         if let Some(off) = next.offset_of(self.port_at(self.cursor)) {
             next.cursor = off;
@@ -825,38 +963,54 @@ impl Pool {
     /// Records a service's last port. The history is bounded: past
     /// `2 * capacity + 1024` entries, the history of services that hold
     /// nothing is dropped (amortised O(1); sticky-after-grace is best effort).
-    fn remember(&mut self, name: Arc<str>, port: u16) {
-        self.last.insert(name, port);
-        if self.last.len() > 2 * self.capacity + 1024 {
-            let services = &self.services;
-            self.last.retain(|s, _| services.contains_key(s));
+    fn remember(&mut self, i: u32, port: u16) {
+        let rec = self.record_mut(i);
+        if rec.last.replace(port).is_none() {
+            self.last_len += 1;
         }
+        if self.last_len > 2 * self.capacity + 1024 {
+            self.forget_history_of_idle();
+        }
+    }
+
+    /// Drops the history (and so the records) of services that hold nothing.
+    fn forget_history_of_idle(&mut self) {
+        let (services, vacant) = (&mut self.services, &mut self.vacant);
+        let mut kept = 0;
+        self.index.retain(|_, &mut i| {
+            let rec = &mut services[i as usize];
+            if rec.held.is_some() {
+                kept += usize::from(rec.last.is_some());
+                return true;
+            }
+            rec.name = None;
+            rec.last = None;
+            vacant.push(i);
+            false
+        });
+        self.last_len = kept;
     }
 
     /// Every service holding a port: (service, port, None) when reserved,
     /// (service, port, Some(until)) when quarantined. For persistence.
     pub fn holdings(&self) -> impl Iterator<Item = (&str, u16, Option<Millis>)> {
-        self.services.iter().map(|(s, h)| match *h {
-            Held::Reserved(p) => (&**s, p, None),
-            Held::Quarantined(p) => {
-                let until = self
-                    .offset_of(p)
-                    .and_then(|off| match self.slots[off] {
-                        Slot::Quarantined(_, u) => Some(u),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
-                (&**s, p, Some(until))
+        self.index.iter().filter_map(|(s, &i)| {
+            let rec = self.record(i);
+            match rec.held? {
+                Held::Reserved(p) => Some((&**s, p, None)),
+                Held::Quarantined(p) => Some((&**s, p, Some(rec.until))),
             }
         })
     }
 
     /// Services holding a reserved port, with it.
     pub fn reserved(&self) -> impl Iterator<Item = (&str, u16)> {
-        self.services.iter().filter_map(|(s, h)| match h {
-            Held::Reserved(p) => Some((&**s, *p)),
-            Held::Quarantined(_) => None,
-        })
+        self.index
+            .iter()
+            .filter_map(|(s, &i)| match self.record(i).held {
+                Some(Held::Reserved(p)) => Some((&**s, p)),
+                _ => None,
+            })
     }
 }
 
@@ -894,7 +1048,12 @@ mod tests {
             p.reserve(&name, 0).unwrap();
             p.release(&name, 0);
         }
-        assert!(p.last.len() <= 2 * 10 + 1024 + 1, "{}", p.last.len());
+        let bound = 2 * 10 + 1024 + 1;
+        assert!(p.last_len <= bound, "{}", p.last_len);
+        assert_eq!(p.last_ports().count(), p.last_len);
+        // Records of services with neither a port nor history are reused.
+        assert!(p.index.len() <= bound, "{}", p.index.len());
+        assert!(p.services.len() <= bound + 1, "{}", p.services.len());
     }
 
     #[test]
