@@ -163,6 +163,7 @@ struct Cleanup {
     dind: Option<ContainerAsync<GenericImage>>,
     children: Vec<tokio::process::Child>,
     mounts: Vec<PathBuf>,
+    networks: Vec<String>,
     done: bool,
 }
 
@@ -173,6 +174,7 @@ impl Cleanup {
             dind: None,
             children: Vec::new(),
             mounts: Vec::new(),
+            networks: Vec::new(),
             done: false,
         }
     }
@@ -188,6 +190,13 @@ impl Cleanup {
             let _ = tokio::time::timeout(Duration::from_secs(30), d.rm()).await;
         }
         sweep(&self.run_label);
+        for n in self.networks.drain(..) {
+            let _ = std::process::Command::new("docker")
+                .args(["network", "rm", &n])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         for m in self.mounts.drain(..) {
             let _ = std::process::Command::new("umount").arg(&m).status();
         }
@@ -199,6 +208,11 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         if !self.done {
             sweep(&self.run_label);
+            for n in &self.networks {
+                let _ = std::process::Command::new("docker")
+                    .args(["network", "rm", n])
+                    .status();
+            }
             for m in &self.mounts {
                 let _ = std::process::Command::new("umount").arg(m).status();
             }
@@ -508,6 +522,7 @@ async fn run_scenario(
                 "network", "create", "--label", &labels[0], "--label", &labels[1], &net,
             ])
             .await?;
+            cleanup.networks.push(net.clone());
             let holder = format!("{bridge_name}-ns");
             let mut args: Vec<String> =
                 vec!["run".into(), "-d".into(), "--name".into(), holder.clone()];
@@ -1226,20 +1241,23 @@ async fn inject(
         }
         FaultKind::RegistrationFlood => {
             let snap = probe::snapshot(t.api, 0).await;
-            let cap = snap.pool_u64("capacity").unwrap_or(0);
-            let used =
-                snap.pool_u64("in_use").unwrap_or(0) + snap.pool_u64("quarantined").unwrap_or(0);
-            let n = cap.saturating_sub(used) + u64::from(p.count.unwrap_or(3));
+            let free = snap.pool_u64("free").unwrap_or(0);
+            let over = u64::from(p.count.unwrap_or(3));
+            let n = (free + over).min(64);
             let mut names = Vec::new();
-            for i in 0..n.min(64) {
+            for i in 0..n {
                 let svc = format!("flood-{seq}-{i}");
                 topo.start_stub(&svc, &svc).await?;
                 names.push(svc);
             }
+            let overflow = n.saturating_sub(free);
+            rec.with(|h| {
+                h.expect.exhaustion_events =
+                    Some(h.expect.exhaustion_events.unwrap_or(0) + overflow);
+            });
             record.target = format!(
-                "{} new services for {} free ports",
-                names.len(),
-                cap.saturating_sub(used)
+                "{} new services for {free} free ports ({overflow} left without one)",
+                names.len()
             );
             Some(Heal::RemoveInner { names })
         }

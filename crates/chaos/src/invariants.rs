@@ -318,6 +318,13 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
         )),
         _ => {}
     }
+    if let Some(want) = h.expect.exhaustion_events
+        && exh != want
+    {
+        p5.push(format!(
+            "port_exhaustion_events_total rose by {exh}, expected exactly {want} (one per service left without a port)"
+        ));
+    }
     out.push(v(
         "I5",
         "/metrics agrees with /v1/pool; exhaustion and duplicate counters move exactly when they should",
@@ -562,6 +569,18 @@ mod tests {
         let mut h = good();
         h.expect.exhaustion = Some(true);
         assert!(!held(&h, "I5"), "exhaustion never counted");
+        let mut h = good();
+        h.expect.exhaustion_events = Some(2);
+        for s in &mut h.snapshots[4..] {
+            s.metrics
+                .insert("mesh_bridge_port_exhaustion_events_total".into(), 3.0);
+        }
+        assert!(
+            !held(&h, "I5"),
+            "3 exhaustion events for 2 services left without a port"
+        );
+        h.expect.exhaustion_events = Some(3);
+        assert!(held(&h, "I5"));
     }
 
     #[test]

@@ -130,6 +130,10 @@ pub struct Expect {
     pub duplicates: Option<u64>,
     /// Whether `port_exhaustion_events_total` must move (true) or stay (false).
     pub exhaustion: Option<bool>,
+    /// Exact increase of `port_exhaustion_events_total` (one per service
+    /// that found no port), when the harness knows it.
+    #[serde(default)]
+    pub exhaustion_events: Option<u64>,
 }
 
 /// Everything recorded in one run.
