@@ -10,7 +10,7 @@
 //! once the first resync is applied. SIGTERM/SIGINT: stop accepting, flush,
 //! exit within 5 s.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -63,6 +63,8 @@ struct Daemon {
     core: Core,
     store: Option<Store>,
     persisted: Persisted,
+    /// API reservations as last written.
+    persisted_pins: BTreeMap<String, Millis>,
     store_failing: bool,
     forwarder: Forwarder,
     metrics: Metrics,
@@ -117,6 +119,24 @@ impl Daemon {
                 seen_ms: now,
             });
         }
+        let pins: BTreeMap<String, Millis> = self
+            .core
+            .pinned()
+            .map(|(s, ms)| (s.to_string(), ms))
+            .collect();
+        for s in self.persisted_pins.keys() {
+            if !pins.contains_key(s) {
+                writes.push(store::Change::Unpin { service: s.clone() });
+            }
+        }
+        for (s, ms) in &pins {
+            if !self.persisted_pins.contains_key(s) {
+                writes.push(store::Change::Pin {
+                    service: s.clone(),
+                    since_ms: *ms,
+                });
+            }
+        }
         if removes.is_empty() && writes.is_empty() {
             return;
         }
@@ -128,6 +148,7 @@ impl Daemon {
                     .store_write_duration
                     .observe(t.elapsed().as_secs_f64());
                 self.persisted = desired;
+                self.persisted_pins = pins;
                 if self.store_failing {
                     tracing::info!("store writes work again");
                     self.store_failing = false;
@@ -401,7 +422,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             }
         }
     }
-    let core = Core::new(pool, config.leak_cycles, metrics.clone());
+    let mut core = Core::new(pool, config.leak_cycles, metrics.clone());
+    let mut persisted_pins = BTreeMap::new();
+    if let Some(s) = &store {
+        for (service, since) in s.load()?.pinned {
+            if core.pool.port_of(&service).is_some() {
+                core.pin(&service, since);
+                persisted_pins.insert(service, since);
+            }
+        }
+    }
     for _ in 0..restored {
         core.count_restored();
     }
@@ -453,6 +483,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         core,
         store,
         persisted,
+        persisted_pins,
         store_failing: false,
         forwarder: forwarder.clone(),
         metrics: metrics.clone(),

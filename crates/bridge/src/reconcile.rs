@@ -133,9 +133,9 @@ impl Core {
         self.pinned.insert(service.to_string(), since);
     }
 
-    /// API-reserved services.
-    pub fn pinned(&self) -> impl Iterator<Item = &str> {
-        self.pinned.keys().map(String::as_str)
+    /// API-reserved services, with when they were reserved.
+    pub fn pinned(&self) -> impl Iterator<Item = (&str, Millis)> {
+        self.pinned.iter().map(|(s, ms)| (s.as_str(), *ms))
     }
 
     /// Forwarder work for every reserved service (after a restore).

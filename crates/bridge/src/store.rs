@@ -63,6 +63,13 @@ const MIGRATIONS: &[&str] = &[
          seen_ms INTEGER NOT NULL
      ) STRICT;
      CREATE INDEX last_ports_seen ON last_ports (seen_ms);",
+    // v2: reservations made through the API (an orchestrator publishes the
+    // port itself): they have no container, so the leak reconciler must
+    // leave them alone across restarts.
+    "CREATE TABLE pinned (
+         service  TEXT    PRIMARY KEY NOT NULL,
+         since_ms INTEGER NOT NULL CHECK (since_ms >= 0)
+     ) STRICT;",
 ];
 
 /// The schema version this code writes and understands.
@@ -234,6 +241,8 @@ pub struct Snapshot {
     pub reservations: Vec<Record>,
     /// Last port of each service, newest first (at most [`LAST_PORTS_LIMIT`]).
     pub last_ports: Vec<(String, u16)>,
+    /// Services reserved through the API, with when (ms since the epoch).
+    pub pinned: Vec<(String, u64)>,
 }
 
 /// One change of a burst given to [`Store::apply`].
@@ -261,6 +270,18 @@ pub enum Change {
     },
     /// Forget `service`'s reservation (its last port stays in the history).
     Remove {
+        /// The service.
+        service: String,
+    },
+    /// `service` was reserved through the API at `since_ms` (no container owns it).
+    Pin {
+        /// The service.
+        service: String,
+        /// When.
+        since_ms: u64,
+    },
+    /// `service` is no longer an API reservation.
+    Unpin {
         /// The service.
         service: String,
     },
@@ -445,7 +466,12 @@ fn integrity(conn: &Connection, path: &Path, pragma: &'static str) -> Result<(),
 }
 
 fn require_tables(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    for table in ["reservations", "last_ports"] {
+    let version = user_version(conn, path)?;
+    let mut tables = vec!["reservations", "last_ports"];
+    if version >= 2 {
+        tables.push("pinned");
+    }
+    for table in tables {
         let n: i64 = conn
             .query_row(
                 "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
@@ -595,9 +621,22 @@ impl Store {
                 .map_err(|_| bad(format!("last port of `{service}` is {port}")))?;
             last_ports.push((service, port));
         }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT service, since_ms FROM pinned ORDER BY service")
+            .map_err(|e| StoreError::sql(path, "loading pinned reservations", e))?;
+        let rows: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| StoreError::sql(path, "loading pinned reservations", e))?;
+        let pinned = rows
+            .into_iter()
+            .map(|(s, ms)| (s, u64::try_from(ms).unwrap_or(0)))
+            .collect();
         Ok(Snapshot {
             reservations,
             last_ports,
+            pinned,
         })
     }
 
@@ -629,7 +668,13 @@ impl Store {
                     check_port(path, service, *port)?;
                     to_i64(path, "until_ms", *until_ms)?;
                 }
-                Change::Remove { service } => check_name(path, service)?,
+                Change::Remove { service } | Change::Unpin { service } => {
+                    check_name(path, service)?
+                }
+                Change::Pin { service, since_ms } => {
+                    check_name(path, service)?;
+                    to_i64(path, "since_ms", *since_ms)?;
+                }
                 Change::LastPort {
                     service,
                     port,
@@ -674,6 +719,14 @@ impl Store {
                 ),
                 Change::Remove { service } => {
                     tx.execute("DELETE FROM reservations WHERE service = ?1", [service])
+                }
+                Change::Pin { service, since_ms } => tx.execute(
+                    "INSERT INTO pinned (service, since_ms) VALUES (?1, ?2)
+                     ON CONFLICT (service) DO NOTHING",
+                    params![service, *since_ms as i64],
+                ),
+                Change::Unpin { service } => {
+                    tx.execute("DELETE FROM pinned WHERE service = ?1", [service])
                 }
                 Change::LastPort {
                     service,
@@ -1234,15 +1287,17 @@ mod tests {
     #[test]
     fn migrations_run_in_order_and_keep_data() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Store::open(dir.path()).expect("open");
+        // A store written by a release that knew only v1.
+        let mut s = Store::open_with(dir.path(), &MIGRATIONS[..1]).expect("open v1");
         s.apply(&[reserve("docs", 11117, 1)]).expect("apply");
         assert_eq!(user_version(&s.conn, &s.path).expect("version"), 1);
         drop(s);
-        // A later release adds v2 and v3: both run, in order, once.
-        let v2 = "CREATE TABLE extra (n INTEGER NOT NULL) STRICT; INSERT INTO extra VALUES (2);";
-        let v3 = "INSERT INTO extra SELECT n + 1 FROM extra;";
-        let s = Store::open_with(dir.path(), &[MIGRATIONS[0], v2, v3]).expect("migrate");
-        assert_eq!(user_version(&s.conn, &s.path).expect("version"), 3);
+        // This release adds v2; a later one adds v3 and v4: all run, in order, once.
+        let v3 = "CREATE TABLE extra (n INTEGER NOT NULL) STRICT; INSERT INTO extra VALUES (2);";
+        let v4 = "INSERT INTO extra SELECT n + 1 FROM extra;";
+        let all = [MIGRATIONS[0], MIGRATIONS[1], v3, v4];
+        let s = Store::open_with(dir.path(), &all).expect("migrate");
+        assert_eq!(user_version(&s.conn, &s.path).expect("version"), 4);
         let ns: Vec<i64> = s
             .conn
             .prepare("SELECT n FROM extra ORDER BY n")
@@ -1254,8 +1309,32 @@ mod tests {
         assert_eq!(ns, vec![2, 3]);
         assert_eq!(s.load().expect("load").reservations.len(), 1);
         drop(s);
-        let s = Store::open_with(dir.path(), &[MIGRATIONS[0], v2, v3]).expect("reopen");
-        assert_eq!(user_version(&s.conn, &s.path).expect("version"), 3);
+        let s = Store::open_with(dir.path(), &all).expect("reopen");
+        assert_eq!(user_version(&s.conn, &s.path).expect("version"), 4);
+    }
+
+    #[test]
+    fn pinned_reservations_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Store::open(dir.path()).expect("open");
+        s.apply(&[
+            reserve("ext", 11117, 1),
+            Change::Pin {
+                service: "ext".into(),
+                since_ms: 5,
+            },
+        ])
+        .expect("apply");
+        drop(s);
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.load().expect("load").pinned, vec![("ext".to_string(), 5)]);
+        drop(s);
+        let mut s = Store::open(dir.path()).expect("reopen");
+        s.apply(&[Change::Unpin {
+            service: "ext".into(),
+        }])
+        .expect("unpin");
+        assert!(s.load().expect("load").pinned.is_empty());
     }
 
     #[test]
@@ -1274,7 +1353,7 @@ mod tests {
                 err,
                 StoreError::TooNew {
                     found: 7,
-                    known: 1,
+                    known: SCHEMA_VERSION,
                     ..
                 }
             ),

@@ -572,7 +572,6 @@ fn readyz_waits_for_the_engine() {
 /// itself; no container carries the service) survives kill -9 and is not
 /// taken for a leak afterwards.
 #[test]
-#[ignore = "known bug: the store does not record that a reservation came from the API, so after a restart it is released as a leak after --leak-cycles resyncs"]
 fn api_reservation_survives_restart() {
     let ctx = TestCtx::new("apikeep");
     let proxy = DockerProxy::start(&ctx);
