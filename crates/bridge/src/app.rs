@@ -390,6 +390,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         None => None,
     };
 
+    let _lock = store::DirLock::acquire(&config.state_dir)?;
     let store = open_store(&config, &metrics)?;
     let mut pool = Pool::new(config.ports.clone(), config.grace.as_millis() as Millis);
     let mut persisted = Persisted::new();

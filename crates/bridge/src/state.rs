@@ -660,6 +660,8 @@ fn now_ms() -> u64 {
 }
 
 fn import(dir: &Path, file: &Path, ranges: &PortRanges) -> Result<ExitCode, StateError> {
+    // A running daemon would not see the import and would later clash with it.
+    let _lock = crate::store::DirLock::probe(dir)?;
     let bytes = read_limited(file)?;
     let json: Json = serde_json::from_slice(&bytes).map_err(|e| StateError::Parse {
         path: file.to_path_buf(),

@@ -78,6 +78,14 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A running mesh-bridge owns the state directory.
+    #[error(
+        "{path} is locked by a running mesh-bridge; stop it first (or reserve through POST /v1/reservations), or pass another --state-dir"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// A file-system operation on the state directory failed.
     #[error(
         "{action} {path}: {source}; check that the path exists and is writable, or pass another --state-dir"
@@ -1112,6 +1120,67 @@ fn check_conn(
     })
 }
 
+/// Name of the lock file a running daemon holds in its state directory.
+pub const LOCK_NAME: &str = "bridge.lock";
+
+/// An exclusive advisory lock on a state directory: one daemon per
+/// directory, and no import behind a running daemon's back. Released on drop
+/// (and by the kernel when the process dies, even by SIGKILL).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
+impl DirLock {
+    /// Takes the lock for a daemon, creating the directory and the lock file.
+    pub fn acquire(dir: &Path) -> Result<DirLock, StoreError> {
+        fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            action: "cannot create state directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(LOCK_NAME);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StoreError::Io {
+                action: "cannot open lock file",
+                path: path.clone(),
+                source,
+            })?;
+        Self::take(file, path)
+    }
+
+    /// Takes the lock if a daemon ever ran here (the lock file exists);
+    /// creates nothing. `Ok(None)` when there is no lock file.
+    pub fn probe(dir: &Path) -> Result<Option<DirLock>, StoreError> {
+        let path = dir.join(LOCK_NAME);
+        match fs::OpenOptions::new().write(true).open(&path) {
+            Ok(file) => Self::take(file, path).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io {
+                action: "cannot open lock file",
+                path,
+                source,
+            }),
+        }
+    }
+
+    fn take(file: fs::File, path: PathBuf) -> Result<DirLock, StoreError> {
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
+            Err(fs::TryLockError::Error(source)) => Err(StoreError::Io {
+                action: "cannot lock",
+                path,
+                source,
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1311,6 +1380,27 @@ mod tests {
         drop(s);
         let s = Store::open_with(dir.path(), &all).expect("reopen");
         assert_eq!(user_version(&s.conn, &s.path).expect("version"), 4);
+    }
+
+    #[test]
+    fn one_lock_holder_per_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(DirLock::probe(dir.path()).expect("probe").is_none());
+        assert!(
+            !dir.path().join(LOCK_NAME).exists(),
+            "probe creates nothing"
+        );
+        let held = DirLock::acquire(dir.path()).expect("first");
+        assert!(matches!(
+            DirLock::acquire(dir.path()),
+            Err(StoreError::Locked { .. })
+        ));
+        assert!(matches!(
+            DirLock::probe(dir.path()),
+            Err(StoreError::Locked { .. })
+        ));
+        drop(held);
+        assert!(DirLock::probe(dir.path()).expect("probe").is_some());
     }
 
     #[test]

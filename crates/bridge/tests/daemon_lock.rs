@@ -1,0 +1,114 @@
+//! One daemon per state directory, and no `state import` behind a running
+//! daemon's back (it would not see the import and would later clash with it).
+//! The daemon runs with an unreachable engine: the lock is taken before Docker
+//! matters.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Bridge(Child);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mesh-bridge"))
+}
+
+fn start(state: &std::path::Path, api: u16, engine: u16) -> Child {
+    bin()
+        .args(["run", "--listen", &format!("127.0.0.1:{api}")])
+        .args(["--ports", "31950-31959"])
+        .args(["--docker-host", &format!("tcp://127.0.0.1:{engine}")])
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mesh-bridge")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn a_running_daemon_locks_its_state_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let engine = free_port();
+    let api = free_port();
+    let first = Bridge(start(&state, api, engine));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", api)).is_err() {
+        assert!(Instant::now() < deadline, "first bridge never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A second daemon on the same directory refuses to start, naming the lock.
+    let mut second = start(&state, free_port(), engine);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = second.try_wait().expect("poll second") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("second bridge kept running on a locked state dir");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    second
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    assert!(!status.success());
+    assert!(err.contains("locked by a running mesh-bridge"), "{err}");
+
+    // An import is refused while the daemon runs, and changes nothing.
+    let legacy = dir.path().join("legacy.json");
+    std::fs::write(&legacy, r#"{"docs": 31951}"#).expect("write legacy");
+    let db = std::fs::read(state.join("state.db")).expect("store exists");
+    let out = bin()
+        .args(["state", "--ports", "31950-31959", "--state-dir"])
+        .arg(&state)
+        .arg("import")
+        .arg(&legacy)
+        .output()
+        .expect("run import");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("locked"), "{}", text(&out));
+    assert_eq!(std::fs::read(state.join("state.db")).expect("store"), db);
+
+    // Once the daemon is gone, the same import goes through.
+    drop(first);
+    let out = bin()
+        .args(["state", "--ports", "31950-31959", "--state-dir"])
+        .arg(&state)
+        .arg("import")
+        .arg(&legacy)
+        .output()
+        .expect("run import");
+    assert!(out.status.success(), "{}", text(&out));
+}
