@@ -705,15 +705,16 @@ fn import(dir: &Path, file: &Path, ranges: &PortRanges) -> Result<ExitCode, Stat
         .map(|r| (r.port, r.service.as_str()))
         .collect();
     for e in &entries {
-        if let Some(holder) = held.get(&e.port) {
-            if *holder != e.service && !importing.contains_key(holder) {
-                problems.push(format!(
-                    "{}: port {} is held in {} by `{holder}`; remove or export-edit-import it first",
-                    e.at,
-                    e.port,
-                    store.path().display()
-                ));
-            }
+        if let Some(holder) = held.get(&e.port)
+            && *holder != e.service
+            && !importing.contains_key(holder)
+        {
+            problems.push(format!(
+                "{}: port {} is held in {} by `{holder}`; remove or export-edit-import it first",
+                e.at,
+                e.port,
+                store.path().display()
+            ));
         }
     }
     if !problems.is_empty() {

@@ -1061,12 +1061,12 @@ fn check_conn(
         };
         match port {
             V::Integer(p) if (1..=65535).contains(p) => {
-                if let Some(r) = ranges {
-                    if !r.contains(*p as u16) {
-                        problems.push(format!(
-                            "`{name}` holds port {p}, outside the ranges {r} (pass the bridge's --ports)"
-                        ));
-                    }
+                if let Some(r) = ranges
+                    && !r.contains(*p as u16)
+                {
+                    problems.push(format!(
+                        "`{name}` holds port {p}, outside the ranges {r} (pass the bridge's --ports)"
+                    ));
                 }
                 if let Some(other) = ports.insert(*p, name.clone()) {
                     problems.push(format!("port {p} is held by both `{other}` and `{name}`"));
