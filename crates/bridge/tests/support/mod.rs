@@ -236,10 +236,11 @@ impl TestCtx {
         ]);
         for line in stale.lines() {
             let mut it = line.split_whitespace();
-            if let (Some(id), owner) = (it.next(), it.next().unwrap_or("")) {
-                if owner != run && !pid_alive(owner) {
-                    let _ = docker(&["rm", "-f", id]);
-                }
+            if let (Some(id), owner) = (it.next(), it.next().unwrap_or(""))
+                && owner != run
+                && !pid_alive(owner)
+            {
+                let _ = docker(&["rm", "-f", id]);
             }
         }
         TestCtx {
