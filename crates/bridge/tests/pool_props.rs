@@ -196,11 +196,11 @@ fn step(
                 _ => None,
             };
             prop_assert_eq!(lost.as_deref().map(str::to_string), expected);
-            if let Some(M::Reserved(s) | M::Quarantined(s, _)) = model.ports.get(&port) {
-                if model.last.get(s) == Some(&port) {
-                    let s = *s;
-                    model.last.remove(&s);
-                }
+            if let Some(M::Reserved(s) | M::Quarantined(s, _)) = model.ports.get(&port)
+                && model.last.get(s) == Some(&port)
+            {
+                let s = *s;
+                model.last.remove(&s);
             }
             model.ports.insert(port, M::Conflicted(*now + 50));
         }
