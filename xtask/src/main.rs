@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask <command>`. Images, scenarios, the
 //! reliability run, benchmarks, dashboard checks and the long crash test.
 
+mod bench;
 mod dashboards;
 mod dind;
 mod images;
@@ -33,6 +34,8 @@ enum Command {
     },
     /// The reliability suite CI runs: the `ci = true` scenarios, a verdict table.
     Reliability(reliability::Args),
+    /// The performance suite: a table and target/bench/report.json.
+    Bench(bench::Args),
     /// Run the store crash test with more kills than `cargo test` does.
     Crash {
         /// How many times the writer is killed with SIGKILL.
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Images(args) => images::run(&args),
         Command::Dashboards { command } => dashboards::run(&command),
+        Command::Bench(args) => bench::run(&args),
         Command::Crash { iterations } => crash(iterations),
         Command::Scenario { command } => scenario::run(&command),
         Command::Reliability(args) => reliability::run(&args),

@@ -1,0 +1,533 @@
+//! What the benchmark phases stand on: the release `mesh-bridge` built aside,
+//! labelled containers removed on drop, a bridge process killed on drop, a
+//! Docker relay that shows a bridge only one phase's containers, free port
+//! ranges and a few process statistics from /proc.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// The stub image every service container runs.
+pub const STUB_IMAGE: &str = "mesh-bridge/mcp-stub:dev";
+/// Label on every container the bench starts: the pid of the bench process.
+pub const RUN_LABEL: &str = "mesh-bridge.bench.run";
+/// Label naming the phase a container belongs to (the relay filters on it).
+pub const PHASE_LABEL: &str = "mesh-bridge.bench.phase";
+/// Bearer token handed to the bridges (at least 16 characters).
+pub const TOKEN: &str = "bench-token-0123456789abcdef";
+/// The engine socket.
+pub const DOCKER_SOCK: &str = "/var/run/docker.sock";
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// `target/bench` (report, logs, the bridge binary copy, state dirs).
+pub fn bench_dir() -> PathBuf {
+    workspace_root().join("target").join("bench")
+}
+
+/// Progress line with the time since the bench started.
+pub fn progress(t0: Instant, msg: &str) {
+    println!("[bench {:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Builds `mesh-bridge` in release into `target/bench-build` (its own target
+/// dir, so other builds cannot replace it mid-run) and copies it to
+/// `target/bench/bin/mesh-bridge`.
+pub fn build_bridge() -> Result<PathBuf> {
+    let root = workspace_root();
+    let target_dir = root.join("target").join("bench-build");
+    let st = Command::new(cargo())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "mesh-bridge",
+            "--bin",
+            "mesh-bridge",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(&root)
+        .env_remove("CARGO_TARGET_DIR")
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot run cargo build")?;
+    ensure!(st.success(), "building mesh-bridge failed ({st})");
+    copy_bridge(&target_dir.join("release").join("mesh-bridge"))
+}
+
+/// Copies a bridge binary to `target/bench/bin/mesh-bridge`.
+pub fn copy_bridge(src: &Path) -> Result<PathBuf> {
+    let bin_dir = bench_dir().join("bin");
+    fs::create_dir_all(&bin_dir)?;
+    let dst = bin_dir.join("mesh-bridge");
+    let tmp = bin_dir.join(format!("mesh-bridge.{}", std::process::id()));
+    fs::copy(src, &tmp).with_context(|| format!("cannot copy {}", src.display()))?;
+    fs::rename(&tmp, &dst)?;
+    Ok(dst)
+}
+
+// ------------------------------------------------------------- docker ----
+
+/// Runs the docker CLI; stdout trimmed, or the error with stderr.
+pub fn docker(args: &[&str]) -> Result<String> {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run `docker {}`", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`docker {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Builds the stub image when it is missing (`cargo xtask images --only stub`).
+pub fn ensure_stub_image(t0: Instant) -> Result<()> {
+    docker(&["version", "--format", "{{.Server.Version}}"])
+        .context("the bench needs a running Docker Engine")?;
+    if docker(&["image", "inspect", "--format", "{{.Id}}", STUB_IMAGE]).is_ok() {
+        return Ok(());
+    }
+    progress(t0, &format!("{STUB_IMAGE} missing: building it"));
+    crate::images::run(&crate::images::Args {
+        force: false,
+        only: vec![crate::images::Image::Stub],
+    })
+}
+
+fn pid_alive(pid: &str) -> bool {
+    !pid.is_empty() && Path::new("/proc").join(pid).exists()
+}
+
+/// Removes bench containers left by an earlier bench process that is gone.
+pub fn remove_stale() -> Result<()> {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label={RUN_LABEL}"),
+        "--format",
+        &format!("{{{{.ID}}}} {{{{.Label \"{RUN_LABEL}\"}}}}"),
+    ])?;
+    let me = std::process::id().to_string();
+    let stale: Vec<&str> = out
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let id = it.next()?;
+            let owner = it.next().unwrap_or("");
+            (owner != me && !pid_alive(owner)).then_some(id)
+        })
+        .collect();
+    if !stale.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(stale.iter().copied());
+        let _ = docker(&args);
+    }
+    Ok(())
+}
+
+/// Every container of this run is removed when this is dropped (also on error
+/// and while unwinding), whatever phase created it.
+#[derive(Debug)]
+pub struct RunGuard {
+    /// This process's id (the run label's value).
+    pub run: String,
+}
+
+impl RunGuard {
+    /// A guard for this process.
+    pub fn new() -> RunGuard {
+        RunGuard {
+            run: std::process::id().to_string(),
+        }
+    }
+
+    /// Removes every container of this run and phase now.
+    pub fn remove_phase(&self, phase: &str) {
+        remove_matching(&[
+            format!("label={RUN_LABEL}={}", self.run),
+            format!("label={PHASE_LABEL}={phase}"),
+        ]);
+    }
+}
+
+fn remove_matching(filters: &[String]) {
+    let mut args = vec!["ps".to_string(), "-aq".to_string()];
+    for f in filters {
+        args.push("--filter".into());
+        args.push(f.clone());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Ok(ids) = docker(&refs) {
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        for chunk in ids.chunks(50) {
+            let mut a = vec!["rm", "-f"];
+            a.extend(chunk.iter().copied());
+            let _ = docker(&a);
+        }
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        remove_matching(&[format!("label={RUN_LABEL}={}", self.run)]);
+    }
+}
+
+/// A stub container of this run; `docker rm -f` on drop.
+#[derive(Debug)]
+pub struct Stub {
+    /// Container id.
+    pub id: String,
+    /// The service label's value (also the stub's `serverInfo.name`).
+    pub service: String,
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.id]);
+    }
+}
+
+/// `docker create` (or `run -d` when `start`) of one stub for `service`.
+pub fn stub(run: &str, phase: &str, service: &str, extra: &[&str], start: bool) -> Result<Stub> {
+    let name = format!("mb-bench-{run}-{service}");
+    let labels = [
+        format!("{RUN_LABEL}={run}"),
+        format!("{PHASE_LABEL}={phase}"),
+        format!("mesh-bridge.service={service}"),
+    ];
+    let env = format!("MCP_STUB_NAME={service}");
+    let mut args: Vec<&str> = vec![if start { "run" } else { "create" }];
+    if start {
+        args.push("-d");
+    }
+    args.extend(["--name", &name, "-e", &env]);
+    for l in &labels {
+        args.extend(["--label", l]);
+    }
+    args.extend(extra.iter().copied());
+    args.push(STUB_IMAGE);
+    let id = docker(&args)?;
+    Ok(Stub {
+        id,
+        service: service.to_string(),
+    })
+}
+
+/// Starts stubs for `(service, extra docker run options)`, four at a time;
+/// returned in order.
+pub fn stubs_parallel(
+    run: &str,
+    phase: &str,
+    services: &[(String, Vec<String>)],
+) -> Result<Vec<Stub>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<Stub>>>> = services
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((svc, extra)) = services.get(i) else {
+                        break;
+                    };
+                    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                    let r = stub(run, phase, svc, &extra, true);
+                    let failed = r.is_err();
+                    if let Ok(mut slot) = slots[i].lock() {
+                        *slot = Some(r);
+                    }
+                    if failed {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut out = Vec::new();
+    for (slot, (svc, _)) in slots.into_iter().zip(services) {
+        match slot.into_inner().ok().flatten() {
+            Some(r) => out.push(r?),
+            None => bail!("container for {svc} was not started"),
+        }
+    }
+    Ok(out)
+}
+
+/// The IPv4 address of a container on its first network, and its pid.
+pub fn inspect_ip_pid(id: &str) -> Result<(Ipv4Addr, u32)> {
+    let out = docker(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}|{{.State.Pid}}",
+        id,
+    ])?;
+    let (ips, pid) = out.split_once('|').context("unexpected inspect output")?;
+    let ip = ips
+        .split_whitespace()
+        .next()
+        .context("container has no IP")?
+        .parse()?;
+    Ok((ip, pid.trim().parse()?))
+}
+
+// -------------------------------------------------------------- ports ----
+
+/// `n` consecutive ports free on 127.0.0.1 right now, in 20000-32000 (below
+/// the ephemeral range), distinct within this process.
+pub fn free_range(n: u16) -> Result<(u16, u16)> {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let seed = (std::process::id() as u64).wrapping_mul(2_654_435_761) % 11_000;
+        NEXT.store(20_000 + seed as u16, Ordering::Relaxed);
+    }
+    for _ in 0..400 {
+        let mut base = NEXT.fetch_add(n + 1, Ordering::Relaxed);
+        if u32::from(base) + u32::from(n) > 31_990 {
+            NEXT.store(20_000, Ordering::Relaxed);
+            base = NEXT.fetch_add(n + 1, Ordering::Relaxed);
+        }
+        if (base..base + n).all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok()) {
+            return Ok((base, base + n - 1));
+        }
+    }
+    bail!("no {n} free consecutive ports found in 20000-32000")
+}
+
+/// An ephemeral port free right now.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+// -------------------------------------------------------------- /proc ----
+
+/// VmRSS of a process, KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+/// utime + stime of a process, clock ticks.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = s.rsplit_once(')').context("bad stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14, stime 15.
+    let utime: u64 = f.get(11).context("no utime")?.parse()?;
+    let stime: u64 = f.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+/// Clock ticks per second (USER_HZ), from `getconf CLK_TCK` (100 when unknown).
+pub fn clk_tck() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+// ------------------------------------------------------------- bridge ----
+
+/// How to run one bridge.
+#[derive(Debug, Clone)]
+pub struct BridgeSpec {
+    /// A short name for logs and the state dir.
+    pub name: String,
+    /// `--ports`.
+    pub ports: String,
+    /// `--resync`.
+    pub resync: String,
+    /// `--docker-host` (the phase's relay).
+    pub docker_host: String,
+}
+
+/// A running `mesh-bridge run`, killed (SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub struct Bridge {
+    bin: PathBuf,
+    /// The options.
+    pub spec: BridgeSpec,
+    /// `--state-dir`.
+    pub state_dir: PathBuf,
+    token_file: PathBuf,
+    /// `--listen`.
+    pub api: SocketAddr,
+    child: Option<Child>,
+    runs: u32,
+    /// When the current process was spawned.
+    pub spawned_at: Instant,
+}
+
+impl Bridge {
+    /// A fresh state dir and API port; starts the process.
+    pub fn start(bin: &Path, spec: BridgeSpec) -> Result<Bridge> {
+        let dir = bench_dir().join("runs").join(&spec.name);
+        let _ = fs::remove_dir_all(&dir);
+        let state_dir = dir.join("state");
+        fs::create_dir_all(&state_dir)?;
+        let token_file = dir.join("token");
+        fs::write(&token_file, format!("{TOKEN}\n"))?;
+        let mut b = Bridge {
+            bin: bin.to_path_buf(),
+            spec,
+            state_dir,
+            token_file,
+            api: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
+            child: None,
+            runs: 0,
+            spawned_at: Instant::now(),
+        };
+        b.spawn()?;
+        Ok(b)
+    }
+
+    /// Starts the process (again) on the same state dir, API and ports.
+    pub fn spawn(&mut self) -> Result<()> {
+        ensure!(self.child.is_none(), "bridge already running");
+        self.runs += 1;
+        let dir = self.state_dir.parent().unwrap_or(Path::new("."));
+        let log = fs::File::create(dir.join(format!("bridge-{}.log", self.runs)))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("run")
+            .args(["--ports", &self.spec.ports])
+            .args(["--bind-ip", "127.0.0.1"])
+            .args(["--listen", &self.api.to_string()])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(["--resync", &self.spec.resync])
+            .args(["--hold", "2s"])
+            .arg("--api-token-file")
+            .arg(&self.token_file)
+            .args(["--docker-host", &self.spec.docker_host])
+            .env_remove("DOCKER_HOST")
+            .env("MESH_BRIDGE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MESH_BRIDGE_") && k != "MESH_BRIDGE_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        self.spawned_at = Instant::now();
+        self.child = Some(cmd.spawn().context("cannot spawn mesh-bridge")?);
+        Ok(())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for `/readyz` 200.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Some(st) = c.try_wait()?
+            {
+                self.child = None;
+                bail!("the bridge exited ({st}); see {}", self.log_hint());
+            }
+            if let Ok(v) = mesh_chaos::http::get_json(self.api, "/readyz").await
+                && v.get("status").and_then(|s| s.as_str()) == Some("ready")
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the bridge was not ready within {timeout:?}; see {}",
+                    self.log_hint()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Where the logs are.
+    pub fn log_hint(&self) -> String {
+        self.state_dir
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("bridge-*.log")
+            .display()
+            .to_string()
+    }
+
+    /// service -> port, from `/v1/services`.
+    pub async fn ports(&self) -> Result<BTreeMap<String, u16>> {
+        let v = mesh_chaos::http::get_json(self.api, "/v1/services").await?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                Some((
+                    s.get("name")?.as_str()?.to_string(),
+                    u16::try_from(s.get("port")?.as_u64()?).ok()?,
+                ))
+            })
+            .collect())
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A child process killed on drop (docker-proxy, the sink in a container).
+#[derive(Debug)]
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
