@@ -581,6 +581,17 @@ async fn serve(
 /// Dials a replica of the service, round robin, waiting up to `hold` for one.
 async fn pick_upstream(inner: &Inner, ctx: &mut ServiceCtx) -> Option<(TcpStream, SocketAddr)> {
     let until = Instant::now() + inner.hold;
+    // A replica that refuses may be a container still starting: within the
+    // hold, try the list again after a growing pause, not only when it changes.
+    let mut retry = Duration::from_millis(10);
+    // Each replica's failure is counted once per client connection, retries aside.
+    let mut failed: Vec<SocketAddr> = Vec::new();
+    let mut count_failure = |addr: SocketAddr| {
+        if !failed.contains(&addr) {
+            failed.push(addr);
+            ctx.metrics.upstream_errors.inc();
+        }
+    };
     loop {
         let endpoints = Arc::clone(&ctx.endpoints.borrow_and_update());
         if !endpoints.is_empty() {
@@ -595,19 +606,27 @@ async fn pick_upstream(inner: &Inner, ctx: &mut ServiceCtx) -> Option<(TcpStream
                         return Some((stream, addr));
                     }
                     Ok(Err(e)) => {
-                        ctx.metrics.upstream_errors.inc();
+                        count_failure(addr);
                         debug!(service = &*ctx.name, %addr, error = %e, "forward: replica unreachable");
                     }
                     Err(_) => {
-                        ctx.metrics.upstream_errors.inc();
+                        count_failure(addr);
                         debug!(service = &*ctx.name, %addr, "forward: replica connect timed out");
                     }
                 }
             }
         }
+        let again = if endpoints.is_empty() {
+            until
+        } else {
+            let at = (Instant::now() + retry).min(until);
+            retry = (retry * 2).min(Duration::from_millis(250));
+            at
+        };
         tokio::select! {
             () = inner.stop.cancelled() => return None,
             () = tokio::time::sleep_until(until) => return None,
+            () = tokio::time::sleep_until(again), if again < until => {}
             changed = ctx.endpoints.changed() => {
                 if changed.is_err() {
                     // The service was closed.

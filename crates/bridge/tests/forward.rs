@@ -257,8 +257,39 @@ async fn unreachable_replicas_are_counted_then_closed_after_hold() {
         waited >= hold - Duration::from_millis(50),
         "closed after {waited:?}"
     );
-    // Each replica tried once for this endpoint set, no retry loop.
+    // Retried within the hold, but each replica's failure counted once per client.
     assert_eq!(h.upstream_errors("down"), 2);
+}
+
+#[tokio::test]
+async fn replica_that_starts_listening_within_hold_is_reached_without_a_new_endpoint_set() {
+    // A container is registered a few ms before its server listens: the
+    // first dial is refused; the same endpoint set must be tried again.
+    let hold = Duration::from_secs(3);
+    let h = harness(hold);
+    let late = free_port();
+    let addr = SocketAddr::new(LOCALHOST, late);
+    let port = free_port();
+    h.fwd.set_endpoints("late", vec![addr]);
+    h.fwd.open("late", port).await.unwrap();
+
+    let mut c = connect(port).await;
+    c.write_all(b"hi").await.unwrap();
+    eventually("the refused dial is counted", || {
+        h.upstream_errors("late") >= 1
+    })
+    .await;
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let started = Instant::now();
+    let (mut up, _) = timeout(PROMPT, listener.accept()).await.unwrap().unwrap();
+    let mut buf = [0u8; 2];
+    up.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hi");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "reached only after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
