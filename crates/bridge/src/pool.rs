@@ -15,9 +15,16 @@
 //! counter that only grows until the range is "exhausted" with most ports
 //! free) cannot happen by construction: [`Pool::reserve`] fails only when no
 //! port of any range is free.
+//!
+//! Each service known to the pool has one record (the port it holds, its
+//! quarantine deadline, its last port), found by a single hash lookup of its
+//! name; a port's 4-byte slot names the record by index. The last-port
+//! history is bounded (see `remember`), so records of departed services are
+//! dropped and reused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -366,27 +373,206 @@ enum Held {
 /// freed records are reused.
 #[derive(Debug, Clone)]
 struct Service {
-    /// None while the record is on the free list.
-    name: Option<Arc<str>>,
-    /// Quarantine deadline; meaningful while `held` is `Quarantined`.
-    until: Millis,
+    /// The name is `arena[name_at..name_at + name_len]` of [`Services`].
+    name_at: u32,
+    name_len: u32,
+    /// Low 32 bits of the name's hash (its place in the index).
+    hash: u32,
+    /// False while the record is free for reuse.
+    live: bool,
     held: Option<Held>,
     /// Last port held (sticky reuse after grace).
     last: Option<u16>,
+    /// Quarantine deadline; meaningful while `held` is `Quarantined`.
+    until: Millis,
 }
 
-impl Service {
-    fn name(&self) -> &Arc<str> {
-        self.name.as_ref().expect("live service record")
+/// An empty place of [`Services::index`].
+const EMPTY: u64 = u64::MAX;
+
+/// The service records with their names interned: one arena string holds
+/// every name, and an open-addressing index (linear probing, at most half
+/// full) maps a name to its record. An operation hashes the name once and,
+/// usually, touches one index word and one record; a new service costs no
+/// allocation of its own.
+///
+/// The hash is foldhash, not SipHash: this lookup is most of the cost of an
+/// allocation. Names come from container labels and the token-guarded API
+/// (validated, at most 63 characters), and foldhash's `RandomState` is seeded
+/// per process, so colliding names cannot be precomputed to flood the index.
+#[derive(Debug, Clone, Default)]
+struct Services {
+    recs: Vec<Service>,
+    /// Indices of free records in `recs`.
+    vacant: Vec<u32>,
+    /// Names of the records, back to back.
+    arena: String,
+    /// Bytes of `arena` that belong to freed records (reclaimed by compaction).
+    garbage: usize,
+    /// `EMPTY` or `(hash << 32) | record index`; length a power of two.
+    index: Vec<u64>,
+    /// Live records.
+    live: usize,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Services {
+    fn hash(&self, name: &str) -> u32 {
+        self.hasher.hash_one(name) as u32
+    }
+
+    fn name(&self, i: u32) -> &str {
+        let rec = &self.recs[i as usize];
+        let at = rec.name_at as usize;
+        &self.arena[at..at + rec.name_len as usize]
+    }
+
+    fn mask(&self) -> usize {
+        self.index.len().wrapping_sub(1)
+    }
+
+    /// The record named `name` (whose hash is `hash`), if any.
+    fn find(&self, name: &str, hash: u32) -> Option<u32> {
+        if self.index.is_empty() {
+            return None;
+        }
+        let mask = self.mask();
+        let mut pos = hash as usize & mask;
+        loop {
+            let e = self.index[pos];
+            if e == EMPTY {
+                return None;
+            }
+            if (e >> 32) as u32 == hash && self.name(e as u32) == name {
+                return Some(e as u32);
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+
+    fn place(&mut self, hash: u32, i: u32) {
+        let mask = self.mask();
+        let mut pos = hash as usize & mask;
+        while self.index[pos] != EMPTY {
+            pos = (pos + 1) & mask;
+        }
+        self.index[pos] = (u64::from(hash) << 32) | u64::from(i);
+    }
+
+    /// Rebuilds the index with `len` places from the live records.
+    fn rebuild_index(&mut self, len: usize) {
+        self.index.clear();
+        self.index.resize(len, EMPTY);
+        for i in 0..self.recs.len() {
+            if self.recs[i].live {
+                self.place(self.recs[i].hash, i as u32);
+            }
+        }
+    }
+
+    /// Adds a record for `name`, which has none (hash `hash`).
+    fn insert(&mut self, name: &str, hash: u32) -> u32 {
+        if 2 * (self.live + 1) > self.index.len() {
+            self.rebuild_index((2 * self.index.len()).max(64));
+        }
+        let rec = Service {
+            name_at: u32::try_from(self.arena.len()).expect("names fit in 4 GiB"),
+            name_len: u32::try_from(name.len()).expect("names fit in 4 GiB"),
+            hash,
+            live: true,
+            held: None,
+            last: None,
+            until: 0,
+        };
+        self.arena.push_str(name);
+        let i = match self.vacant.pop() {
+            Some(i) => {
+                self.recs[i as usize] = rec;
+                i
+            }
+            None => {
+                let i = u32::try_from(self.recs.len()).expect("service records fit in u32");
+                assert!(i < 1 << 30, "at most 2^30 service records");
+                self.recs.push(rec);
+                i
+            }
+        };
+        self.place(hash, i);
+        self.live += 1;
+        i
+    }
+
+    /// Frees record `i`.
+    fn remove(&mut self, i: u32) {
+        let mask = self.mask();
+        let mut hole = self.recs[i as usize].hash as usize & mask;
+        while self.index[hole] as u32 != i {
+            hole = (hole + 1) & mask;
+        }
+        // Backward-shift deletion: pull later entries of the probe run into
+        // the hole when their ideal place is not after it.
+        let mut j = (hole + 1) & mask;
+        loop {
+            let e = self.index[j];
+            if e == EMPTY {
+                break;
+            }
+            let ideal = (e >> 32) as usize & mask;
+            if j.wrapping_sub(ideal) & mask >= j.wrapping_sub(hole) & mask {
+                self.index[hole] = e;
+                hole = j;
+            }
+            j = (j + 1) & mask;
+        }
+        self.index[hole] = EMPTY;
+        self.free(i);
+        if self.garbage > 4096 && 2 * self.garbage > self.arena.len() {
+            self.compact_arena();
+        }
+    }
+
+    fn free(&mut self, i: u32) {
+        let rec = &mut self.recs[i as usize];
+        rec.live = false;
+        rec.held = None;
+        rec.last = None;
+        self.garbage += rec.name_len as usize;
+        self.vacant.push(i);
+        self.live -= 1;
+    }
+
+    /// Drops the names of freed records from the arena.
+    fn compact_arena(&mut self) {
+        let mut arena = String::with_capacity(self.arena.len() - self.garbage);
+        for rec in self.recs.iter_mut().filter(|r| r.live) {
+            let at = rec.name_at as usize;
+            let name = &self.arena[at..at + rec.name_len as usize];
+            rec.name_at = arena.len() as u32;
+            arena.push_str(name);
+        }
+        self.arena = arena;
+        self.garbage = 0;
+    }
+
+    /// Frees every record `keep` refuses, then rebuilds index and arena.
+    fn retain(&mut self, mut keep: impl FnMut(&Service) -> bool) {
+        for i in 0..self.recs.len() {
+            if self.recs[i].live && !keep(&self.recs[i]) {
+                self.free(i as u32);
+            }
+        }
+        self.rebuild_index(self.index.len());
+        self.compact_arena();
+    }
+
+    /// Live records with their names.
+    fn iter(&self) -> impl Iterator<Item = (&str, &Service)> {
+        self.recs.iter().filter(|r| r.live).map(|r| {
+            let at = r.name_at as usize;
+            (&self.arena[at..at + r.name_len as usize], r)
+        })
     }
 }
-
-/// Service name -> record index. foldhash instead of SipHash: this lookup is
-/// most of the cost of an allocation. Names come from container labels and
-/// the token-guarded API (validated, at most 63 characters), and foldhash's
-/// `RandomState` is seeded per process, so colliding names cannot be
-/// precomputed to flood the table.
-type NameIndex = HashMap<Arc<str>, u32, foldhash::fast::RandomState>;
 
 /// A port that changed from quarantined or conflicted back to free.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -408,12 +594,8 @@ pub struct Pool {
     bits: Vec<u64>,
     slots: Vec<Slot>,
     cursor: usize,
-    /// Service records, indexed by `index` and by the slots.
-    services: Vec<Service>,
-    /// Indices of free records in `services`.
-    vacant: Vec<u32>,
-    /// Name -> index into `services`, for every live record.
-    index: NameIndex,
+    /// Service records, by name and by index (from the slots).
+    services: Services,
     /// Number of records with a last port (the bounded history).
     last_len: usize,
     /// Deadline of each conflicted port.
@@ -448,9 +630,7 @@ impl Pool {
             bits,
             slots: vec![Slot::FREE; capacity],
             cursor: 0,
-            services: Vec::new(),
-            vacant: Vec::new(),
-            index: NameIndex::default(),
+            services: Services::default(),
             last_len: 0,
             conflicts: HashMap::new(),
             deadlines: BTreeMap::new(),
@@ -523,10 +703,9 @@ impl Pool {
     fn state_at(&self, off: usize) -> PortState {
         match self.slots[off].get() {
             SlotState::Free => PortState::Free,
-            SlotState::Reserved(i) => PortState::Reserved(self.record(i).name().clone()),
+            SlotState::Reserved(i) => PortState::Reserved(self.name_of(i)),
             SlotState::Quarantined(i) => {
-                let rec = self.record(i);
-                PortState::Quarantined(rec.name().clone(), rec.until)
+                PortState::Quarantined(self.name_of(i), self.record(i).until)
             }
             SlotState::Conflicted => {
                 let port = self.port_at(off);
@@ -545,16 +724,21 @@ impl Pool {
     }
 
     fn record(&self, i: u32) -> &Service {
-        &self.services[i as usize]
+        &self.services.recs[i as usize]
     }
 
     fn record_mut(&mut self, i: u32) -> &mut Service {
-        &mut self.services[i as usize]
+        &mut self.services.recs[i as usize]
+    }
+
+    /// The name of record `i`, as the public API hands it out.
+    fn name_of(&self, i: u32) -> Arc<str> {
+        Arc::from(self.services.name(i))
     }
 
     /// The record of `service`, if it has one.
     fn lookup(&self, service: &str) -> Option<u32> {
-        self.index.get(service).copied()
+        self.services.find(service, self.services.hash(service))
     }
 
     /// What `service` holds, if anything.
@@ -564,38 +748,18 @@ impl Pool {
 
     /// The record of `service`, created (holding nothing, no history) if needed.
     fn intern(&mut self, service: &str) -> u32 {
-        if let Some(i) = self.lookup(service) {
-            return i;
+        let hash = self.services.hash(service);
+        match self.services.find(service, hash) {
+            Some(i) => i,
+            None => self.services.insert(service, hash),
         }
-        let name: Arc<str> = Arc::from(service);
-        let rec = Service {
-            name: Some(name.clone()),
-            until: 0,
-            held: None,
-            last: None,
-        };
-        let i = match self.vacant.pop() {
-            Some(i) => {
-                self.services[i as usize] = rec;
-                i
-            }
-            None => {
-                let i = u32::try_from(self.services.len()).expect("service records fit in u32");
-                self.services.push(rec);
-                i
-            }
-        };
-        self.index.insert(name, i);
-        i
     }
 
     /// Frees the record if it holds nothing and has no history.
     fn release_record_if_unused(&mut self, i: u32) {
-        let rec = self.record_mut(i);
+        let rec = self.record(i);
         if rec.held.is_none() && rec.last.is_none() {
-            let name = rec.name.take().expect("live service record");
-            self.index.remove(&name);
-            self.vacant.push(i);
+            self.services.remove(i);
         }
     }
 
@@ -622,9 +786,9 @@ impl Pool {
 
     /// All last-port history, for persistence.
     pub fn last_ports(&self) -> impl Iterator<Item = (&str, u16)> {
-        self.index
+        self.services
             .iter()
-            .filter_map(|(s, &i)| self.record(i).last.map(|p| (&**s, p)))
+            .filter_map(|(s, rec)| rec.last.map(|p| (s, p)))
     }
 
     /// Every port that is not free, with its state, in port order.
@@ -653,9 +817,8 @@ impl Pool {
             match self.slots[off].get() {
                 SlotState::Quarantined(i) if self.record(i).until == until => {
                     self.set_slot(off, Slot::FREE);
-                    let rec = self.record_mut(i);
-                    rec.held = None;
-                    let s = rec.name().clone();
+                    self.record_mut(i).held = None;
+                    let s = self.name_of(i);
                     self.remember(i, port);
                     out.push(Expired {
                         port,
@@ -720,7 +883,8 @@ impl Pool {
         if self.next_deadline().is_some_and(|d| d <= now) {
             self.expire(now);
         }
-        let found = self.lookup(service);
+        let hash = self.services.hash(service);
+        let found = self.services.find(service, hash);
         if let Some(i) = found {
             let rec = self.record(i);
             let sticky = match rec.held {
@@ -744,7 +908,7 @@ impl Pool {
         let off = self.next_free().ok_or_else(|| self.exhausted())?;
         let i = match found {
             Some(i) => i,
-            None => self.intern(service),
+            None => self.services.insert(service, hash),
         };
         self.set_slot(off, Slot::reserved(i));
         self.cursor = (off + 1) % self.capacity;
@@ -866,9 +1030,9 @@ impl Pool {
         self.conflicts.insert(port, until);
         self.deadlines.insert((until, port), ());
         let i = lost?;
+        let name = self.name_of(i);
         let rec = self.record_mut(i);
         rec.held = None;
-        let name = rec.name().clone();
         // Do not try this port first next time: it is held by someone else.
         if rec.last == Some(port) {
             rec.last = None;
@@ -948,8 +1112,6 @@ impl Pool {
             }
         }
         next.services = std::mem::take(&mut self.services);
-        next.vacant = std::mem::take(&mut self.vacant);
-        next.index = std::mem::take(&mut self.index);
         next.last_len = self.last_len;
         next.conflicts = std::mem::take(&mut self.conflicts);
         next.deadlines = std::mem::take(&mut self.deadlines);
@@ -974,43 +1136,32 @@ impl Pool {
     }
 
     /// Drops the history (and so the records) of services that hold nothing.
+    #[cold]
+    #[inline(never)]
     fn forget_history_of_idle(&mut self) {
-        let (services, vacant) = (&mut self.services, &mut self.vacant);
-        let mut kept = 0;
-        self.index.retain(|_, &mut i| {
-            let rec = &mut services[i as usize];
-            if rec.held.is_some() {
-                kept += usize::from(rec.last.is_some());
-                return true;
-            }
-            rec.name = None;
-            rec.last = None;
-            vacant.push(i);
-            false
-        });
-        self.last_len = kept;
+        self.services.retain(|rec| rec.held.is_some());
+        self.last_len = self
+            .services
+            .iter()
+            .filter(|(_, rec)| rec.last.is_some())
+            .count();
     }
 
     /// Every service holding a port: (service, port, None) when reserved,
     /// (service, port, Some(until)) when quarantined. For persistence.
     pub fn holdings(&self) -> impl Iterator<Item = (&str, u16, Option<Millis>)> {
-        self.index.iter().filter_map(|(s, &i)| {
-            let rec = self.record(i);
-            match rec.held? {
-                Held::Reserved(p) => Some((&**s, p, None)),
-                Held::Quarantined(p) => Some((&**s, p, Some(rec.until))),
-            }
+        self.services.iter().filter_map(|(s, rec)| match rec.held? {
+            Held::Reserved(p) => Some((s, p, None)),
+            Held::Quarantined(p) => Some((s, p, Some(rec.until))),
         })
     }
 
     /// Services holding a reserved port, with it.
     pub fn reserved(&self) -> impl Iterator<Item = (&str, u16)> {
-        self.index
-            .iter()
-            .filter_map(|(s, &i)| match self.record(i).held {
-                Some(Held::Reserved(p)) => Some((&**s, p)),
-                _ => None,
-            })
+        self.services.iter().filter_map(|(s, rec)| match rec.held {
+            Some(Held::Reserved(p)) => Some((s, p)),
+            _ => None,
+        })
     }
 }
 
@@ -1052,8 +1203,64 @@ mod tests {
         assert!(p.last_len <= bound, "{}", p.last_len);
         assert_eq!(p.last_ports().count(), p.last_len);
         // Records of services with neither a port nor history are reused.
-        assert!(p.index.len() <= bound, "{}", p.index.len());
-        assert!(p.services.len() <= bound + 1, "{}", p.services.len());
+        assert!(p.services.live <= bound, "{}", p.services.live);
+        assert!(
+            p.services.recs.len() <= bound + 1,
+            "{}",
+            p.services.recs.len()
+        );
+        assert!(
+            p.services.arena.len() <= 16 * (bound + 1),
+            "{}",
+            p.services.arena.len()
+        );
+    }
+
+    #[test]
+    fn service_index_survives_churn_and_removals() {
+        // Reserve, release, forget and conflict many services on a small pool
+        // so records are freed one by one (index deletion, arena compaction)
+        // and in bulk (history pruning); every lookup must agree with a model.
+        let mut p = pool("100-163", 10);
+        let mut model: HashMap<String, u16> = HashMap::new();
+        let mut x = 12345u64;
+        for step in 0..200_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let name = format!("svc-{}", x % 3000);
+            match x % 7 {
+                0..=2 => {
+                    if let Ok(r) = p.reserve(&name, step) {
+                        model.insert(name.clone(), r.port());
+                    }
+                }
+                3 | 4 => {
+                    if p.release(&name, step).is_some() {
+                        model.remove(&name);
+                    }
+                }
+                5 => {
+                    p.forget(&name);
+                    model.remove(&name);
+                }
+                _ => {
+                    let port = 100 + (x % 64) as u16;
+                    if let Some(lost) = p.mark_conflicted(port, step + 5) {
+                        model.remove(&*lost);
+                    }
+                }
+            }
+            assert_eq!(p.port_of(&name), model.get(&name).copied(), "{name}");
+        }
+        let mut held: Vec<(String, u16)> = p.reserved().map(|(s, q)| (s.to_string(), q)).collect();
+        let mut want: Vec<(String, u16)> = model.into_iter().collect();
+        held.sort();
+        want.sort();
+        assert_eq!(held, want);
+        for (s, port) in &held {
+            assert_eq!(p.state(*port), PortState::Reserved(Arc::from(s.as_str())));
+        }
     }
 
     #[test]
