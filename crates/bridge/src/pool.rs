@@ -417,6 +417,7 @@ struct Services {
 }
 
 impl Services {
+    #[inline]
     fn hash(&self, name: &str) -> u32 {
         self.hasher.hash_one(name) as u32
     }
@@ -431,7 +432,16 @@ impl Services {
         self.index.len().wrapping_sub(1)
     }
 
+    /// Whether record `i` is named `name`.
+    fn is_named(&self, i: u32, name: &str) -> bool {
+        let rec = &self.recs[i as usize];
+        let at = rec.name_at as usize;
+        // Bytes, not a str slice: no char-boundary checks on the hot path.
+        self.arena.as_bytes().get(at..at + rec.name_len as usize) == Some(name.as_bytes())
+    }
+
     /// The record named `name` (whose hash is `hash`), if any.
+    #[inline]
     fn find(&self, name: &str, hash: u32) -> Option<u32> {
         if self.index.is_empty() {
             return None;
@@ -443,7 +453,7 @@ impl Services {
             if e == EMPTY {
                 return None;
             }
-            if (e >> 32) as u32 == hash && self.name(e as u32) == name {
+            if (e >> 32) as u32 == hash && self.is_named(e as u32, name) {
                 return Some(e as u32);
             }
             pos = (pos + 1) & mask;
@@ -1139,12 +1149,13 @@ impl Pool {
     #[cold]
     #[inline(never)]
     fn forget_history_of_idle(&mut self) {
-        self.services.retain(|rec| rec.held.is_some());
-        self.last_len = self
-            .services
-            .iter()
-            .filter(|(_, rec)| rec.last.is_some())
-            .count();
+        let mut kept = 0;
+        self.services.retain(|rec| {
+            let holds = rec.held.is_some();
+            kept += usize::from(holds && rec.last.is_some());
+            holds
+        });
+        self.last_len = kept;
     }
 
     /// Every service holding a port: (service, port, None) when reserved,
