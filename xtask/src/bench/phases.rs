@@ -436,12 +436,15 @@ pub async fn p4(ctx: &Ctx) -> Result<Vec<Row>> {
     tokio::task::spawn_blocking(move || sink::wait_echo(direct, Duration::from_secs(10))).await??;
 
     let dp_port = infra::free_range(1)?.0;
+    // docker-proxy reports readiness on fd 3 and then closes it; without an
+    // fd 3 its listener gets that number and is closed. `exec` keeps the pid.
     let _dp = Proc(
-        Command::new(docker_proxy_path()?)
-            .args(["-proto", "tcp", "-host-ip", "127.0.0.1"])
-            .args(["-host-port", &dp_port.to_string()])
-            .args(["-container-ip", &ip.to_string()])
-            .args(["-container-port", &port.to_string()])
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec {} -proto tcp -host-ip 127.0.0.1 -host-port {dp_port} -container-ip {ip} -container-port {port} 3>/dev/null",
+                docker_proxy_path()?.display()
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -593,13 +596,25 @@ impl Network {
     fn create(run: &str) -> Result<Network> {
         let name = format!("mb-bench-{run}");
         let _ = infra::docker(&["network", "rm", &name]);
-        infra::docker(&[
-            "network",
-            "create",
-            "--label",
-            &format!("{RUN_LABEL}={run}"),
-            &name,
-        ])?;
+        // `--ip` needs a subnet given by the user: try a few /24s.
+        let seed: u32 = run.parse().unwrap_or(0);
+        let mut created = Err(anyhow::anyhow!("no subnet tried"));
+        for k in 0..20 {
+            let subnet = format!("10.251.{}.0/24", (seed + k * 37) % 250);
+            created = infra::docker(&[
+                "network",
+                "create",
+                "--subnet",
+                &subnet,
+                "--label",
+                &format!("{RUN_LABEL}={run}"),
+                &name,
+            ]);
+            if created.is_ok() {
+                break;
+            }
+        }
+        created.context("cannot create the bench network")?;
         let subnet = infra::docker(&[
             "network",
             "inspect",
@@ -674,25 +689,29 @@ fn start_events(
 /// Time from `origin` to the first `initialize` answered as `service` at
 /// `addr` (ms). `lookup` (mesh only): the bridge's API, asked every 250 ms
 /// for the service's port in case it is not the one expected. Returns the
-/// figure and whether the port had to be looked up.
+/// figure, whether the port had to be looked up, and how many attempts ran
+/// into the 100 ms attempt timeout (a connection accepted but not answered).
 async fn first_answer(
     mut addr: SocketAddr,
     service: &str,
     origin: SystemTime,
     lookup: Option<SocketAddr>,
-) -> Result<(f64, bool)> {
+) -> Result<(f64, bool, u32)> {
     let attempt = Duration::from_millis(100);
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut next_lookup = Instant::now() + Duration::from_millis(250);
     let mut looked_up = false;
+    let mut timeouts = 0;
     loop {
-        if let Ok(name) = mesh_chaos::stub::initialize(addr, attempt).await
-            && name == service
-        {
-            let ms = SystemTime::now()
-                .duration_since(origin)
-                .map_or(0.0, |d| d.as_secs_f64() * 1e3);
-            return Ok((ms, looked_up));
+        match mesh_chaos::stub::initialize(addr, attempt).await {
+            Ok(name) if name == service => {
+                let ms = SystemTime::now()
+                    .duration_since(origin)
+                    .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+                return Ok((ms, looked_up, timeouts));
+            }
+            Err(mesh_chaos::stub::StubError::Timeout { .. }) => timeouts += 1,
+            _ => {}
         }
         if Instant::now() >= deadline {
             bail!("{service} did not answer at {addr} within 15 s");
@@ -793,6 +812,8 @@ async fn p2(
     let mut mesh = Vec::new();
     let mut direct = Vec::new();
     let mut looked_up = 0;
+    let mut held_starts = 0;
+    let mut held_samples: Vec<String> = Vec::new();
     for i in 0..starts {
         let service = format!("p2-{i:03}");
         let ip = net.ip(stubs.len())?;
@@ -817,7 +838,13 @@ async fn p2(
         .await;
         let ns = match wait {
             Ok(Some(ns)) => ns,
-            _ => bail!("no start event for {service}"),
+            _ => {
+                let why = match starter.join() {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    _ => "docker start returned".into(),
+                };
+                bail!("no start event for {service} ({why})")
+            }
         };
         let origin = UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns)?);
         let predicted = SocketAddr::from((Ipv4Addr::LOCALHOST, lo + i as u16));
@@ -831,9 +858,13 @@ async fn p2(
             }
             Err(_) => bail!("docker start thread panicked"),
         }
-        let (m, lk) = m?;
-        let (d, _) = d?;
+        let (m, lk, held) = m?;
+        let (d, _, _) = d?;
         looked_up += usize::from(lk);
+        if held > 0 {
+            held_starts += 1;
+            held_samples.push(format!("{m:.0}"));
+        }
         mesh.push(m);
         direct.push(d);
         if (i + 1) % 25 == 0 {
@@ -859,7 +890,8 @@ async fn p2(
     };
     let what = |p: &str| {
         format!(
-            "container start event (docker events TimeNano) to the first MCP initialize answered as the service through its mesh port, {p} over {starts} starts{q}, one container at a time, each created then `docker start`ed with the bridge following Docker through a label-filtering relay; {looked_up} ports had to be looked up in the API (next-fit predicted the rest); bridge's own registration_latency_seconds: {reg}"
+            "container start event (docker events TimeNano) to the first MCP initialize answered as the service through its mesh port, {p} over {starts} starts{q}, one container at a time, each created then `docker start`ed with the bridge following Docker through a label-filtering relay; {looked_up} ports had to be looked up in the API (next-fit predicted the rest); {held_starts} starts had a mesh attempt accepted but unanswered for 100 ms (the bridge held it: replica dialled before it listened), their figures (ms): [{}]; bridge's own registration_latency_seconds: {reg}",
+            held_samples.join(", ")
         )
     };
     let base = "the same container reached directly on its IP:8080 from the same event (time to first answer)";
