@@ -279,6 +279,16 @@ pub async fn p6(ctx: &Ctx) -> Result<Vec<Row>> {
     );
     let pool = mesh_chaos::http::get_json(b.api, "/v1/pool").await?;
     let in_use = pool.get("in_use").and_then(|v| v.as_u64()).unwrap_or(0);
+    let metrics = mesh_chaos::http::get_text(b.api, "/metrics").await?;
+    let m = mesh_chaos::http::parse_metrics(&metrics);
+    let txs = m
+        .get("mesh_bridge_store_write_duration_seconds_count")
+        .copied()
+        .unwrap_or(0.0);
+    let tx_secs = m
+        .get("mesh_bridge_store_write_duration_seconds_sum")
+        .copied()
+        .unwrap_or(0.0);
     // Durable when answered: kill -9 at once, then read the store.
     b.kill9();
     let out = Command::new(&ctx.bin)
@@ -300,7 +310,8 @@ pub async fn p6(ctx: &Ctx) -> Result<Vec<Row>> {
     Ok(vec![Row {
         id: "P6",
         what: format!(
-            "{n} POST /v1/reservations (distinct services, no port given) from {clients} concurrent keep-alive HTTP/1.1 connections, wall time to the last answer; all {n} answered 201; pool in_use {in_use}; after kill -9 right after the last answer `state export` holds {stored} reservations (durable when answered)"
+            "{n} POST /v1/reservations (distinct services, no port given) from {clients} concurrent keep-alive HTTP/1.1 connections, wall time to the last answer; all {n} answered 201; pool in_use {in_use}; after kill -9 right after the last answer `state export` holds {stored} reservations (durable when answered); the bridge wrote {txs} store transactions taking {:.0} ms in all (store_write_duration_seconds)",
+            tx_secs * 1e3
         ),
         value: ms,
         unit: "ms",
