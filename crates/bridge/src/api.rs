@@ -263,19 +263,13 @@ async fn reserve(state: &ApiState, req: Request<Incoming>) -> Resp {
     if let Err(e) = labels::validate_service_name(&body.service) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
-    let (tx, rx) = oneshot::channel();
-    let cmd = Command::Reserve {
+    let answer = ask(state, |reply| Command::Reserve {
         service: body.service.clone(),
         port: body.port,
-        reply: tx,
-    };
-    if state.commands.send(cmd).await.is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the bridge is shutting down",
-        );
-    }
-    match rx.await {
+        reply,
+    })
+    .await;
+    match answer {
         Ok(Ok((port, existed))) => json(
             if existed {
                 StatusCode::OK
@@ -285,11 +279,21 @@ async fn reserve(state: &ApiState, req: Request<Incoming>) -> Resp {
             &serde_json::json!({"service": body.service, "port": port}),
         ),
         Ok(Err(reason)) => error(StatusCode::CONFLICT, reason),
-        Err(_) => error(
+        Err(()) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the bridge is shutting down",
         ),
     }
+}
+
+/// Sends a command to the app and waits for its answer; Err when the app is gone.
+async fn ask<T>(
+    state: &ApiState,
+    command: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, ()> {
+    let (tx, rx) = oneshot::channel();
+    state.commands.send(command(tx)).await.map_err(|_| ())?;
+    rx.await.map_err(|_| ())
 }
 
 async fn unreserve(state: &ApiState, req: &Request<Incoming>, name: &str) -> Resp {
@@ -299,24 +303,18 @@ async fn unreserve(state: &ApiState, req: &Request<Incoming>, name: &str) -> Res
     if let Err(e) = labels::validate_service_name(name) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
-    let (tx, rx) = oneshot::channel();
-    let cmd = Command::Unreserve {
+    let answer = ask(state, |reply| Command::Unreserve {
         service: name.to_string(),
-        reply: tx,
-    };
-    if state.commands.send(cmd).await.is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the bridge is shutting down",
-        );
-    }
-    match rx.await {
+        reply,
+    })
+    .await;
+    match answer {
         Ok(Ok(port)) => json(
             StatusCode::OK,
             &serde_json::json!({"service": name, "port": port, "state": "quarantined"}),
         ),
         Ok(Err(reason)) => error(StatusCode::CONFLICT, reason),
-        Err(_) => error(
+        Err(()) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the bridge is shutting down",
         ),

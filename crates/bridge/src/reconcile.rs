@@ -511,17 +511,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels;
-
-    fn info(id: &str, service: &str, running: bool) -> ContainerInfo {
-        ContainerInfo {
-            id: id.into(),
-            name: format!("c-{id}"),
-            labels: [(labels::SERVICE.to_string(), service.to_string())].into(),
-            networks: vec![("bridge".into(), Some("172.17.0.2".parse().unwrap()))],
-            running,
-        }
-    }
+    use crate::registry::sample as info;
 
     fn core(ports: &str, leak: u32) -> Core {
         Core::new(

@@ -307,18 +307,24 @@ impl Registry {
     }
 }
 
+/// A container of `service` on the default bridge network, for tests.
+#[cfg(test)]
+pub(crate) fn sample(id: &str, service: &str, running: bool) -> ContainerInfo {
+    ContainerInfo {
+        id: id.into(),
+        name: format!("c-{id}"),
+        labels: [(labels::SERVICE.to_string(), service.to_string())].into(),
+        networks: vec![("bridge".into(), "172.17.0.2".parse().ok())],
+        running,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn info(id: &str, service: &str, running: bool) -> ContainerInfo {
-        ContainerInfo {
-            id: id.into(),
-            name: format!("c-{id}"),
-            labels: [(labels::SERVICE.to_string(), service.to_string())].into(),
-            networks: vec![("bridge".into(), Some("172.17.0.2".parse().unwrap()))],
-            running,
-        }
+        sample(id, service, running)
     }
 
     #[test]

@@ -4,25 +4,13 @@
 //! matters.
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-struct Bridge(Child);
+mod local;
 
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+use local::{Bridge, free_port};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mesh-bridge"))
@@ -39,6 +27,16 @@ fn start(state: &std::path::Path, api: u16, engine: u16) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start mesh-bridge")
+}
+
+fn import(state: &std::path::Path, file: &std::path::Path) -> Output {
+    bin()
+        .args(["state", "--ports", "31950-31959", "--state-dir"])
+        .arg(state)
+        .arg("import")
+        .arg(file)
+        .output()
+        .expect("run import")
 }
 
 fn text(o: &Output) -> String {
@@ -90,25 +88,13 @@ fn a_running_daemon_locks_its_state_directory() {
     let legacy = dir.path().join("legacy.json");
     std::fs::write(&legacy, r#"{"docs": 31951}"#).expect("write legacy");
     let db = std::fs::read(state.join("state.db")).expect("store exists");
-    let out = bin()
-        .args(["state", "--ports", "31950-31959", "--state-dir"])
-        .arg(&state)
-        .arg("import")
-        .arg(&legacy)
-        .output()
-        .expect("run import");
+    let out = import(&state, &legacy);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("locked"), "{}", text(&out));
     assert_eq!(std::fs::read(state.join("state.db")).expect("store"), db);
 
     // Once the daemon is gone, the same import goes through.
     drop(first);
-    let out = bin()
-        .args(["state", "--ports", "31950-31959", "--state-dir"])
-        .arg(&state)
-        .arg("import")
-        .arg(&legacy)
-        .output()
-        .expect("run import");
+    let out = import(&state, &legacy);
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -4,25 +4,13 @@
 //! package (`.ci/run` installs it); a missing promtool fails the test.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Bridge(Child);
+mod local;
 
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+use local::{Bridge, free_port};
 
 /// Plain HTTP/1.0 GET; returns (status, body).
 fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
