@@ -10,9 +10,11 @@
 //! 4. `docker build` (classic builder, no registry) of `xtask/images/dind/Dockerfile` on top.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use crate::images::sha256_hex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -262,28 +264,6 @@ fn parse_deb822(text: &str) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-/// sha256 (hex) of the parts, each length-prefixed, via coreutils' `sha256sum`.
-fn sha256_hex(parts: &[&[u8]]) -> Result<String> {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running sha256sum")?;
-    {
-        let mut stdin = child.stdin.take().context("sha256sum stdin")?;
-        for part in parts {
-            stdin.write_all(format!("{}:", part.len()).as_bytes())?;
-            stdin.write_all(part)?;
-        }
-    }
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "sha256sum failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = text.split_whitespace().next().unwrap_or("").to_string();
-    ensure!(hex.len() == 64, "unexpected sha256sum output {text:?}");
-    Ok(hex)
 }
 
 /// A label of a local image, `None` when the image is absent.

@@ -18,7 +18,6 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -398,34 +397,16 @@ fn image_size(tag: &str) -> Option<u64> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
-/// sha256 (via coreutils' `sha256sum`, as `dind.rs` does) of the
-/// length-prefixed parts, so part boundaries matter.
-fn sha256_hex(parts: &[&[u8]]) -> Result<String> {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running sha256sum")?;
-    {
-        let mut stdin = child.stdin.take().context("sha256sum stdin")?;
-        for part in parts {
-            stdin.write_all(format!("{}:", part.len()).as_bytes())?;
-            stdin.write_all(part)?;
-        }
+/// sha256 (hex) of the length-prefixed parts, so part boundaries matter.
+/// Infallible; a `Result` keeps the callers' `?` chains uniform.
+pub(crate) fn sha256_hex(parts: &[&[u8]]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update(format!("{}:", part.len()).as_bytes());
+        h.update(part);
     }
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "sha256sum failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = text
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    ensure!(
-        hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_hexdigit()),
-        "unexpected sha256sum output {text:?}"
-    );
-    Ok(hex)
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn run_cmd(cmd: &mut Command) -> Result<()> {

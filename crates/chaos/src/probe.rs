@@ -265,7 +265,7 @@ pub async fn run_probes(
         for s in list {
             let port = rec.port_of(&s);
             let ports = ports.clone();
-            let ping = round % 4 == 0;
+            let ping = round.is_multiple_of(4);
             set.spawn(async move {
                 let t_ms = start.elapsed().as_millis() as u64;
                 let (o, server, ms) =
