@@ -53,7 +53,13 @@ pub fn run(args: &Args) -> Result<()> {
     let mut rows = Vec::new();
     for (i, s) in chosen.iter().enumerate() {
         let t = Instant::now();
-        let prefix = format!("[{}/{} {} {:>5.0}s]", i + 1, chosen.len(), s.name, 0.0);
+        let prefix = format!(
+            "[{}/{} {} {:>5.0}s]",
+            i + 1,
+            chosen.len(),
+            s.name,
+            t0.elapsed().as_secs_f64()
+        );
         println!(
             "{prefix} starting (duration {}, seed {})",
             s.duration,
@@ -100,6 +106,9 @@ pub fn run(args: &Args) -> Result<()> {
                 for f in &failed {
                     println!("    {f}");
                 }
+                for n in &out.report.notes {
+                    println!("    note: {n}");
+                }
                 rows.push(Row {
                     name: s.name.clone(),
                     seed: out.report.seed,
@@ -118,6 +127,7 @@ pub fn run(args: &Args) -> Result<()> {
                 });
             }
             Err(e) => {
+                let interrupted = e.to_string().starts_with("interrupted");
                 println!(
                     "[{}/{} {}] ERROR after {secs:.0}s: {e:#}",
                     i + 1,
@@ -135,6 +145,10 @@ pub fn run(args: &Args) -> Result<()> {
                     secs,
                     error: Some(format!("{e:#}")),
                 });
+                if interrupted {
+                    println!("interrupted: the remaining scenarios are skipped");
+                    break;
+                }
             }
         }
     }

@@ -996,11 +996,28 @@ impl Heal {
         let t = &topo.target;
         match self {
             Heal::Docker { inner, cmds } => {
-                faults::run_all(if inner { &t.inner } else { &t.outer }, &cmds).await
+                let docker = if inner { &t.inner } else { &t.outer };
+                // One container at a time, so a container another fault removed
+                // meanwhile does not keep the others down.
+                let mut errors = Vec::new();
+                for c in cmds {
+                    let (verb, ids) = c.split_at(1);
+                    for id in ids {
+                        let argv = [verb[0].as_str(), id.as_str()];
+                        if let Err(e) = with_retry(|| docker.run(&argv)).await {
+                            errors.push(format!("{e:#}"));
+                        }
+                    }
+                }
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    bail!("{}", errors.join("; "))
+                }
             }
             Heal::Replace { names } => {
                 for (name, service) in names {
-                    topo.start_stub(&name, &service).await?;
+                    with_retry(|| topo.start_stub(&name, &service)).await?;
                 }
                 Ok(())
             }
@@ -1023,6 +1040,31 @@ impl Heal {
             Heal::RemoveInner { names } => remove_inner(t, &names).await,
         }
     }
+}
+
+/// Retries a heal while the engine is away (an engine restart or cut may
+/// overlap it): up to 30 attempts, 2 s apart. A container that no longer
+/// exists (another fault removed it) is not retried.
+async fn with_retry<F, Fut, T>(mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut last = None;
+    for _ in 0..30 {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let text = format!("{e:#}");
+                if text.contains("No such container") || text.contains("is already in use") {
+                    return Err(e);
+                }
+                last = Some(e);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
 }
 
 async fn remove_inner(t: &Target, names: &[String]) -> Result<()> {

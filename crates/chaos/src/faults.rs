@@ -496,7 +496,8 @@ impl Target {
             .map(drop)
     }
 
-    /// Cuts (or restores) tcp :2375 inside the engine container.
+    /// Cuts (or restores) the bridge's tcp :2375 connection (loopback) inside
+    /// the engine container.
     pub async fn cut_engine(&self, cut: bool) -> Result<()> {
         let Some(engine) = &self.engine else {
             bail!("no engine container: engine faults need the DinD topology");
@@ -510,6 +511,10 @@ impl Target {
                     "iptables",
                     op,
                     "INPUT",
+                    // Only the bridge's loopback connection: the harness reaches
+                    // the engine through the published port (eth0) meanwhile.
+                    "-i",
+                    "lo",
                     "-p",
                     "tcp",
                     dir,

@@ -95,7 +95,18 @@ pub fn figures(h: &History, marks: Marks) -> Figures {
     {
         let mut worst = 0u64;
         let mut complete = true;
-        for s in &probed {
+        // Services also under a container fault around the restart recover
+        // when their containers do; they do not measure the bridge.
+        let window_end = f.until_ms + marks.recovery_ms;
+        let others_hit = |s: &str| {
+            h.faults.iter().any(|g| {
+                !g.kind.is_global()
+                    && g.services.iter().any(|x| x == s)
+                    && g.t_ms <= window_end
+                    && g.until_ms + 2_000 >= f.t_ms
+            })
+        };
+        for s in probed.iter().filter(|s| !others_hit(s)) {
             match h
                 .samples
                 .iter()

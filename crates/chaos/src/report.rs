@@ -36,6 +36,10 @@ pub struct Report {
     pub faults_by_kind: BTreeMap<String, u64>,
     /// Probe results by outcome.
     pub probes_by_outcome: BTreeMap<String, u64>,
+    /// Observations that are not invariants (e.g. whether the bridge noticed
+    /// an engine cut).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// One fault in the report.
@@ -118,7 +122,39 @@ pub fn build(
         recovery_ms: fig.recovery_ms,
         faults_by_kind: by_kind,
         probes_by_outcome: by_outcome,
+        notes: notes(h),
     }
+}
+
+/// Observations on the history that are reported, not judged.
+pub fn notes(h: &History) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in h.faults.iter().filter(|f| {
+        matches!(
+            f.kind,
+            crate::faults::FaultKind::EngineCut | crate::faults::FaultKind::EngineRestart
+        ) && f.error.is_none()
+    }) {
+        let seen = h
+            .snapshots
+            .iter()
+            .filter(|s| s.t_ms >= f.t_ms && s.t_ms <= f.until_ms + 3_000)
+            .filter_map(|s| s.metric("mesh_bridge_docker_connected"))
+            .any(|c| c < 0.5);
+        out.push(format!(
+            "{} at t={}ms for {}ms: the bridge {} (mesh_bridge_docker_connected {})",
+            f.kind,
+            f.t_ms,
+            f.until_ms.saturating_sub(f.t_ms),
+            if seen {
+                "noticed the engine was unreachable"
+            } else {
+                "did NOT notice the engine was unreachable"
+            },
+            if seen { "went to 0" } else { "stayed 1" }
+        ));
+    }
+    out
 }
 
 fn xml_escape(s: &str) -> String {
@@ -185,7 +221,11 @@ pub fn summary(r: &Report) -> String {
         r.duration_ms as f64 / 1000.0,
         r.availability,
         r.recovery_ms
-            .map_or("n/a".to_string(), |m| format!("{m} ms"))
+            .map_or("n/a".to_string(), |m| if m == u64::MAX {
+                "never (a service did not come back)".to_string()
+            } else {
+                format!("{m} ms")
+            })
     );
     s.push_str("| invariant | held | detail |\n|---|---|---|\n");
     for i in &r.invariants {
@@ -205,6 +245,12 @@ pub fn summary(r: &Report) -> String {
     s.push_str("\n| probe outcome | count |\n|---|---|\n");
     for (k, n) in &r.probes_by_outcome {
         let _ = writeln!(s, "| {k} | {n} |");
+    }
+    if !r.notes.is_empty() {
+        s.push_str("\nNotes:\n");
+        for n in &r.notes {
+            let _ = writeln!(s, "- {n}");
+        }
     }
     s.push_str("\n![timeline](timeline.png)\n");
     s
