@@ -454,7 +454,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         services: Vec::new(),
         ready: Err("starting: waiting for the first resync with Docker".into()),
     }));
-    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(1024);
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(1024);
 
     let api_stop = CancellationToken::new();
