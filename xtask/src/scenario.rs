@@ -1073,7 +1073,7 @@ async fn remove_inner(t: &Target, names: &[String]) -> Result<()> {
     }
     let mut args = vec!["rm", "-f"];
     args.extend(names.iter().map(String::as_str));
-    t.inner.run(&args).await.map(drop)
+    with_retry(|| t.inner.run(&args)).await.map(drop)
 }
 
 /// Injects one planned fault; returns its record and how to heal it.
