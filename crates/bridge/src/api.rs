@@ -75,7 +75,7 @@ pub struct Snapshot {
     /// The pool.
     pub pool: PoolView,
     /// Every service.
-    pub services: Vec<ServiceView>,
+    pub services: Arc<Vec<ServiceView>>,
     /// Ok when ready, else why not.
     pub ready: Result<(), String>,
 }
@@ -205,7 +205,7 @@ async fn handle(state: ApiState, req: Request<Incoming>) -> Result<Resp, Infalli
             ),
         },
         "/v1/pool" if get => json(StatusCode::OK, &snap.pool),
-        "/v1/services" if get => json(StatusCode::OK, &snap.services),
+        "/v1/services" if get => json(StatusCode::OK, &*snap.services),
         "/metrics" | "/healthz" | "/readyz" | "/v1/pool" | "/v1/services" => {
             method_not_allowed("GET")
         }

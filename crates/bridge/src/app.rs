@@ -71,7 +71,14 @@ struct Daemon {
     snapshot: watch::Sender<Arc<Snapshot>>,
     ready: Result<(), String>,
     docker_up: bool,
+    /// Service views last published, when, and whether changes came since.
+    views: Arc<Vec<crate::reconcile::ServiceView>>,
+    views_at: Option<Instant>,
+    views_stale: bool,
 }
+
+/// Longest a published service view may lag behind the state.
+const VIEWS_EVERY: Duration = Duration::from_millis(100);
 
 impl Daemon {
     /// Writes what changed since the last write, in one transaction.
@@ -80,61 +87,71 @@ impl Daemon {
             return;
         };
         let now = now_ms();
-        let desired: Persisted = self
-            .core
-            .pool
-            .holdings()
-            .map(|(s, p, u)| (s.to_string(), (p, u)))
-            .collect();
+        // Compare in place: a hash lookup per holding, allocation only for
+        // what changed (a burst of 10k reservations made this the hot spot).
         let mut removes = Vec::new();
         let mut writes = Vec::new();
-        for (s, old) in &self.persisted {
-            match desired.get(s) {
-                None => removes.push(store::Change::Remove { service: s.clone() }),
-                Some(new) if new.0 != old.0 => {
-                    removes.push(store::Change::Remove { service: s.clone() })
+        let mut matched = 0usize;
+        for (s, port, until) in self.core.pool.holdings() {
+            match self.persisted.get(s) {
+                Some(&(p, u)) if p == port && u == until => {
+                    matched += 1;
+                    continue;
                 }
-                _ => {}
-            }
-        }
-        for (s, &(port, until)) in &desired {
-            if self.persisted.get(s) == Some(&(port, until)) {
-                continue;
+                Some(&(p, _)) => {
+                    matched += 1;
+                    if p != port {
+                        removes.push(store::Change::Remove {
+                            service: s.to_string(),
+                        });
+                    }
+                }
+                None => {}
             }
             writes.push(match until {
                 None => store::Change::Reserve {
-                    service: s.clone(),
+                    service: s.to_string(),
                     port,
                     since_ms: now,
                 },
                 Some(until_ms) => store::Change::Quarantine {
-                    service: s.clone(),
+                    service: s.to_string(),
                     port,
                     until_ms,
                 },
             });
             writes.push(store::Change::LastPort {
-                service: s.clone(),
+                service: s.to_string(),
                 port,
                 seen_ms: now,
             });
         }
-        let pins: BTreeMap<String, Millis> = self
-            .core
-            .pinned()
-            .map(|(s, ms)| (s.to_string(), ms))
-            .collect();
-        for s in self.persisted_pins.keys() {
-            if !pins.contains_key(s) {
-                writes.push(store::Change::Unpin { service: s.clone() });
+        if matched < self.persisted.len() {
+            let pool = &self.core.pool;
+            for s in self.persisted.keys() {
+                if pool.port_of(s).is_none() && pool.quarantined_port_of(s).is_none() {
+                    removes.push(store::Change::Remove { service: s.clone() });
+                }
             }
         }
-        for (s, ms) in &pins {
-            if !self.persisted_pins.contains_key(s) {
+        let mut pins_seen = 0usize;
+        for (s, ms) in self.core.pinned() {
+            if self.persisted_pins.contains_key(s) {
+                pins_seen += 1;
+            } else {
                 writes.push(store::Change::Pin {
-                    service: s.clone(),
-                    since_ms: *ms,
+                    service: s.to_string(),
+                    since_ms: ms,
                 });
+            }
+        }
+        if pins_seen < self.persisted_pins.len() {
+            let live: std::collections::HashSet<&str> =
+                self.core.pinned().map(|(s, _)| s).collect();
+            for s in self.persisted_pins.keys() {
+                if !live.contains(s.as_str()) {
+                    writes.push(store::Change::Unpin { service: s.clone() });
+                }
             }
         }
         if removes.is_empty() && writes.is_empty() {
@@ -147,8 +164,31 @@ impl Daemon {
                 self.metrics
                     .store_write_duration
                     .observe(t.elapsed().as_secs_f64());
-                self.persisted = desired;
-                self.persisted_pins = pins;
+                for c in &removes {
+                    match c {
+                        store::Change::Remove { service } => {
+                            self.persisted.remove(service);
+                        }
+                        store::Change::Reserve { service, port, .. } => {
+                            self.persisted.insert(service.clone(), (*port, None));
+                        }
+                        store::Change::Quarantine {
+                            service,
+                            port,
+                            until_ms,
+                        } => {
+                            self.persisted
+                                .insert(service.clone(), (*port, Some(*until_ms)));
+                        }
+                        store::Change::Pin { service, since_ms } => {
+                            self.persisted_pins.insert(service.clone(), *since_ms);
+                        }
+                        store::Change::Unpin { service } => {
+                            self.persisted_pins.remove(service);
+                        }
+                        store::Change::LastPort { .. } => {}
+                    }
+                }
                 if self.store_failing {
                     tracing::info!("store writes work again");
                     self.store_failing = false;
@@ -197,8 +237,18 @@ impl Daemon {
         self.publish();
     }
 
+    /// Publishes the pool and readiness at once; rebuilds the service views
+    /// (and the services gauge) at most every [`VIEWS_EVERY`], so a burst of
+    /// thousands of changes does not rebuild thousands of views each batch.
     fn publish(&mut self) {
-        let services = self.core.update_gauges();
+        if self.views_at.is_none_or(|at| at.elapsed() >= VIEWS_EVERY) {
+            self.views = Arc::new(self.core.update_gauges());
+            self.views_at = Some(Instant::now());
+            self.views_stale = false;
+        } else {
+            self.views_stale = true;
+        }
+        let services = Arc::clone(&self.views);
         let pool = PoolView::new(
             self.core.pool.ranges().as_pairs(),
             self.core.pool.counts(),
@@ -451,7 +501,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     );
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot {
         pool: PoolView::default(),
-        services: Vec::new(),
+        services: Arc::new(Vec::new()),
         ready: Err("starting: waiting for the first resync with Docker".into()),
     }));
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(1024);
@@ -491,6 +541,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         snapshot: snap_tx,
         ready: Err("starting: waiting for the first resync with Docker".into()),
         docker_up: false,
+        views: Arc::new(Vec::new()),
+        views_at: None,
+        views_stale: false,
     };
     let fx = d.core.open_all();
     d.perform(fx).await;
@@ -512,6 +565,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             Some(ev) = ev_rx.recv() => d.on_event(ev, &mut batch),
             Some(cmd) = cmd_rx.recv() => d.on_command(cmd, &mut batch),
             () = sleep => batch.effects.extend(d.core.expire(now_ms())),
+            () = tokio::time::sleep(VIEWS_EVERY), if d.views_stale => {
+                d.publish();
+                continue;
+            }
         }
         // Fold whatever else is already queued into the same transaction.
         let mut taken = 1;
