@@ -119,7 +119,7 @@ pub fn run(args: &Args) -> Result<()> {
                         .iter()
                         .map(|v| (v.id.clone(), v.held))
                         .collect(),
-                    availability: Some(out.report.availability),
+                    availability: Some((out.report.availability, out.report.availability_all)),
                     recovery: out.report.recovery_ms,
                     faults: out.report.faults.len(),
                     secs,
@@ -154,12 +154,12 @@ pub fn run(args: &Args) -> Result<()> {
     }
     println!();
     println!(
-        "{:<18} {:>5}  {:<7} {:<20} {:>8} {:>9} {:>6} {:>6}",
+        "{:<18} {:>5}  {:<7} {:<20} {:>13} {:>9} {:>6} {:>6}",
         "SCENARIO",
         "SEED",
         "VERDICT",
         "I1 I2 I3 I4 I5 I6 I7",
-        "AVAIL",
+        "AVAIL/ALL",
         "RECOVERY",
         "FAULTS",
         "TIME"
@@ -174,12 +174,13 @@ pub fn run(args: &Args) -> Result<()> {
                 .collect()
         };
         println!(
-            "{:<18} {:>5}  {:<7} {:<20} {:>8} {:>9} {:>6} {:>5.0}s",
+            "{:<18} {:>5}  {:<7} {:<20} {:>13} {:>9} {:>6} {:>5.0}s",
             r.name,
             r.seed,
             r.verdict.to_uppercase(),
             marks.join(" "),
-            r.availability.map_or("-".into(), |a| format!("{:.4}", a)),
+            r.availability
+                .map_or("-".into(), |(a, all)| format!("{a:.4}/{all:.4}")),
             r.recovery.map_or("-".into(), |m| format!("{m}ms")),
             r.faults,
             r.secs
@@ -207,7 +208,7 @@ struct Row {
     seed: u64,
     verdict: String,
     held: Vec<(String, bool)>,
-    availability: Option<f64>,
+    availability: Option<(f64, f64)>,
     recovery: Option<u64>,
     faults: usize,
     secs: f64,

@@ -36,6 +36,9 @@ pub struct Figures {
     pub availability: f64,
     /// Samples counted for it.
     pub samples: usize,
+    /// Ok / all samples of the probed services, fault windows included.
+    #[serde(default)]
+    pub availability_all: f64,
     /// Worst recovery after a bridge restart (ms), if any restart.
     pub recovery_ms: Option<u64>,
     /// Every recovery, ms.
@@ -120,7 +123,23 @@ pub fn figures(h: &History, marks: Marks) -> Figures {
         }
         recoveries.push(if complete { worst } else { u64::MAX });
     }
+    let (mut ok_all, mut n_all) = (0usize, 0usize);
+    for s in h
+        .samples
+        .iter()
+        .filter(|s| probed.contains(s.service.as_str()))
+    {
+        n_all += 1;
+        if s.outcome == Outcome::Ok {
+            ok_all += 1;
+        }
+    }
     Figures {
+        availability_all: if n_all == 0 {
+            1.0
+        } else {
+            ok_all as f64 / n_all as f64
+        },
         availability: if all == 0 {
             1.0
         } else {

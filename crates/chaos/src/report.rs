@@ -30,6 +30,10 @@ pub struct Report {
     pub invariants: Vec<ReportInvariant>,
     /// Availability of services not under fault.
     pub availability: f64,
+    /// Availability of the probed services over the whole run, fault
+    /// windows included.
+    #[serde(default)]
+    pub availability_all: f64,
     /// Worst recovery after a bridge restart, ms (null when none).
     pub recovery_ms: Option<u64>,
     /// Faults injected by kind.
@@ -119,6 +123,7 @@ pub fn build(
             })
             .collect(),
         availability: fig.availability,
+        availability_all: fig.availability_all,
         recovery_ms: fig.recovery_ms,
         faults_by_kind: by_kind,
         probes_by_outcome: by_outcome,
@@ -216,10 +221,11 @@ pub fn summary(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "Engine: {}. Wall time {:.1}s. Availability of services not under fault: {:.4}. Worst recovery after a bridge restart: {}.\n",
+        "Engine: {}. Wall time {:.1}s. Availability of services not under fault: {:.4} (whole run, fault windows included: {:.4}). Worst recovery after a bridge restart: {}.\n",
         r.engine,
         r.duration_ms as f64 / 1000.0,
         r.availability,
+        r.availability_all,
         r.recovery_ms
             .map_or("n/a".to_string(), |m| if m == u64::MAX {
                 "never (a service did not come back)".to_string()
