@@ -393,7 +393,8 @@ pub fn timeline(h: &History, title: &str, path: &Path) -> Result<()> {
             [(x, 0.0), (x2.max(x + 0.1), 1.05)],
             fault_colour(f.kind).mix(0.25).filled(),
         )))?;
-        if text {
+        // Labels only while they fit; long runs keep the colours alone.
+        if text && h.faults.len() <= 24 {
             ch2.draw_series(std::iter::once(Text::new(
                 f.kind.to_string(),
                 (x, 0.08),
