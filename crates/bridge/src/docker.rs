@@ -23,6 +23,11 @@ use crate::labels;
 use crate::metrics::Metrics;
 use crate::registry::ContainerInfo;
 
+/// Longest a single list or inspect call may take before the connection is
+/// taken as lost. A cut connection (packets dropped) otherwise hangs the
+/// call for good and the bridge never notices the engine is gone.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the watcher tells the app.
 #[derive(Debug)]
 pub enum Event {
@@ -88,7 +93,9 @@ pub async fn connect(host: Option<&str>) -> Result<Docker, DockerError> {
         Some(h) => Docker::connect_with_host(h),
         None => Docker::connect_with_defaults(),
     }
-    .map_err(engine)?;
+    .map_err(engine)?
+    // Bounds the wait for every response's headers (bollard's default is 120 s).
+    .with_timeout(CALL_TIMEOUT);
     let docker = docker.negotiate_version().await.map_err(engine)?;
     docker.ping().await.map_err(engine)?;
     Ok(docker)
@@ -274,9 +281,10 @@ impl Watcher {
             filters: Some(filters),
         }));
         let started = Instant::now();
-        let containers = match list(docker).await {
-            Ok(c) => c,
-            Err(e) => return Ended::Lost(e.to_string()),
+        let containers = match tokio::time::timeout(CALL_TIMEOUT, list(docker)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Ended::Lost(e.to_string()),
+            Err(_) => return Ended::Lost(format!("listing containers took over {CALL_TIMEOUT:?}")),
         };
         // Events up to the latest list are already reflected by it.
         let mut listed_ns = unix_nanos(SystemTime::now());
@@ -331,7 +339,10 @@ impl Watcher {
                     let base = action.split(':').next().unwrap_or("");
                     let event = match base {
                         "start" | "restart" | "unpause" => {
-                            match inspect(docker, &id).await {
+                            match tokio::time::timeout(CALL_TIMEOUT, inspect(docker, &id))
+                                .await
+                                .unwrap_or_else(|_| Err(bollard::errors::Error::RequestTimeoutError))
+                            {
                                 // `restart` comes after the `start` of the same
                                 // restart: an observation, not a second registration.
                                 Ok(Some(info)) => Event::Started {

@@ -363,8 +363,18 @@ impl Core {
         now: Millis,
     ) -> Result<(u16, bool), ReserveError> {
         let r = match port {
-            Some(p) => self.pool.reserve_port(service, p, now)?,
-            None => self.pool.reserve(service, now)?,
+            Some(p) => self.pool.reserve_port(service, p, now),
+            None => self.pool.reserve(service, now),
+        };
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                // One exhaustion event per allocation that found no port.
+                if matches!(e, PoolError::Exhausted { .. }) {
+                    self.metrics.exhaustion_events.inc();
+                }
+                return Err(e.into());
+            }
         };
         match r {
             Reservation::AlreadyHeld(p) => {
@@ -609,6 +619,14 @@ mod tests {
             port: 101
         }));
         assert_eq!(c.metrics.conflicts.get(), 1);
+    }
+
+    #[test]
+    fn api_reservation_on_a_full_pool_counts_exhaustion() {
+        let mut c = core("100-100", 3);
+        c.reserve_api("one", None, 0).unwrap();
+        assert!(c.reserve_api("two", None, 1).is_err());
+        assert_eq!(c.metrics.exhaustion_events.get(), 1);
     }
 
     #[test]
