@@ -707,8 +707,10 @@ async fn run_scenario(
     // --- harness metrics and Prometheus ---------------------------------------
     let hm = HarnessMetrics::new()?;
     let (maddr, mtask) = hm.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    if let Some(child) = start_prometheus(&dir, api, maddr, say)? {
+    let mut prometheus_addr = None;
+    if let Some((child, addr)) = start_prometheus(&dir, api, maddr, say)? {
         cleanup.children.push(child);
+        prometheus_addr = Some(addr);
     }
 
     // --- the run ---------------------------------------------------------------
@@ -860,6 +862,10 @@ async fn run_scenario(
             recovery_ms: scn.thresholds.recovery_ms,
         },
     );
+    let mut verdicts = verdicts;
+    for alert in &scn.expect_alerts {
+        verdicts.push(alert_fired(prometheus_addr, alert, say).await);
+    }
     for v in verdicts.iter().filter(|v| !v.held) {
         hm.violation(&v.id);
     }
@@ -923,20 +929,88 @@ fn progress(rec: &Recorder, start: Instant, total: Duration, say: &(dyn Fn(&str)
     ));
 }
 
-/// Starts Debian's prometheus (if installed) scraping the bridge and the harness.
+/// Whether the run's Prometheus fired `alert` (a rule of
+/// dashboards/prometheus/rules.yml), asked through its HTTP API; polls for up
+/// to 20 s so the last evaluation can land.
+async fn alert_fired(
+    prometheus: Option<SocketAddr>,
+    alert: &str,
+    say: &(dyn Fn(&str) + Sync),
+) -> invariants::Verdict {
+    let title = format!("Prometheus fired the alert {alert}");
+    let id = format!("alert:{alert}");
+    let Some(addr) = prometheus else {
+        return invariants::Verdict {
+            id,
+            title,
+            held: false,
+            detail: "no Prometheus ran (install Debian's `prometheus`)".into(),
+        };
+    };
+    let query = format!("max_over_time(ALERTS{{alertname=\"{alert}\",alertstate=\"firing\"}}[1h])");
+    let path = format!("/api/v1/query?query={}", percent_encode(&query));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let last = match mesh_chaos::http::get_json(addr, &path).await {
+            Ok(v) => {
+                let n = v["data"]["result"].as_array().map_or(0, Vec::len);
+                if n > 0 {
+                    say(&format!("prometheus: {alert} fired"));
+                    return invariants::Verdict {
+                        id,
+                        title,
+                        held: true,
+                        detail: format!("{n} firing series seen through /api/v1/query"),
+                    };
+                }
+                "no firing series".to_string()
+            }
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > deadline {
+            return invariants::Verdict {
+                id,
+                title,
+                held: false,
+                detail: format!("not fired within the run + 20 s: {last}"),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Percent-encodes a query-string value.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Starts Debian's prometheus (if installed) scraping the bridge and the
+/// harness, with the project's alert rules loaded. Returns it and its address.
 fn start_prometheus(
     dir: &Path,
     api: SocketAddr,
     harness: SocketAddr,
     say: &(dyn Fn(&str) + Sync),
-) -> Result<Option<tokio::process::Child>> {
+) -> Result<Option<(tokio::process::Child, SocketAddr)>> {
     let Ok(bin) = which("prometheus") else {
         say("prometheus not installed; running without it");
         return Ok(None);
     };
     let port = free_local_port()?;
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../dashboards/prometheus/rules.yml")
+        .canonicalize()
+        .context("dashboards/prometheus/rules.yml is missing")?;
     let cfg = format!(
-        "global:\n  scrape_interval: 2s\n  evaluation_interval: 2s\nscrape_configs:\n  - job_name: mesh-bridge\n    static_configs:\n      - targets: ['{api}']\n  - job_name: mesh-chaos\n    static_configs:\n      - targets: ['{harness}']\n"
+        "global:\n  scrape_interval: 2s\n  evaluation_interval: 2s\nrule_files:\n  - '{}'\nscrape_configs:\n  - job_name: mesh-bridge\n    static_configs:\n      - targets: ['{api}']\n  - job_name: mesh-chaos\n    static_configs:\n      - targets: ['{harness}']\n",
+        rules.display()
     );
     std::fs::write(dir.join("prometheus.yml"), cfg)?;
     let data = dir.join("prometheus");
@@ -957,7 +1031,7 @@ fn start_prometheus(
         "prometheus on 127.0.0.1:{port}, data in {}",
         data.display()
     ));
-    Ok(Some(child))
+    Ok(Some((child, SocketAddr::from(([127, 0, 0, 1], port)))))
 }
 
 fn which(name: &str) -> Result<PathBuf> {

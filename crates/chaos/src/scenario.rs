@@ -39,6 +39,10 @@ pub struct Scenario {
     pub faults: Vec<FaultSpec>,
     /// Pass marks.
     pub thresholds: Thresholds,
+    /// Alerts of dashboards/prometheus/rules.yml that the run's Prometheus
+    /// must have fired (checked through its API after the run).
+    #[serde(default)]
+    pub expect_alerts: Vec<String>,
 }
 
 fn default_settle() -> String {
