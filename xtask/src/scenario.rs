@@ -948,7 +948,10 @@ async fn alert_fired(
         };
     };
     let query = format!("max_over_time(ALERTS{{alertname=\"{alert}\",alertstate=\"firing\"}}[1h])");
-    let path = format!("/api/v1/query?query={}", percent_encode(&query));
+    let path = format!(
+        "/api/v1/query?query={}",
+        mesh_chaos::docker_query::encode(&query)
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let last = match mesh_chaos::http::get_json(addr, &path).await {
@@ -977,18 +980,6 @@ async fn alert_fired(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// Percent-encodes a query-string value.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Starts Debian's prometheus (if installed) scraping the bridge and the

@@ -1,6 +1,7 @@
 //! mesh-chaos: the reliability harness for mesh-bridge (faults, probes,
 //! invariants, reports). See DESIGN.md section 4.
 
+pub mod docker_query;
 pub mod faults;
 pub mod http;
 pub mod invariants;

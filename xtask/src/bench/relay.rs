@@ -13,9 +13,10 @@ use std::sync::Arc;
 use anyhow::Result;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use mesh_chaos::docker_query::add_label_filters;
 
 use super::infra::DOCKER_SOCK;
 
@@ -67,84 +68,6 @@ impl Drop for Relay {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(h) = s.get(i + 1..i + 3)
-            && let Ok(v) = u8::from_str_radix(h, 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
-    for &c in s.as_bytes() {
-        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~') {
-            out.push(c as char);
-        } else {
-            out.push_str(&format!("%{c:02X}"));
-        }
-    }
-    out
-}
-
-/// Adds `labels` to the `label` filter of a Docker API query string.
-fn add_label_filters(query: Option<&str>, labels: &[String]) -> String {
-    let mut pairs: Vec<(String, String)> = query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (p.to_string(), String::new()),
-        })
-        .collect();
-    let idx = match pairs.iter().position(|(k, _)| k == "filters") {
-        Some(i) => i,
-        None => {
-            pairs.push(("filters".into(), percent_encode("{}")));
-            pairs.len() - 1
-        }
-    };
-    let mut filters: Value = serde_json::from_str(&percent_decode(&pairs[idx].1))
-        .unwrap_or(Value::Object(Default::default()));
-    if !filters.is_object() {
-        filters = Value::Object(Default::default());
-    }
-    if let Some(obj) = filters.as_object_mut() {
-        let entry = obj
-            .entry("label")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        match entry {
-            Value::Array(a) => a.extend(labels.iter().map(|l| Value::String(l.clone()))),
-            Value::Object(m) => {
-                for l in labels {
-                    m.insert(l.clone(), Value::Bool(true));
-                }
-            }
-            other => {
-                *other = Value::Array(labels.iter().map(|l| Value::String(l.clone())).collect())
-            }
-        }
-    }
-    pairs[idx].1 = percent_encode(&filters.to_string());
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 async fn relay(stream: tokio::net::TcpStream, labels: Arc<Vec<String>>) {
     let Ok(upstream) = tokio::net::UnixStream::connect(DOCKER_SOCK).await else {
         return;
@@ -183,22 +106,5 @@ async fn relay(stream: tokio::net::TcpStream, labels: Arc<Vec<String>>) {
     tokio::select! {
         _ = conn => {}
         _ = server => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn adds_labels_to_existing_filters() {
-        let q = add_label_filters(
-            Some("all=1&filters=%7B%22label%22%3A%5B%22a%22%5D%7D"),
-            &["x=1".into()],
-        );
-        let f = q.split("filters=").nth(1).unwrap_or("");
-        let v: Value = serde_json::from_str(&percent_decode(f)).unwrap_or(Value::Null);
-        assert_eq!(v["label"], serde_json::json!(["a", "x=1"]));
-        assert!(q.starts_with("all=1&"));
     }
 }

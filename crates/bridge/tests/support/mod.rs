@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use mesh_chaos::docker_query::add_label_filters;
 use serde_json::Value;
 
 /// The stub image the tests run.
@@ -1048,88 +1049,6 @@ impl Drop for Bridge {
 }
 
 // ------------------------------------------------------- docker relay ----
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(v) => {
-                    out.push(v);
-                    i += 3;
-                }
-                Err(_) => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
-    for &c in s.as_bytes() {
-        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~') {
-            out.push(c as char);
-        } else {
-            out.push_str(&format!("%{c:02X}"));
-        }
-    }
-    out
-}
-
-/// Adds `labels` to the `label` filter of a Docker API query string.
-pub fn add_label_filters(query: Option<&str>, labels: &[String]) -> String {
-    let mut pairs: Vec<(String, String)> = query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (p.to_string(), String::new()),
-        })
-        .collect();
-    let idx = match pairs.iter().position(|(k, _)| k == "filters") {
-        Some(i) => i,
-        None => {
-            pairs.push(("filters".into(), percent_encode("{}")));
-            pairs.len() - 1
-        }
-    };
-    let mut filters: Value = serde_json::from_str(&percent_decode(&pairs[idx].1))
-        .unwrap_or(Value::Object(Default::default()));
-    let obj = filters.as_object_mut().expect("filters is a JSON object");
-    let entry = obj
-        .entry("label")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    match entry {
-        Value::Array(a) => a.extend(labels.iter().map(|l| Value::String(l.clone()))),
-        Value::Object(m) => {
-            for l in labels {
-                m.insert(l.clone(), Value::Bool(true));
-            }
-        }
-        other => *other = Value::Array(labels.iter().map(|l| Value::String(l.clone())).collect()),
-    }
-    pairs[idx].1 = percent_encode(&filters.to_string());
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
-}
 
 struct ProxyShared {
     cut: AtomicBool,
