@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::probe::Outcome;
@@ -113,24 +112,23 @@ impl HarnessMetrics {
         let me = self.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else {
+                let Ok((stream, _)) = listener.accept().await else {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 };
                 let me = me.clone();
                 tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let _ =
-                        tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
-                            .await;
-                    let body = me.render();
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = s.write_all(head.as_bytes()).await;
-                    let _ = s.write_all(body.as_bytes()).await;
-                    let _ = s.shutdown().await;
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let body = me.render();
+                        async move {
+                            hyper::Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                        }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
                 });
             }
         });
