@@ -288,6 +288,50 @@ pub async fn run_all(docker: &Docker, cmds: &[Vec<String>]) -> Result<()> {
     Ok(())
 }
 
+/// Length of each run of bytes [`corruption_patches`] overwrites.
+pub const CORRUPTION_RUN: u64 = 64;
+/// How many runs [`corruption_patches`] overwrites.
+pub const CORRUPTION_RUNS: usize = 8;
+
+/// Where `mesh-chaos store-corrupt` damages a store of `len` bytes: up to
+/// [`CORRUPTION_RUNS`] `(offset, masks)` runs at offsets drawn from `seed`,
+/// sorted by offset and never overlapping. Each byte at `offset + i` is
+/// XORed with `masks[i]`, which is never zero, so every byte covered changes.
+/// The same `len` and `seed` give the same runs.
+pub fn corruption_patches(len: u64, seed: u64) -> Vec<(u64, Vec<u8>)> {
+    if len == 0 {
+        return Vec::new();
+    }
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let run = CORRUPTION_RUN.min(len);
+    // Slots of `run` bytes; pick distinct ones so runs never overlap.
+    let slots = len / run;
+    let mut starts: Vec<u64> = Vec::new();
+    let want = (CORRUPTION_RUNS as u64).min(slots) as usize;
+    while starts.len() < want {
+        let s = (next() % slots) * run;
+        if !starts.contains(&s) {
+            starts.push(s);
+        }
+    }
+    starts.sort_unstable();
+    starts
+        .into_iter()
+        .map(|off| {
+            let masks = (0..run)
+                .map(|_| ((next() >> 24) as u8).max(1))
+                .collect::<Vec<u8>>();
+            (off, masks)
+        })
+        .collect()
+}
+
 /// A deployment the deployment faults act on.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -585,6 +629,28 @@ mod tests {
         );
         assert!(container_commands(FaultKind::BridgeKill, &ids).is_empty());
         assert!(container_commands(FaultKind::ContainerKill, &[]).is_empty());
+    }
+
+    #[test]
+    fn corruption_is_seeded_and_changes_every_byte_it_covers() {
+        let a = corruption_patches(100_000, 7);
+        assert_eq!(a, corruption_patches(100_000, 7));
+        assert_ne!(a, corruption_patches(100_000, 8));
+        assert_eq!(a.len(), CORRUPTION_RUNS);
+        for w in a.windows(2) {
+            assert!(w[0].0 + CORRUPTION_RUN <= w[1].0, "runs overlap: {a:?}");
+        }
+        for (off, masks) in &a {
+            assert!(off + masks.len() as u64 <= 100_000);
+            assert!(masks.iter().all(|m| *m != 0));
+        }
+        // Small stores: one run covering what there is; empty: nothing.
+        let small = corruption_patches(10, 1);
+        assert_eq!(small.len(), 1);
+        assert_eq!(small[0].0, 0);
+        assert_eq!(small[0].1.len(), 10);
+        assert!(corruption_patches(0, 1).is_empty());
+        assert_eq!(corruption_patches(200, 3).len(), 3);
     }
 
     #[test]

@@ -1,97 +1,733 @@
-//! `mesh-chaos --dry-run` prints what it would do and only reads (`docker ps`).
+//! The `mesh-chaos` command line: `--dry-run` prints what it would do and
+//! changes nothing (it only reads: `docker ps` / `inspect`, the store's size,
+//! the state directory's lock), and every fault acts as it says.
+//!
+//! Docker is a fake `docker` script first in PATH that logs its arguments, so
+//! no container is created by these tests.
 
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A fake `docker` on PATH that logs every call, one line each.
+struct FakeDocker {
+    dir: tempfile::TempDir,
+}
+
+impl FakeDocker {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("calls.log");
+        let script = format!(
+            r#"#!/bin/sh
+echo "$*" >> '{log}'
+if [ "$1" = "-H" ]; then shift 2; fi
+case "$1" in
+  inspect)
+    if [ "$FAKE_MISSING" = 1 ]; then echo "Error: No such container: x" >&2; exit 1; fi
+    echo "${{FAKE_STATE:-running}}";;
+  image)
+    if [ "$FAKE_NO_IMAGE" = 1 ]; then echo "Error: No such image: x" >&2; exit 1; fi
+    echo "sha256:0";;
+  ps)
+    printf 'id1\tsvc-a-1\tsvc-a\trunning\nid2\tsvc-a-2\tsvc-a\trunning\nid3\tsvc-b-1\tsvc-b\trunning\n';;
+  run)
+    if [ "$FAKE_RUN_FAIL" = 1 ] && echo "$*" | grep -q flood-2; then echo "Error: boom" >&2; exit 125; fi
+    echo "$*" | sed -n 's/.*mesh-bridge.service=\(flood-[0-9]*\).*/c-\1/p';;
+esac
+exit 0
+"#,
+            log = log.display()
+        );
+        let fake = dir.path().join("docker");
+        std::fs::write(&fake, script).expect("write fake docker");
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Self { dir }
+    }
+
+    fn path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = mesh_chaos(args);
+        c.env("PATH", self.path())
+            .env_remove("DOCKER_HOST")
+            .env_remove("FAKE_STATE")
+            .env_remove("FAKE_MISSING")
+            .env_remove("FAKE_NO_IMAGE")
+            .env_remove("FAKE_RUN_FAIL");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run mesh-chaos")
+    }
+}
+
+fn mesh_chaos(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mesh-chaos"));
+    c.args(args).stdin(Stdio::null());
+    c
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}{}", stdout(o), stderr(o));
+    stdout(o)
+}
+
+#[track_caller]
+fn fails_with(o: &Output, needle: &str) {
+    assert!(!o.status.success(), "should fail: {}", stdout(o));
+    assert!(
+        stderr(o).contains(needle),
+        "stderr should contain {needle:?}: {}",
+        stderr(o)
+    );
+}
 
 #[test]
 fn dry_run_touches_nothing() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let log = dir.path().join("calls.log");
-    let fake = dir.path().join("docker");
-    std::fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\necho \"$@\" >> {}\ncase \"$*\" in *ps*) printf 'id1\\tsvc-a-1\\tsvc-a\\trunning\\nid2\\tsvc-a-2\\tsvc-a\\trunning\\nid3\\tsvc-b-1\\tsvc-b\\trunning\\n';; esac\n",
-            log.display()
-        ),
-    )
-    .expect("write fake docker");
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let path = format!(
-        "{}:{}",
-        dir.path().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh-chaos"))
-        .args([
-            "container-kill",
-            "--label",
-            "mesh-bridge.service",
-            "--fraction",
-            "0.5",
-            "--interval",
-            "1s",
-            "--rounds",
-            "2",
-            "--seed",
-            "3",
-            "--dry-run",
-        ])
-        .env("PATH", path)
-        .output()
-        .expect("run mesh-chaos");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let docker = FakeDocker::new();
+    let args = [
+        "container-kill",
+        "--label",
+        "mesh-bridge.service",
+        "--fraction",
+        "0.5",
+        "--interval",
+        "1s",
+        "--rounds",
+        "2",
+        "--seed",
+        "3",
+        "--dry-run",
+    ];
+    let first = ok(&docker.run(&args));
     assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        first.contains("would run: docker kill --signal KILL"),
+        "{first}"
     );
+    assert_eq!(first.matches("round ").count(), 2, "{first}");
+    let calls = docker.calls();
     assert!(
-        stdout.contains("would run: docker kill --signal KILL"),
-        "{stdout}"
+        calls.iter().all(|l| l.starts_with("ps ")),
+        "dry run must only list containers: {calls:?}"
     );
-    assert_eq!(stdout.matches("round ").count(), 2, "{stdout}");
-    let calls = std::fs::read_to_string(&log).expect("log");
-    assert!(
-        calls.lines().all(|l| l.starts_with("ps ")),
-        "dry run must only list containers: {calls}"
-    );
-
     // Same seed, same victims.
-    let again = Command::new(env!("CARGO_BIN_EXE_mesh-chaos"))
-        .args([
-            "container-kill",
-            "--label",
-            "mesh-bridge.service",
-            "--fraction",
-            "0.5",
-            "--interval",
-            "1s",
-            "--rounds",
-            "2",
-            "--seed",
-            "3",
-            "--dry-run",
-        ])
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                dir.path().display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .output()
-        .expect("run again");
-    assert_eq!(stdout, String::from_utf8_lossy(&again.stdout));
+    assert_eq!(first, ok(&docker.run(&args)));
 }
 
 #[test]
 fn unknown_fault_is_refused() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh-chaos"))
-        .args(["nuke", "--label", "x=y", "--dry-run"])
+    let o = mesh_chaos(&["nuke", "--label", "x=y", "--dry-run"])
         .output()
         .expect("run");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown container fault"));
+    fails_with(&o, "unknown fault \"nuke\"");
+    fails_with(&o, "registration-flood");
+    let o = mesh_chaos(&["engine-cut", "--dry-run"])
+        .output()
+        .expect("run");
+    fails_with(&o, "only in scenarios");
+}
+
+#[test]
+fn help_lists_every_fault() {
+    let help = ok(&mesh_chaos(&["--help"]).output().expect("run"));
+    for fault in [
+        "container-kill",
+        "container-stop",
+        "container-restart",
+        "container-pause",
+        "container-remove",
+        "bridge-kill",
+        "bridge-restart",
+        "engine-restart",
+        "store-corrupt",
+        "store-truncate",
+        "port-squat",
+        "registration-flood",
+    ] {
+        assert!(help.contains(fault), "--help lacks {fault}: {help}");
+    }
+    // No fault at all: usage, not success.
+    assert!(!mesh_chaos(&[]).output().expect("run").status.success());
+}
+
+// ---------------------------------------------------------------- bridge, engine
+
+#[test]
+fn bridge_kill_dry_run_prints_the_plan_and_only_inspects() {
+    let docker = FakeDocker::new();
+    let t = Instant::now();
+    let out = ok(&docker.run(&[
+        "bridge-kill",
+        "--bridge-container",
+        "mb-1",
+        "--hold",
+        "30s",
+        "--dry-run",
+    ]));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "a dry run does not hold"
+    );
+    assert!(
+        out.contains("would run: docker kill --signal KILL mb-1"),
+        "{out}"
+    );
+    assert!(out.contains("would wait 30s"), "{out}");
+    assert!(out.contains("would run: docker start mb-1"), "{out}");
+    let calls = docker.calls();
+    assert!(calls.iter().all(|c| c.starts_with("inspect ")), "{calls:?}");
+
+    // --docker-host is part of what it would run; global flags go anywhere.
+    let out = ok(&docker.run(&[
+        "--dry-run",
+        "--docker-host",
+        "tcp://127.0.0.1:1",
+        "bridge-kill",
+        "--bridge-container",
+        "mb-1",
+        "--hold",
+        "0",
+    ]));
+    assert!(
+        out.contains("would run: docker -H tcp://127.0.0.1:1 kill --signal KILL mb-1"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("would run: docker -H tcp://127.0.0.1:1 start"),
+        "hold 0 leaves it down: {out}"
+    );
+    assert!(
+        out.contains("stays down; start it with `docker -H tcp://127.0.0.1:1 start mb-1`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bridge_kill_kills_then_starts_after_the_hold() {
+    let docker = FakeDocker::new();
+    ok(&docker.run(&[
+        "bridge-kill",
+        "--bridge-container",
+        "mb-1",
+        "--hold",
+        "100ms",
+    ]));
+    let acts: Vec<String> = docker
+        .calls()
+        .into_iter()
+        .filter(|c| !c.starts_with("inspect "))
+        .collect();
+    assert_eq!(acts, vec!["kill --signal KILL mb-1", "start mb-1"]);
+}
+
+#[test]
+fn bridge_faults_refuse_bad_targets_with_the_fix() {
+    let docker = FakeDocker::new();
+    let o = docker
+        .cmd(&["bridge-kill", "--bridge-container", "mb-1"])
+        .env("FAKE_STATE", "exited")
+        .output()
+        .expect("run");
+    fails_with(&o, "not running");
+    fails_with(&o, "docker start mb-1");
+    let o = docker
+        .cmd(&["bridge-restart", "--bridge-container", "nope", "--dry-run"])
+        .env("FAKE_MISSING", "1")
+        .output()
+        .expect("run");
+    fails_with(&o, "no container \"nope\"");
+    fails_with(&o, "--bridge-container");
+    assert!(
+        docker.calls().iter().all(|c| c.starts_with("inspect ")),
+        "{:?}",
+        docker.calls()
+    );
+    // Missing flags and bad durations are usage errors.
+    fails_with(&docker.run(&["bridge-kill"]), "--bridge-container");
+    fails_with(
+        &docker.run(&["bridge-kill", "--bridge-container", "b", "--hold", "soon"]),
+        "duration",
+    );
+    fails_with(&docker.run(&["engine-restart"]), "--engine-container");
+}
+
+#[test]
+fn restart_dry_runs_print_the_plan_and_only_inspect() {
+    let docker = FakeDocker::new();
+    let out = ok(&docker.run(&["bridge-restart", "--bridge-container", "mb-1", "--dry-run"]));
+    assert!(
+        out.contains("would run: docker restart --time 10 mb-1"),
+        "{out}"
+    );
+    assert!(out.contains("would wait up to 1m for mb-1"), "{out}");
+    let out = ok(&docker.run(&[
+        "engine-restart",
+        "--engine-container",
+        "dind-1",
+        "--wait-engine",
+        "tcp://127.0.0.1:23750",
+        "--dry-run",
+    ]));
+    assert!(
+        out.contains("would run: docker restart --time 10 dind-1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("docker -H tcp://127.0.0.1:23750 version"),
+        "{out}"
+    );
+    let out = ok(&docker.run(&[
+        "engine-restart",
+        "--engine-container",
+        "dind-1",
+        "--dockerd-only",
+        "--dry-run",
+    ]));
+    assert!(
+        out.contains(
+            "would run: docker exec dind-1 sh -c 'kill -TERM \"$(cat /var/run/docker.pid)\"'"
+        ),
+        "{out}"
+    );
+    let calls = docker.calls();
+    assert!(calls.iter().all(|c| c.starts_with("inspect ")), "{calls:?}");
+}
+
+// ---------------------------------------------------------------- store
+
+/// A state directory as a stopped bridge leaves it.
+fn state_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut x = 0x1234_5678_u64;
+    let bytes: Vec<u8> = (0..20_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(dir.path().join("state.db"), bytes).expect("store");
+    std::fs::write(dir.path().join("state.db-wal"), b"wal").expect("wal");
+    std::fs::write(dir.path().join("bridge.lock"), b"").expect("lock");
+    dir
+}
+
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| {
+            let p = e.expect("entry").path();
+            let b = std::fs::read(&p).expect("read");
+            (p, b)
+        })
+        .collect()
+}
+
+#[test]
+fn store_dry_runs_print_the_plan_and_leave_files_identical() {
+    let dir = state_dir();
+    let d = dir.path().to_str().expect("utf8");
+    let before = snapshot(dir.path());
+    let out = ok(&mesh_chaos(&[
+        "store-corrupt",
+        "--state-dir",
+        d,
+        "--seed",
+        "9",
+        "--dry-run",
+    ])
+    .output()
+    .expect("run"));
+    assert_eq!(
+        out.matches("would overwrite 64 bytes at offset").count(),
+        8,
+        "{out}"
+    );
+    assert_eq!(
+        out,
+        ok(&mesh_chaos(&[
+            "store-corrupt",
+            "--state-dir",
+            d,
+            "--seed",
+            "9",
+            "--dry-run"
+        ])
+        .output()
+        .expect("run")),
+        "same seed, same plan"
+    );
+    let out = ok(
+        &mesh_chaos(&["store-truncate", "--state-dir", d, "--dry-run"])
+            .output()
+            .expect("run"),
+    );
+    assert!(out.contains("would truncate"), "{out}");
+    assert!(out.contains("from 20000 to 10000 bytes"), "{out}");
+    assert_eq!(before, snapshot(dir.path()), "a dry run changed files");
+}
+
+#[test]
+fn store_faults_damage_the_store() {
+    let a = state_dir();
+    let b = state_dir();
+    let orig = std::fs::read(a.path().join("state.db")).expect("read");
+    for dir in [&a, &b] {
+        ok(&mesh_chaos(&[
+            "store-corrupt",
+            "--state-dir",
+            dir.path().to_str().expect("utf8"),
+            "--seed",
+            "5",
+        ])
+        .output()
+        .expect("run"));
+    }
+    let da = std::fs::read(a.path().join("state.db")).expect("read");
+    let db = std::fs::read(b.path().join("state.db")).expect("read");
+    assert_eq!(da.len(), orig.len(), "corruption keeps the length");
+    assert_eq!(da, db, "same seed, same damage");
+    let changed = da.iter().zip(&orig).filter(|(x, y)| x != y).count();
+    assert_eq!(changed, 8 * 64, "every byte of 8 runs of 64 changes");
+
+    ok(&mesh_chaos(&[
+        "store-truncate",
+        "--state-dir",
+        a.path().to_str().expect("utf8"),
+    ])
+    .output()
+    .expect("run"));
+    assert_eq!(
+        std::fs::read(a.path().join("state.db")).expect("read"),
+        da[..da.len() / 2]
+    );
+}
+
+#[test]
+fn store_faults_refuse_while_the_bridge_holds_the_lock() {
+    let dir = state_dir();
+    let d = dir.path().to_str().expect("utf8");
+    let before = snapshot(dir.path());
+    let lock = File::options()
+        .write(true)
+        .open(dir.path().join("bridge.lock"))
+        .expect("open lock");
+    lock.try_lock()
+        .expect("take the lock as a running bridge does");
+    for args in [
+        vec!["store-corrupt", "--state-dir", d],
+        vec!["store-corrupt", "--state-dir", d, "--dry-run"],
+        vec!["store-truncate", "--state-dir", d],
+        vec!["store-truncate", "--state-dir", d, "--dry-run"],
+    ] {
+        let o = mesh_chaos(&args).output().expect("run");
+        fails_with(&o, "the bridge is running");
+        fails_with(&o, "stop the bridge first");
+    }
+    assert_eq!(before, snapshot(dir.path()), "refused, yet files changed");
+    drop(lock);
+    ok(&mesh_chaos(&["store-truncate", "--state-dir", d])
+        .output()
+        .expect("run"));
+}
+
+#[test]
+fn store_faults_reject_bad_directories() {
+    let o = mesh_chaos(&[
+        "store-corrupt",
+        "--state-dir",
+        "/nonexistent/mesh-chaos-state",
+    ])
+    .output()
+    .expect("run");
+    fails_with(&o, "does not exist");
+    fails_with(&o, "--state-dir");
+    let empty = tempfile::tempdir().expect("tmp");
+    let o = mesh_chaos(&[
+        "store-truncate",
+        "--state-dir",
+        empty.path().to_str().expect("utf8"),
+    ])
+    .output()
+    .expect("run");
+    fails_with(&o, "no store at");
+    assert!(
+        std::fs::read_dir(empty.path())
+            .expect("ls")
+            .next()
+            .is_none(),
+        "no lock file or store may be created"
+    );
+    fails_with(
+        &mesh_chaos(&["store-corrupt"]).output().expect("run"),
+        "--state-dir",
+    );
+}
+
+// ---------------------------------------------------------------- port squat
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn port_squat_dry_run_leaves_the_port_free() {
+    let port = free_port();
+    let p = port.to_string();
+    let out = ok(
+        &mesh_chaos(&["port-squat", "--port", &p, "--hold", "30s", "--dry-run"])
+            .output()
+            .expect("run"),
+    );
+    assert!(
+        out.contains(&format!("would listen on 127.0.0.1:{port}")),
+        "{out}"
+    );
+    TcpListener::bind(("127.0.0.1", port)).expect("the port is still free");
+}
+
+#[test]
+fn port_squat_holds_the_port_then_releases_it() {
+    let port = free_port();
+    let p = port.to_string();
+    let mut child = mesh_chaos(&["port-squat", "--port", &p, "--hold", "3s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let t = Instant::now();
+    let mut connected = false;
+    while t.elapsed() < Duration::from_secs(2) {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            connected = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bind_while_held = TcpListener::bind(("127.0.0.1", port));
+    // Bounded wait for the squatter to release the port on its own.
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
+    assert!(connected, "nothing listened on {port}: {}", stderr(&out));
+    assert!(bind_while_held.is_err(), "the port was free while squatted");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "squatter did not end by itself: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("released"), "{}", stdout(&out));
+    TcpListener::bind(("127.0.0.1", port)).expect("released after the hold");
+
+    // A port somebody else listens on is refused, naming the fix.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let tp = taken.local_addr().expect("addr").port().to_string();
+    let o = mesh_chaos(&["port-squat", "--port", &tp, "--hold", "1s"])
+        .output()
+        .expect("run");
+    fails_with(&o, "already in use");
+    fails_with(&o, "pick a free port");
+}
+
+#[test]
+fn port_squat_rejects_bad_input() {
+    fails_with(
+        &mesh_chaos(&["port-squat", "--port", "4000"])
+            .output()
+            .expect("run"),
+        "--hold",
+    );
+    fails_with(
+        &mesh_chaos(&["port-squat", "--port", "0", "--hold", "1s"])
+            .output()
+            .expect("run"),
+        "--port",
+    );
+    fails_with(
+        &mesh_chaos(&["port-squat", "--port", "70000", "--hold", "1s"])
+            .output()
+            .expect("run"),
+        "70000",
+    );
+    fails_with(
+        &mesh_chaos(&["port-squat", "--port", "4000", "--hold", "0s"])
+            .output()
+            .expect("run"),
+        "--hold must be longer than 0",
+    );
+    fails_with(
+        &mesh_chaos(&[
+            "port-squat",
+            "--port",
+            "4000",
+            "--hold",
+            "1s",
+            "--bind-ip",
+            "local",
+        ])
+        .output()
+        .expect("run"),
+        "--bind-ip",
+    );
+}
+
+// ---------------------------------------------------------------- flood
+
+#[test]
+fn flood_dry_run_prints_the_plan_and_creates_nothing() {
+    let docker = FakeDocker::new();
+    let out = ok(&docker.run(&[
+        "registration-flood",
+        "--image",
+        "stub:dev",
+        "--label",
+        "mesh-bridge.test=cli",
+        "--count",
+        "3",
+        "--dry-run",
+    ]));
+    for i in 1..=3 {
+        let line = format!(
+            "would run: docker run -d --label mesh-bridge.service=flood-{i} \
+             --label mesh-bridge.test=cli --label mesh-chaos.flood=1 stub:dev"
+        );
+        assert!(out.contains(&line), "{line} missing: {out}");
+    }
+    assert!(out.contains("would wait 4s"), "{out}");
+    assert!(out.contains("would run: docker rm --force"), "{out}");
+    let calls = docker.calls();
+    assert!(
+        calls.iter().all(|c| c.starts_with("image inspect ")),
+        "a dry run only checks the image: {calls:?}"
+    );
+}
+
+#[test]
+fn flood_starts_labelled_containers_and_removes_them_after_the_hold() {
+    let docker = FakeDocker::new();
+    ok(&docker.run(&[
+        "registration-flood",
+        "--image",
+        "stub:dev",
+        "--label",
+        "mesh-bridge.test=cli",
+        "--count",
+        "2",
+        "--hold",
+        "100ms",
+    ]));
+    let acts: Vec<String> = docker
+        .calls()
+        .into_iter()
+        .filter(|c| !c.starts_with("image inspect "))
+        .collect();
+    assert_eq!(
+        acts,
+        vec![
+            "run -d --label mesh-bridge.service=flood-1 --label mesh-bridge.test=cli --label mesh-chaos.flood=1 stub:dev",
+            "run -d --label mesh-bridge.service=flood-2 --label mesh-bridge.test=cli --label mesh-chaos.flood=1 stub:dev",
+            "rm --force c-flood-1 c-flood-2",
+        ]
+    );
+
+    // A failed start removes the ones already started.
+    let docker = FakeDocker::new();
+    let o = docker
+        .cmd(&[
+            "registration-flood",
+            "--image",
+            "stub:dev",
+            "--label",
+            "mesh-bridge.test=cli",
+            "--count",
+            "3",
+        ])
+        .env("FAKE_RUN_FAIL", "1")
+        .output()
+        .expect("run");
+    fails_with(&o, "starting flood container 2 of 3");
+    assert_eq!(
+        docker.calls().last().map(String::as_str),
+        Some("rm --force c-flood-1")
+    );
+}
+
+#[test]
+fn flood_rejects_bad_input() {
+    let docker = FakeDocker::new();
+    let base = ["registration-flood", "--image", "stub:dev"];
+    fails_with(
+        &docker.run(&[&base[..], &["--count", "2"]].concat()),
+        "--label",
+    );
+    fails_with(
+        &docker.run(&[&base[..], &["--label", "a=b"]].concat()),
+        "--count",
+    );
+    fails_with(
+        &docker.run(&[&base[..], &["--label", "nolabel", "--count", "2"]].concat()),
+        "is not K=V",
+    );
+    fails_with(
+        &docker.run(&[&base[..], &["--label", "a=b", "--count", "0"]].concat()),
+        "--count must be in",
+    );
+    let o = docker
+        .cmd(&[&base[..], &["--label", "a=b", "--count", "2", "--dry-run"]].concat())
+        .env("FAKE_NO_IMAGE", "1")
+        .output()
+        .expect("run");
+    fails_with(&o, "docker pull stub:dev");
+    assert!(
+        docker
+            .calls()
+            .iter()
+            .all(|c| c.starts_with("image inspect ")),
+        "{:?}",
+        docker.calls()
+    );
 }
