@@ -731,3 +731,133 @@ fn flood_rejects_bad_input() {
         docker.calls()
     );
 }
+
+// ---------------------------------------------------------------- a real engine
+
+/// Image of the real-container test (built by `cargo xtask images`).
+const REAL_IMAGE: &str = "mesh-bridge/mcp-stub:dev";
+
+/// A container this test started (labelled `mesh-bridge.test`, no network),
+/// removed on drop, even when the test fails.
+struct RealContainer(String);
+
+impl Drop for RealContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "--force", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn docker_out(args: &[&str]) -> Option<String> {
+    let o = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// bridge-kill, bridge-restart and engine-restart against a real container
+/// standing in for the bridge (no service label, so no bridge picks it up).
+#[test]
+fn container_faults_against_a_real_engine() {
+    if docker_out(&["image", "inspect", "--format", "{{.Id}}", REAL_IMAGE]).is_none() {
+        eprintln!("skipped: no docker engine or no {REAL_IMAGE} (cargo xtask images)");
+        return;
+    }
+    let name = format!(
+        "mesh-chaos-cli-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let guard = RealContainer(name.clone());
+    docker_out(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        "mesh-bridge.test=mesh-chaos-cli",
+        "--network",
+        "none",
+        REAL_IMAGE,
+    ])
+    .expect("start a container");
+    let started = |n: &str| {
+        docker_out(&[
+            "inspect",
+            "--format",
+            "{{.State.Status}} {{.State.StartedAt}}",
+            n,
+        ])
+        .expect("inspect")
+    };
+    let before = started(&name);
+    assert!(before.starts_with("running "), "{before}");
+
+    // Dry run: nothing happens to it.
+    ok(
+        &mesh_chaos(&["bridge-kill", "--bridge-container", &name, "--dry-run"])
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(started(&name), before);
+
+    // kill -9, held down, started again, waited for.
+    let out = ok(&mesh_chaos(&[
+        "bridge-kill",
+        "--bridge-container",
+        &name,
+        "--hold",
+        "300ms",
+        "--timeout",
+        "20s",
+    ])
+    .output()
+    .expect("run"));
+    assert!(out.contains("is running after"), "{out}");
+    let after_kill = started(&name);
+    assert!(after_kill.starts_with("running "), "{after_kill}");
+    assert_ne!(after_kill, before, "not started again");
+
+    // Graceful restarts of the bridge and of an engine container.
+    ok(
+        &mesh_chaos(&["bridge-restart", "--bridge-container", &name])
+            .output()
+            .expect("run"),
+    );
+    let after_restart = started(&name);
+    assert!(after_restart.starts_with("running "), "{after_restart}");
+    assert_ne!(after_restart, after_kill);
+    ok(
+        &mesh_chaos(&["engine-restart", "--engine-container", &name])
+            .output()
+            .expect("run"),
+    );
+    assert!(started(&name).starts_with("running "));
+
+    // hold 0 leaves it down; then killing a stopped bridge is refused.
+    ok(
+        &mesh_chaos(&["bridge-kill", "--bridge-container", &name, "--hold", "0"])
+            .output()
+            .expect("run"),
+    );
+    assert!(started(&name).starts_with("exited "), "{}", started(&name));
+    let o = mesh_chaos(&["bridge-kill", "--bridge-container", &name])
+        .output()
+        .expect("run");
+    fails_with(&o, "not running");
+    drop(guard);
+    assert!(
+        docker_out(&["inspect", &name]).is_none(),
+        "the test container was not removed"
+    );
+}
