@@ -241,6 +241,8 @@ impl Daemon {
     /// (and the services gauge) at most every [`VIEWS_EVERY`], so a burst of
     /// thousands of changes does not rebuild thousands of views each batch.
     fn publish(&mut self) {
+        // Pool gauges always move with /v1/pool (the harness checks they agree).
+        self.metrics.set_pool(&self.core.pool.counts());
         if self.views_at.is_none_or(|at| at.elapsed() >= VIEWS_EVERY) {
             self.views = Arc::new(self.core.update_gauges());
             self.views_at = Some(Instant::now());
@@ -272,6 +274,23 @@ impl Daemon {
                 if self.ready.is_err() {
                     self.ready = Err(format!("docker engine unreachable: {reason}"));
                 }
+            }
+            Event::EngineDown => {
+                // The engine process is gone: when it returns, containers
+                // come back with other addresses, and an old address of one
+                // service can be another's (the reliability run caught docs'
+                // port answered by search). New connections wait up to --hold
+                // for the resync after the reconnect; spliced ones carry on.
+                // A mere cut (engine alive) keeps serving what is known.
+                for service in self.core.registry.services().keys() {
+                    batch.effects.push(Effect::Endpoints {
+                        service: service.clone(),
+                        endpoints: Vec::new(),
+                    });
+                }
+                tracing::warn!(
+                    "engine refuses connections: new connections wait for the resync after it returns (up to --hold)"
+                );
             }
             Event::Started { info, at, replayed } => {
                 let (fx, fresh) = self.core.started(&info, replayed, now);

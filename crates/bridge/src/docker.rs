@@ -38,6 +38,10 @@ pub enum Event {
         /// Why, for the log and /readyz.
         reason: String,
     },
+    /// The engine refuses connections: its process is gone, so its
+    /// containers are stopping or restarting and their addresses are not to
+    /// be trusted until the next resync (sent once per outage).
+    EngineDown,
     /// A container started, restarted or was unpaused.
     Started {
         /// What Docker says about it now.
@@ -77,6 +81,34 @@ pub enum DockerError {
         /// bollard's error.
         source: bollard::errors::Error,
     },
+}
+
+impl DockerError {
+    /// Whether the engine refused the connection (nobody listens: the engine
+    /// process is down), as opposed to a cut, a timeout or an API error.
+    pub fn engine_refused(&self) -> bool {
+        let DockerError::Engine { source, .. } = self;
+        match source {
+            bollard::errors::Error::HyperLegacyError { err } => {
+                err.is_connect()
+                    && std::error::Error::source(err)
+                        .and_then(|e| e.downcast_ref::<std::io::Error>())
+                        .is_none_or(|io| {
+                            matches!(
+                                io.kind(),
+                                std::io::ErrorKind::ConnectionRefused
+                                    | std::io::ErrorKind::NotFound
+                            )
+                        })
+            }
+            bollard::errors::Error::SocketNotFoundError(_) => true,
+            bollard::errors::Error::IOError { err } => matches!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Connects to `host` (or `DOCKER_HOST`, or the local socket) and agrees on an API version.
@@ -220,6 +252,7 @@ impl Watcher {
         let mut backoff = Duration::from_millis(200);
         let mut connected_once = false;
         let mut down_reported = false;
+        let mut refused_reported = false;
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -235,10 +268,19 @@ impl Watcher {
                     }
                     connected_once = true;
                     down_reported = false;
+                    refused_reported = false;
                     backoff = Duration::from_millis(200);
                     self.session(&docker, &shutdown).await
                 }
-                Err(e) => Ended::Lost(e.to_string()),
+                Err(e) => {
+                    if e.engine_refused() && !refused_reported {
+                        refused_reported = true;
+                        if self.tx.send(Event::EngineDown).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ended::Lost(e.to_string())
+                }
             };
             self.metrics.docker_connected.set(0);
             match ended {
@@ -255,7 +297,8 @@ impl Watcher {
             }
             let jitter = rand::rng().random_range(0.5..1.5);
             let wait = backoff.mul_f64(jitter);
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            // Capped low: while the engine is away new connections wait for the resync.
+            backoff = (backoff * 2).min(Duration::from_secs(2));
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
