@@ -666,6 +666,18 @@ fn lock_state_dir(dir: &Path) -> Result<(Option<File>, PathBuf)> {
     }
 }
 
+/// Says why the store may be touched: the bridge does not hold its lock.
+fn say_bridge_down(lock_file_exists: bool) {
+    println!(
+        "  {}: the bridge is down",
+        if lock_file_exists {
+            "bridge.lock is free"
+        } else {
+            "no bridge.lock"
+        }
+    );
+}
+
 fn store_corrupt(ctx: &Ctx, dir: &Path, seed: u64) -> Result<()> {
     header(
         ctx,
@@ -673,13 +685,7 @@ fn store_corrupt(ctx: &Ctx, dir: &Path, seed: u64) -> Result<()> {
         &format!("damage {} (seed {seed})", dir.join(STORE_FILE).display()),
     );
     let (lock, store) = lock_state_dir(dir)?;
-    println!(
-        "  {}: the bridge is down",
-        match lock {
-            Some(_) => "bridge.lock is free",
-            None => "no bridge.lock",
-        }
-    );
+    say_bridge_down(lock.is_some());
     let mut f = OpenOptions::new()
         .read(true)
         .write(!ctx.dry)
@@ -726,13 +732,7 @@ fn store_truncate(ctx: &Ctx, dir: &Path) -> Result<()> {
         &format!("cut {} to half", dir.join(STORE_FILE).display()),
     );
     let (lock, store) = lock_state_dir(dir)?;
-    println!(
-        "  {}: the bridge is down",
-        match lock {
-            Some(_) => "bridge.lock is free",
-            None => "no bridge.lock",
-        }
-    );
+    say_bridge_down(lock.is_some());
     let f = OpenOptions::new()
         .write(!ctx.dry)
         .read(true)
