@@ -668,6 +668,15 @@ impl Pool {
         self.counts
     }
 
+    /// [`Self::offset_of`], or the error naming the ranges.
+    fn offset_in_ranges(&self, port: u16) -> Result<usize, PoolError> {
+        self.offset_of(port)
+            .ok_or_else(|| PoolError::OutsideRanges {
+                port,
+                ranges: self.ranges.to_string(),
+            })
+    }
+
     fn offset_of(&self, port: u16) -> Option<usize> {
         self.ranges
             .0
@@ -942,12 +951,7 @@ impl Pool {
         if self.next_deadline().is_some_and(|d| d <= now) {
             self.expire(now);
         }
-        let off = self
-            .offset_of(port)
-            .ok_or_else(|| PoolError::OutsideRanges {
-                port,
-                ranges: self.ranges.to_string(),
-            })?;
+        let off = self.offset_in_ranges(port)?;
         let held = self.held(service);
         match held {
             Some(Held::Reserved(p)) if p == port => return Ok(Reservation::AlreadyHeld(p)),
@@ -1059,12 +1063,7 @@ impl Pool {
         port: u16,
         state: &RestoreState,
     ) -> Result<(), PoolError> {
-        let off = self
-            .offset_of(port)
-            .ok_or_else(|| PoolError::OutsideRanges {
-                port,
-                ranges: self.ranges.to_string(),
-            })?;
+        let off = self.offset_in_ranges(port)?;
         if self.slots[off] != Slot::FREE {
             return Err(PoolError::PortTaken {
                 port,

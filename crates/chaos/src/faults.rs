@@ -242,16 +242,20 @@ pub fn target_labels(target: Option<&str>) -> Vec<String> {
     }
 }
 
+/// One docker command line: `pre` followed by the container ids.
+fn command_on(pre: &[&str], ids: &[String]) -> Vec<String> {
+    pre.iter()
+        .map(|s| s.to_string())
+        .chain(ids.iter().cloned())
+        .collect()
+}
+
 /// The docker command lines a container fault runs on `ids`.
 pub fn container_commands(kind: FaultKind, ids: &[String]) -> Vec<Vec<String>> {
     if ids.is_empty() {
         return Vec::new();
     }
-    let with = |pre: &[&str]| {
-        let mut v: Vec<String> = pre.iter().map(|s| s.to_string()).collect();
-        v.extend(ids.iter().cloned());
-        vec![v]
-    };
+    let with = |pre: &[&str]| vec![command_on(pre, ids)];
     match kind {
         FaultKind::ContainerKill => with(&["kill", "--signal", "KILL"]),
         FaultKind::ContainerStop => with(&["stop", "--time", "2"]),
@@ -267,11 +271,7 @@ pub fn container_heal_commands(kind: FaultKind, ids: &[String]) -> Vec<Vec<Strin
     if ids.is_empty() {
         return Vec::new();
     }
-    let with = |pre: &[&str]| {
-        let mut v: Vec<String> = pre.iter().map(|s| s.to_string()).collect();
-        v.extend(ids.iter().cloned());
-        vec![v]
-    };
+    let with = |pre: &[&str]| vec![command_on(pre, ids)];
     match kind {
         FaultKind::ContainerKill | FaultKind::ContainerStop => with(&["start"]),
         FaultKind::ContainerPause => with(&["unpause"]),
