@@ -56,6 +56,10 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long `open` waits for a listener of ours that is closing to release its port.
 const RETIRE_WAIT: Duration = Duration::from_secs(2);
+/// First pause before dialling again when every replica refused (it doubles).
+const RETRY_MIN: Duration = Duration::from_millis(1);
+/// Longest pause between dial rounds while replicas keep refusing.
+const RETRY_MAX: Duration = Duration::from_millis(250);
 
 /// The forwarder's metrics, registered in the app's registry.
 ///
@@ -588,7 +592,10 @@ async fn pick_upstream(inner: &Inner, ctx: &mut ServiceCtx) -> Option<(TcpStream
     let until = Instant::now() + inner.hold;
     // A replica that refuses may be a container still starting: within the
     // hold, try the list again after a growing pause, not only when it changes.
-    let mut retry = Duration::from_millis(10);
+    // The first pauses are short (a refused dial costs microseconds): a client
+    // that arrives a moment before the server listens should not wait long
+    // (a first pause of 10 ms added ~8 ms to the p50 start-to-answer, P2).
+    let mut retry = RETRY_MIN;
     // Each replica's failure is counted once per client connection, retries aside.
     let mut failed: Vec<SocketAddr> = Vec::new();
     let mut count_failure = |addr: SocketAddr| {
@@ -625,7 +632,7 @@ async fn pick_upstream(inner: &Inner, ctx: &mut ServiceCtx) -> Option<(TcpStream
             until
         } else {
             let at = (Instant::now() + retry).min(until);
-            retry = (retry * 2).min(Duration::from_millis(250));
+            retry = (retry * 2).min(RETRY_MAX);
             at
         };
         tokio::select! {
