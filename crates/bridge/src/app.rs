@@ -10,7 +10,7 @@
 //! once the first resync is applied. SIGTERM/SIGINT: stop accepting, flush,
 //! exit within 5 s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +66,8 @@ struct Daemon {
     /// API reservations as last written.
     persisted_pins: BTreeMap<String, Millis>,
     store_failing: bool,
+    /// Compare every holding with the store on the next write (after a failure).
+    compare_all: bool,
     forwarder: Forwarder,
     metrics: Metrics,
     snapshot: watch::Sender<Arc<Snapshot>>,
@@ -82,79 +84,65 @@ const VIEWS_EVERY: Duration = Duration::from_millis(100);
 
 impl Daemon {
     /// Writes what changed since the last write, in one transaction.
+    ///
+    /// Only the services the pool and the core report as changed are compared
+    /// with what the store holds (a burst of 10k API reservations spent most
+    /// of its time walking every holding each batch); after a failed write the
+    /// next one compares everything, so nothing the failure dropped is lost.
     fn persist(&mut self) {
+        // Taken even without a store, so the change lists stay bounded.
+        let changed = self.core.pool.take_changed();
+        let pins_changed = self.core.take_pin_changes();
+        if self.store.is_none() {
+            return;
+        }
+        let now = now_ms();
+        let mut removes = Vec::new();
+        let mut writes = Vec::new();
+        let mut seen = HashSet::new();
+        if self.compare_all {
+            let names: Vec<String> = self
+                .core
+                .pool
+                .holdings()
+                .map(|(s, _, _)| s.to_string())
+                .chain(self.persisted.keys().cloned())
+                .collect();
+            for name in &names {
+                if seen.insert(name.as_str()) {
+                    self.diff_holding(name, now, &mut removes, &mut writes);
+                }
+            }
+            seen.clear();
+            let pins: Vec<String> = self
+                .core
+                .pinned()
+                .map(|(s, _)| s.to_string())
+                .chain(self.persisted_pins.keys().cloned())
+                .collect();
+            for name in &pins {
+                if seen.insert(name.as_str()) {
+                    self.diff_pin(name, &mut writes);
+                }
+            }
+        } else {
+            for name in &changed {
+                if seen.insert(&**name) {
+                    self.diff_holding(name, now, &mut removes, &mut writes);
+                }
+            }
+            seen.clear();
+            for name in &pins_changed {
+                if seen.insert(name.as_str()) {
+                    self.diff_pin(name, &mut writes);
+                }
+            }
+        }
         let Some(store) = self.store.as_mut() else {
             return;
         };
-        let now = now_ms();
-        // Compare in place: a hash lookup per holding, allocation only for
-        // what changed (a burst of 10k reservations made this the hot spot).
-        let mut removes = Vec::new();
-        let mut writes = Vec::new();
-        let mut matched = 0usize;
-        for (s, port, until) in self.core.pool.holdings() {
-            match self.persisted.get(s) {
-                Some(&(p, u)) if p == port && u == until => {
-                    matched += 1;
-                    continue;
-                }
-                Some(&(p, _)) => {
-                    matched += 1;
-                    if p != port {
-                        removes.push(store::Change::Remove {
-                            service: s.to_string(),
-                        });
-                    }
-                }
-                None => {}
-            }
-            writes.push(match until {
-                None => store::Change::Reserve {
-                    service: s.to_string(),
-                    port,
-                    since_ms: now,
-                },
-                Some(until_ms) => store::Change::Quarantine {
-                    service: s.to_string(),
-                    port,
-                    until_ms,
-                },
-            });
-            writes.push(store::Change::LastPort {
-                service: s.to_string(),
-                port,
-                seen_ms: now,
-            });
-        }
-        if matched < self.persisted.len() {
-            let pool = &self.core.pool;
-            for s in self.persisted.keys() {
-                if pool.port_of(s).is_none() && pool.quarantined_port_of(s).is_none() {
-                    removes.push(store::Change::Remove { service: s.clone() });
-                }
-            }
-        }
-        let mut pins_seen = 0usize;
-        for (s, ms) in self.core.pinned() {
-            if self.persisted_pins.contains_key(s) {
-                pins_seen += 1;
-            } else {
-                writes.push(store::Change::Pin {
-                    service: s.to_string(),
-                    since_ms: ms,
-                });
-            }
-        }
-        if pins_seen < self.persisted_pins.len() {
-            let live: std::collections::HashSet<&str> =
-                self.core.pinned().map(|(s, _)| s).collect();
-            for s in self.persisted_pins.keys() {
-                if !live.contains(s.as_str()) {
-                    writes.push(store::Change::Unpin { service: s.clone() });
-                }
-            }
-        }
         if removes.is_empty() && writes.is_empty() {
+            self.compare_all = false;
             return;
         }
         removes.extend(writes);
@@ -189,18 +177,83 @@ impl Daemon {
                         store::Change::LastPort { .. } => {}
                     }
                 }
+                self.compare_all = false;
                 if self.store_failing {
                     tracing::info!("store writes work again");
                     self.store_failing = false;
                 }
             }
             Err(e) => {
+                self.compare_all = true;
                 self.metrics.store_errors.inc();
                 if !self.store_failing {
                     tracing::error!(error = %e, "store write failed; keeping state in memory and retrying on the next change");
                     self.store_failing = true;
                 }
             }
+        }
+    }
+
+    /// Appends the store changes that bring `service`'s row in line with
+    /// what the pool holds for it now.
+    fn diff_holding(
+        &self,
+        service: &str,
+        now: Millis,
+        removes: &mut Vec<store::Change>,
+        writes: &mut Vec<store::Change>,
+    ) {
+        let held = self.core.pool.holding_of(service);
+        let stored = self.persisted.get(service).copied();
+        let Some((port, until)) = held else {
+            if stored.is_some() {
+                removes.push(store::Change::Remove {
+                    service: service.to_string(),
+                });
+            }
+            return;
+        };
+        match stored {
+            Some(s) if s == (port, until) => return,
+            // The UNIQUE port column: the old row goes before the new one.
+            Some((p, _)) if p != port => removes.push(store::Change::Remove {
+                service: service.to_string(),
+            }),
+            _ => {}
+        }
+        writes.push(match until {
+            None => store::Change::Reserve {
+                service: service.to_string(),
+                port,
+                since_ms: now,
+            },
+            Some(until_ms) => store::Change::Quarantine {
+                service: service.to_string(),
+                port,
+                until_ms,
+            },
+        });
+        writes.push(store::Change::LastPort {
+            service: service.to_string(),
+            port,
+            seen_ms: now,
+        });
+    }
+
+    /// Appends the pin change that brings `service` in line with the core.
+    fn diff_pin(&self, service: &str, writes: &mut Vec<store::Change>) {
+        match (
+            self.core.pinned_since(service),
+            self.persisted_pins.contains_key(service),
+        ) {
+            (Some(since_ms), false) => writes.push(store::Change::Pin {
+                service: service.to_string(),
+                since_ms,
+            }),
+            (None, true) => writes.push(store::Change::Unpin {
+                service: service.to_string(),
+            }),
+            _ => {}
         }
     }
 
@@ -555,6 +608,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         persisted,
         persisted_pins,
         store_failing: false,
+        compare_all: true,
         forwarder: forwarder.clone(),
         metrics: metrics.clone(),
         snapshot: snap_tx,

@@ -385,6 +385,8 @@ struct Service {
     last: Option<u16>,
     /// Quarantine deadline; meaningful while `held` is `Quarantined`.
     until: Millis,
+    /// Listed in [`Services::changed`] since the last [`Pool::take_changed`].
+    changed: bool,
 }
 
 /// An empty place of [`Services::index`].
@@ -414,6 +416,10 @@ struct Services {
     /// Live records.
     live: usize,
     hasher: foldhash::fast::RandomState,
+    /// Records whose holding may have changed since the last take (each once).
+    changed: Vec<u32>,
+    /// Names of changed records freed before the take (they hold nothing now).
+    changed_freed: Vec<Box<str>>,
 }
 
 impl Services {
@@ -493,6 +499,7 @@ impl Services {
             held: None,
             last: None,
             until: 0,
+            changed: false,
         };
         self.arena.push_str(name);
         let i = match self.vacant.pop() {
@@ -542,7 +549,13 @@ impl Services {
     }
 
     fn free(&mut self, i: u32) {
+        if self.recs[i as usize].changed {
+            // The record may be reused under another name before the take.
+            let name = Box::from(self.name(i));
+            self.changed_freed.push(name);
+        }
         let rec = &mut self.recs[i as usize];
+        rec.changed = false;
         rec.live = false;
         rec.held = None;
         rec.last = None;
@@ -746,8 +759,16 @@ impl Pool {
         &self.services.recs[i as usize]
     }
 
+    /// The record, for a change: every change of a holding goes through
+    /// here, which lists the record for [`Pool::take_changed`].
     fn record_mut(&mut self, i: u32) -> &mut Service {
-        &mut self.services.recs[i as usize]
+        let s = &mut self.services;
+        let rec = &mut s.recs[i as usize];
+        if !rec.changed {
+            rec.changed = true;
+            s.changed.push(i);
+        }
+        rec
     }
 
     /// The name of record `i`, as the public API hands it out.
@@ -1164,6 +1185,34 @@ impl Pool {
             Held::Reserved(p) => Some((s, p, None)),
             Held::Quarantined(p) => Some((s, p, Some(rec.until))),
         })
+    }
+
+    /// What `service` holds: (port, None) reserved, (port, Some(until))
+    /// quarantined, None when nothing.
+    pub fn holding_of(&self, service: &str) -> Option<(u16, Option<Millis>)> {
+        let rec = self.record(self.lookup(service)?);
+        match rec.held? {
+            Held::Reserved(p) => Some((p, None)),
+            Held::Quarantined(p) => Some((p, Some(rec.until))),
+        }
+    }
+
+    /// Names of the services whose holding may have changed since the last
+    /// call (a name can appear twice; ask [`Pool::holding_of`] for its state
+    /// now). Lets a writer persist what changed without walking every holding.
+    pub fn take_changed(&mut self) -> Vec<Box<str>> {
+        let s = &mut self.services;
+        let mut out = std::mem::take(&mut s.changed_freed);
+        out.reserve(s.changed.len());
+        for i in std::mem::take(&mut s.changed) {
+            let rec = &mut s.recs[i as usize];
+            if rec.changed {
+                rec.changed = false;
+                let at = rec.name_at as usize;
+                out.push(Box::from(&s.arena[at..at + rec.name_len as usize]));
+            }
+        }
+        out
     }
 
     /// Services holding a reserved port, with it.

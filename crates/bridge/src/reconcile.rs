@@ -104,6 +104,8 @@ pub struct Core {
     pending_seq: u64,
     /// Reservations made through the API (an orchestrator publishes the port).
     pinned: BTreeMap<String, Millis>,
+    /// Services whose pin changed since [`Core::take_pin_changes`].
+    pins_changed: Vec<String>,
     leak_cycles: u32,
     metrics: Metrics,
 }
@@ -123,6 +125,7 @@ impl Core {
             pending: HashMap::new(),
             pending_seq: 0,
             pinned: BTreeMap::new(),
+            pins_changed: Vec::new(),
             leak_cycles,
             metrics,
         }
@@ -130,12 +133,31 @@ impl Core {
 
     /// Marks a service as reserved through the API (also when restored).
     pub fn pin(&mut self, service: &str, since: Millis) {
-        self.pinned.insert(service.to_string(), since);
+        if self.pinned.insert(service.to_string(), since) != Some(since) {
+            self.pins_changed.push(service.to_string());
+        }
+    }
+
+    fn unpin(&mut self, service: &str) {
+        if self.pinned.remove(service).is_some() {
+            self.pins_changed.push(service.to_string());
+        }
     }
 
     /// API-reserved services, with when they were reserved.
     pub fn pinned(&self) -> impl Iterator<Item = (&str, Millis)> {
         self.pinned.iter().map(|(s, ms)| (s.as_str(), *ms))
+    }
+
+    /// When `service` was reserved through the API, if it is pinned.
+    pub fn pinned_since(&self, service: &str) -> Option<Millis> {
+        self.pinned.get(service).copied()
+    }
+
+    /// Services whose pin changed since the last call (a name may repeat;
+    /// ask [`Core::pinned_since`] for its state now).
+    pub fn take_pin_changes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.pins_changed)
     }
 
     /// Forwarder work for every reserved service (after a restore).
@@ -168,7 +190,7 @@ impl Core {
             return;
         }
         self.missing.remove(service);
-        self.pinned.remove(service);
+        self.unpin(service);
         let port = match self.pool.reserve(service, now) {
             Ok(Reservation::AlreadyHeld(p)) => p,
             Ok(Reservation::Assigned { port, outcome }) => {
@@ -387,7 +409,7 @@ impl Core {
                     .with_label_values(&[outcome.as_str()])
                     .inc();
                 if !self.registry.services().contains_key(service) {
-                    self.pinned.insert(service.to_string(), now);
+                    self.pin(service, now);
                 }
                 Ok((port, false))
             }
@@ -403,7 +425,7 @@ impl Core {
             .pool
             .port_of(service)
             .ok_or_else(|| ReserveError::NotHeld(service.to_string()))?;
-        self.pinned.remove(service);
+        self.unpin(service);
         let mut out = Vec::new();
         self.release(service, release::API, now, &mut out);
         Ok(port)

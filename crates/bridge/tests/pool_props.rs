@@ -216,6 +216,32 @@ fn step(
     Ok(())
 }
 
+/// What a writer that persists only `take_changed` names would hold.
+#[derive(Debug, Default)]
+struct Mirror(HashMap<String, (u16, Option<Millis>)>);
+
+impl Mirror {
+    /// Applies the changed names, then checks the mirror equals every holding.
+    fn follow(&mut self, pool: &mut Pool) -> Result<(), TestCaseError> {
+        for name in pool.take_changed() {
+            match pool.holding_of(&name) {
+                Some(h) => self.0.insert(name.to_string(), h),
+                None => self.0.remove(&*name),
+            };
+        }
+        let all: HashMap<String, (u16, Option<Millis>)> = pool
+            .holdings()
+            .map(|(s, p, u)| (s.to_string(), (p, u)))
+            .collect();
+        prop_assert_eq!(&self.0, &all);
+        prop_assert!(
+            pool.take_changed().is_empty(),
+            "a second take right after is empty"
+        );
+        Ok(())
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -228,10 +254,50 @@ proptest! {
         let mut model = Model { ranges: vec![(start, start + len - 1)], ports: BTreeMap::new(), last: HashMap::new() };
         let mut pool = Pool::new(model.ranges(), GRACE);
         let mut now: Millis = 0;
-        for op in &ops {
+        let mut mirror = Mirror::default();
+        for (k, op) in ops.iter().enumerate() {
             step(&mut pool, &mut model, &mut now, op)?;
             check_agreement(&pool, &model)?;
+            if k % 3 == 0 {
+                mirror.follow(&mut pool)?;
+            }
         }
+        mirror.follow(&mut pool)?;
+    }
+
+    #[test]
+    fn changed_names_keep_a_mirror_exact_through_record_reuse(
+        ops in proptest::collection::vec((0usize..1_000_000, proptest::bool::weighted(0.9), 0u64..20), 1..4000),
+        take_every in prop_oneof![1usize..20, 500usize..4000],
+    ) {
+        // Many distinct names over a small range: history is pruned (past
+        // 2 x 16 + 1024 names), records are freed and reused under other
+        // names between takes.
+        let mut pool = Pool::new("20000-20015".parse().expect("valid"), 30);
+        let mut now: Millis = 0;
+        let mut mirror = Mirror::default();
+        for (k, (s, churn, dt)) in ops.iter().enumerate() {
+            now += dt;
+            pool.expire(now);
+            if *churn {
+                // A name of its own, held a moment: history grows past the bound.
+                let svc = format!("svc-{s}");
+                let _ = pool.reserve(&svc, now);
+                pool.release(&svc, now);
+            } else {
+                // One of 8 long-lived services, toggled.
+                let svc = format!("long-{}", s % 8);
+                if pool.port_of(&svc).is_some() {
+                    pool.release(&svc, now);
+                } else {
+                    let _ = pool.reserve(&svc, now);
+                }
+            }
+            if k % take_every == 0 {
+                mirror.follow(&mut pool)?;
+            }
+        }
+        mirror.follow(&mut pool)?;
     }
 
     #[test]

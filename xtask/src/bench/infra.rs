@@ -321,11 +321,26 @@ pub fn free_range(n: u16) -> Result<(u16, u16)> {
     bail!("no {n} free consecutive ports found in 20000-32000")
 }
 
-/// An ephemeral port free right now.
+/// A port free right now, below the ranges handed to bridges (20000 and up)
+/// and the kernel's ephemeral range: an ephemeral API port once fell inside
+/// P6's 40000-59999 and the bridge refused to start.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let seed = (std::process::id() as u64).wrapping_mul(40_503) % 4_000;
+        NEXT.store(15_000 + seed as u16, Ordering::Relaxed);
+    }
+    for _ in 0..1000 {
+        let mut p = NEXT.fetch_add(1, Ordering::Relaxed);
+        if p >= 19_990 {
+            NEXT.store(15_000, Ordering::Relaxed);
+            p = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok() {
+            return Ok(p);
+        }
+    }
+    bail!("no free port found in 15000-19990")
 }
 
 // -------------------------------------------------------------- /proc ----
