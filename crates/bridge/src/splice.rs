@@ -9,15 +9,24 @@
 //! broken pipe...) ends both and is returned. On success it returns the bytes
 //! moved `(a to b, b to a)`.
 //!
-//! On Linux each direction owns a pipe (`O_NONBLOCK | O_CLOEXEC`). A round is:
-//! splice up to [`SPLICE_CHUNK`] bytes from the source socket into the empty
-//! pipe, then splice all of them out of the pipe into the destination socket,
-//! as many calls as the destination needs. The pages move by reference, never
-//! through a user-space buffer. Every syscall runs inside tokio's
-//! [`TcpStream::try_io`], so an `EAGAIN` clears tokio's readiness and the next
-//! `readable()`/`writable()` really waits. Because the pipe is always empty
-//! when the source is spliced from, an `EAGAIN` there always means "the socket
-//! has nothing", and while draining it always means "the destination is full".
+//! On Linux each direction owns a pipe (`O_NONBLOCK | O_CLOEXEC`). A splice
+//! round is: splice up to [`SPLICE_CHUNK`] bytes from the source socket into
+//! the empty pipe, then splice all of them out of the pipe into the destination
+//! socket, as many calls as the destination needs. The pages move by reference,
+//! never through a user-space buffer. Every syscall runs inside tokio's
+//! [`TcpStream::try_io`] (or `try_read`/`try_write`), so an `EAGAIN` clears
+//! tokio's readiness and the next `readable()`/`writable()` really waits.
+//! Because the pipe is always empty when the source is spliced from, an
+//! `EAGAIN` there always means "the socket has nothing", and while draining it
+//! always means "the destination is full".
+//!
+//! Splicing a few bytes costs more than copying them (the kernel builds page
+//! references for them on both sides), which showed as added round-trip time
+//! for small request/response traffic. So a direction starts copying through a
+//! [`SPLICE_THRESHOLD`]-byte buffer and switches to splice rounds once a read
+//! fills that buffer; a splice round that moves less than the threshold
+//! switches it back. Each round is written out completely before the next
+//! read, so switching never reorders bytes.
 //!
 //! A pipe costs two descriptors: a connection holds six instead of two. When
 //! the pipes cannot be made (EMFILE, ENFILE, the per-user pipe quota...), or on
@@ -39,6 +48,12 @@ pub const FALLBACK_BUFFER: usize = 64 * 1024;
 /// capacity (16 pages, 64 KiB with 4 KiB pages) is the real bound; asking for
 /// more only lets a pipe with bigger slots take what it can.
 pub const SPLICE_CHUNK: usize = 1 << 20;
+
+/// A round that moved at least this many bytes makes the next round of its
+/// direction a splice; a smaller one makes it a copy through a buffer of this
+/// size (small messages: one cheap read and write). 16 KiB per direction, so a
+/// connection's buffers take 32 KiB instead of the fallback's 128 KiB.
+pub const SPLICE_THRESHOLD: usize = 16 * 1024;
 
 /// Copies `a` to `b` and `b` to `a` until both directions have ended; see the
 /// module docs. Returns the bytes moved `(a to b, b to a)`.
@@ -68,7 +83,7 @@ mod linux {
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::SPLICE_CHUNK;
+    use super::{SPLICE_CHUNK, SPLICE_THRESHOLD};
 
     /// `SPLICE_F_NONBLOCK` keeps the pipe side from blocking (the sockets are
     /// non-blocking already); `SPLICE_F_MOVE` is a hint to move pages, not copy.
@@ -97,20 +112,57 @@ mod linux {
         tokio::try_join!(one_way(a, b, up), one_way(b, a, down))
     }
 
-    /// Moves `from`'s stream into `to` through `pipe` until `from` ends, then
-    /// shuts down `to`'s write half. Returns the bytes moved.
+    /// Moves `from`'s stream into `to` until `from` ends, then shuts down
+    /// `to`'s write half. Small rounds go through `buf`, big ones through
+    /// `pipe` (see the module docs). Returns the bytes moved.
     async fn one_way(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<u64> {
+        let mut buf = vec![0u8; SPLICE_THRESHOLD];
+        let mut bulk = false;
         let mut moved = 0u64;
         loop {
-            let n = fill(from, pipe).await?;
+            let n = if bulk {
+                let n = fill(from, pipe).await?;
+                drain(pipe, to, n).await?;
+                n
+            } else {
+                let n = read(from, &mut buf).await?;
+                write_all(to, &buf[..n]).await?;
+                n
+            };
             if n == 0 {
                 break;
             }
-            drain(pipe, to, n).await?;
             moved += n as u64;
+            bulk = n >= SPLICE_THRESHOLD;
         }
         rustix::net::shutdown(to, Shutdown::Write)?;
         Ok(moved)
+    }
+
+    /// Reads what `from` has into `buf` (at least one byte, or 0 at EOF).
+    async fn read(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            from.readable().await?;
+            match from.try_read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if retry(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes all of `data` to `to`.
+    async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            to.writable().await?;
+            match to.try_write(data) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => data = &data[n..],
+                Err(e) if retry(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Splices what `from` has (at least one byte, or 0 at EOF) into the empty pipe.
