@@ -21,12 +21,14 @@
 //! always means "the destination is full".
 //!
 //! Splicing a few bytes costs more than copying them (the kernel builds page
-//! references for them on both sides), which showed as added round-trip time
-//! for small request/response traffic. So a direction starts copying through a
+//! references for them on both sides), and small request/response traffic is
+//! latency-bound, not copy-bound. So a direction starts copying through a
 //! [`SPLICE_THRESHOLD`]-byte buffer and switches to splice rounds once a read
-//! fills that buffer; a splice round that moves less than the threshold
-//! switches it back. Each round is written out completely before the next
-//! read, so switching never reorders bytes.
+//! fills that buffer; only a splice round that moves less than [`SPLICE_STAY`]
+//! switches it back (a bulk stream from a sender slower than the forwarder can
+//! have less than the threshold waiting at times, and should stay spliced).
+//! Each round is written out completely before the next read, so switching
+//! never reorders bytes.
 //!
 //! A pipe costs two descriptors: a connection holds six instead of two. When
 //! the pipes cannot be made (EMFILE, ENFILE, the per-user pipe quota...), or on
@@ -49,11 +51,16 @@ pub const FALLBACK_BUFFER: usize = 64 * 1024;
 /// more only lets a pipe with bigger slots take what it can.
 pub const SPLICE_CHUNK: usize = 1 << 20;
 
-/// A round that moved at least this many bytes makes the next round of its
-/// direction a splice; a smaller one makes it a copy through a buffer of this
-/// size (small messages: one cheap read and write). 16 KiB per direction, so a
-/// connection's buffers take 32 KiB instead of the fallback's 128 KiB.
+/// A copied round that filled its buffer (this many bytes) makes the next
+/// round of its direction a splice. Copied rounds use a buffer of this size:
+/// 16 KiB per direction, so a connection's buffers take 32 KiB instead of the
+/// fallback's 128 KiB.
 pub const SPLICE_THRESHOLD: usize = 16 * 1024;
+
+/// A spliced round that moved fewer bytes than this makes the next round of
+/// its direction a copy through the buffer (small messages: one cheap read and
+/// write).
+pub const SPLICE_STAY: usize = 4 * 1024;
 
 /// Copies `a` to `b` and `b` to `a` until both directions have ended; see the
 /// module docs. Returns the bytes moved `(a to b, b to a)`.
@@ -83,7 +90,7 @@ mod linux {
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::{SPLICE_CHUNK, SPLICE_THRESHOLD};
+    use super::{SPLICE_CHUNK, SPLICE_STAY, SPLICE_THRESHOLD};
 
     /// `SPLICE_F_NONBLOCK` keeps the pipe side from blocking (the sockets are
     /// non-blocking already); `SPLICE_F_MOVE` is a hint to move pages, not copy.
@@ -133,7 +140,7 @@ mod linux {
                 break;
             }
             moved += n as u64;
-            bulk = n >= SPLICE_THRESHOLD;
+            bulk = n >= if bulk { SPLICE_STAY } else { SPLICE_THRESHOLD };
         }
         rustix::net::shutdown(to, Shutdown::Write)?;
         Ok(moved)
