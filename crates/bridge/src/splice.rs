@@ -13,9 +13,9 @@
 //! round is: splice up to [`SPLICE_CHUNK`] bytes from the source socket into
 //! the empty pipe, then splice all of them out of the pipe into the destination
 //! socket, as many calls as the destination needs. The pages move by reference,
-//! never through a user-space buffer. Every syscall runs inside tokio's
-//! [`TcpStream::try_io`] (or `try_read`/`try_write`), so an `EAGAIN` clears
-//! tokio's readiness and the next `readable()`/`writable()` really waits.
+//! never through a user-space buffer. Every splice runs inside tokio's
+//! [`TcpStream::try_io`], so an `EAGAIN` clears tokio's readiness and the
+//! next `readable()`/`writable()` really waits.
 //! Because the pipe is always empty when the source is spliced from, an
 //! `EAGAIN` there always means "the socket has nothing", and while draining it
 //! always means "the destination is full".
@@ -87,8 +87,9 @@ mod linux {
     use rustix::fd::OwnedFd;
     use rustix::net::Shutdown;
     use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
-    use tokio::io::Interest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
     use tokio::net::TcpStream;
+    use tokio::net::tcp::{ReadHalf, WriteHalf};
 
     use super::{SPLICE_CHUNK, SPLICE_STAY, SPLICE_THRESHOLD};
 
@@ -111,29 +112,39 @@ mod linux {
     }
 
     pub(super) async fn copy_bidirectional(
-        a: &TcpStream,
-        b: &TcpStream,
+        a: &mut TcpStream,
+        b: &mut TcpStream,
         up: &Pipe,
         down: &Pipe,
     ) -> io::Result<(u64, u64)> {
-        tokio::try_join!(one_way(a, b, up), one_way(b, a, down))
+        let (a_read, a_write) = a.split();
+        let (b_read, b_write) = b.split();
+        tokio::try_join!(one_way(a_read, b_write, up), one_way(b_read, a_write, down))
     }
 
     /// Moves `from`'s stream into `to` until `from` ends, then shuts down
     /// `to`'s write half. Small rounds go through `buf`, big ones through
     /// `pipe` (see the module docs). Returns the bytes moved.
-    async fn one_way(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<u64> {
+    ///
+    /// The copied rounds use tokio's `AsyncRead`/`AsyncWrite` on the halves
+    /// rather than `try_read`: a short read there clears the readiness, which
+    /// saves the `EAGAIN` read per small message that `try_read` would cost.
+    async fn one_way(
+        mut from: ReadHalf<'_>,
+        mut to: WriteHalf<'_>,
+        pipe: &Pipe,
+    ) -> io::Result<u64> {
         let mut buf = vec![0u8; SPLICE_THRESHOLD];
         let mut bulk = false;
         let mut moved = 0u64;
         loop {
             let n = if bulk {
-                let n = fill(from, pipe).await?;
-                drain(pipe, to, n).await?;
+                let n = fill(from.as_ref(), pipe).await?;
+                drain(pipe, to.as_ref(), n).await?;
                 n
             } else {
-                let n = read(from, &mut buf).await?;
-                write_all(to, &buf[..n]).await?;
+                let n = from.read(&mut buf).await?;
+                to.write_all(&buf[..n]).await?;
                 n
             };
             if n == 0 {
@@ -142,34 +153,8 @@ mod linux {
             moved += n as u64;
             bulk = n >= if bulk { SPLICE_STAY } else { SPLICE_THRESHOLD };
         }
-        rustix::net::shutdown(to, Shutdown::Write)?;
+        rustix::net::shutdown(to.as_ref(), Shutdown::Write)?;
         Ok(moved)
-    }
-
-    /// Reads what `from` has into `buf` (at least one byte, or 0 at EOF).
-    async fn read(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            from.readable().await?;
-            match from.try_read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if retry(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Writes all of `data` to `to`.
-    async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            to.writable().await?;
-            match to.try_write(data) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => data = &data[n..],
-                Err(e) if retry(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 
     /// Splices what `from` has (at least one byte, or 0 at EOF) into the empty pipe.
