@@ -11,8 +11,9 @@
 //!    each replica at most once per published endpoint set;
 //! 3. when no replica is reachable (or none is running) waits for the endpoint set to
 //!    change, up to `hold` in total, then closes the client connection;
-//! 4. splices client and replica with [`tokio::io::copy_bidirectional_with_sizes`] (TCP_NODELAY on
-//!    both sides) until either side is done.
+//! 4. splices client and replica with [`crate::splice::copy_bidirectional`] (splice(2)
+//!    through a pipe per direction, TCP_NODELAY on both sides) until both directions
+//!    have ended or one fails; an EOF on one side half-closes the other.
 //!
 //! `mesh_bridge_forward_connections_total{service}` counts accepted connections and
 //! `mesh_bridge_forward_active_connections{service}` the ones currently held (a drop
@@ -38,11 +39,6 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-/// Copy buffer per direction. tokio's default (8 KiB) costs one syscall pair
-/// per 8 KiB; 64 KiB measured ~2.5x the bulk throughput (`cargo xtask bench
-/// --only p4`) at 128 KiB per open connection.
-const SPLICE_BUFFER: usize = 64 * 1024;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -580,7 +576,7 @@ async fn serve(
             inner.aborted.fetch_add(1, Ordering::Relaxed);
             debug!(service, %peer, %replica, "forward: aborted at shutdown");
         }
-        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, SPLICE_BUFFER, SPLICE_BUFFER) => match r {
+        r = crate::splice::copy_bidirectional(&mut client, &mut upstream) => match r {
             Ok((up, down)) => debug!(service, %peer, %replica, up, down, "forward: done"),
             Err(e) => debug!(service, %peer, %replica, error = %e, "forward: ended with error"),
         },

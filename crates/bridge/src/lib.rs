@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod pool;
 pub mod reconcile;
 pub mod registry;
+pub mod splice;
 pub mod state;
 pub mod store;
