@@ -72,6 +72,23 @@ pub fn build_bridge() -> Result<PathBuf> {
     copy_bridge(&target_dir.join("release").join("mesh-bridge"))
 }
 
+/// Builds xtask in release into `target/bench-build`; returns the binary.
+pub fn build_release_xtask() -> Result<PathBuf> {
+    let root = workspace_root();
+    let target_dir = root.join("target").join("bench-build");
+    let st = Command::new(cargo())
+        .args(["build", "--release", "-p", "xtask", "--bin", "xtask"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(&root)
+        .env_remove("CARGO_TARGET_DIR")
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot run cargo build")?;
+    ensure!(st.success(), "building xtask in release failed ({st})");
+    Ok(target_dir.join("release").join("xtask"))
+}
+
 /// Copies a bridge binary to `target/bench/bin/mesh-bridge`.
 pub fn copy_bridge(src: &Path) -> Result<PathBuf> {
     let bin_dir = bench_dir().join("bin");
