@@ -6,6 +6,8 @@
 //! elements, counts operations. The free 10% are scattered at random so the
 //! next-fit scan really has to search the bitmap, and the churn runs through
 //! 100,000 distinct service names, each looked up for a sticky port first.
+//! As in the daemon, the pool lists changed services and the list is taken
+//! every 64 pairs (the daemon takes it once per batch to persist).
 
 use std::hint::black_box;
 
@@ -30,6 +32,7 @@ fn ninety_percent_pool() -> Pool {
 
 fn bench(c: &mut Criterion) {
     let mut pool = ninety_percent_pool();
+    pool.track_changes();
     assert!(pool.counts().in_use * 10 >= pool.counts().capacity * 9);
     let names: Vec<String> = (0..100_000).map(|i| format!("churn-{i}")).collect();
     let mut i = 0usize;
@@ -43,6 +46,11 @@ fn bench(c: &mut Criterion) {
             let r = pool.reserve(black_box(name), 0).expect("free ports exist");
             black_box(r);
             pool.release(name, 0);
+            if i.is_multiple_of(64) {
+                pool.take_changed(|name, held| {
+                    black_box((name, held));
+                });
+            }
         })
     });
     group.finish();

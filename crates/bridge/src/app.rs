@@ -79,6 +79,52 @@ struct Daemon {
     views_stale: bool,
 }
 
+/// Appends the store changes that bring `service`'s row in line with what
+/// the pool holds for it now (`held`).
+fn diff_holding(
+    persisted: &Persisted,
+    service: &str,
+    held: Option<(u16, Option<Millis>)>,
+    now: Millis,
+    removes: &mut Vec<store::Change>,
+    writes: &mut Vec<store::Change>,
+) {
+    let stored = persisted.get(service).copied();
+    let Some((port, until)) = held else {
+        if stored.is_some() {
+            removes.push(store::Change::Remove {
+                service: service.to_string(),
+            });
+        }
+        return;
+    };
+    match stored {
+        Some(s) if s == (port, until) => return,
+        // The UNIQUE port column: the old row goes before the new one.
+        Some((p, _)) if p != port => removes.push(store::Change::Remove {
+            service: service.to_string(),
+        }),
+        _ => {}
+    }
+    writes.push(match until {
+        None => store::Change::Reserve {
+            service: service.to_string(),
+            port,
+            since_ms: now,
+        },
+        Some(until_ms) => store::Change::Quarantine {
+            service: service.to_string(),
+            port,
+            until_ms,
+        },
+    });
+    writes.push(store::Change::LastPort {
+        service: service.to_string(),
+        port,
+        seen_ms: now,
+    });
+}
+
 /// Longest a published service view may lag behind the state.
 const VIEWS_EVERY: Duration = Duration::from_millis(100);
 
@@ -90,15 +136,21 @@ impl Daemon {
     /// of its time walking every holding each batch); after a failed write the
     /// next one compares everything, so nothing the failure dropped is lost.
     fn persist(&mut self) {
+        let now = now_ms();
+        let mut removes = Vec::new();
+        let mut writes = Vec::new();
         // Taken even without a store, so the change lists stay bounded.
-        let changed = self.core.pool.take_changed();
+        let incremental = self.store.is_some() && !self.compare_all;
+        let persisted = &self.persisted;
+        self.core.pool.take_changed(|name, held| {
+            if incremental {
+                diff_holding(persisted, name, held, now, &mut removes, &mut writes);
+            }
+        });
         let pins_changed = self.core.take_pin_changes();
         if self.store.is_none() {
             return;
         }
-        let now = now_ms();
-        let mut removes = Vec::new();
-        let mut writes = Vec::new();
         let mut seen = HashSet::new();
         if self.compare_all {
             let names: Vec<String> = self
@@ -110,7 +162,8 @@ impl Daemon {
                 .collect();
             for name in &names {
                 if seen.insert(name.as_str()) {
-                    self.diff_holding(name, now, &mut removes, &mut writes);
+                    let held = self.core.pool.holding_of(name);
+                    diff_holding(&self.persisted, name, held, now, &mut removes, &mut writes);
                 }
             }
             seen.clear();
@@ -126,12 +179,6 @@ impl Daemon {
                 }
             }
         } else {
-            for name in &changed {
-                if seen.insert(&**name) {
-                    self.diff_holding(name, now, &mut removes, &mut writes);
-                }
-            }
-            seen.clear();
             for name in &pins_changed {
                 if seen.insert(name.as_str()) {
                     self.diff_pin(name, &mut writes);
@@ -192,52 +239,6 @@ impl Daemon {
                 }
             }
         }
-    }
-
-    /// Appends the store changes that bring `service`'s row in line with
-    /// what the pool holds for it now.
-    fn diff_holding(
-        &self,
-        service: &str,
-        now: Millis,
-        removes: &mut Vec<store::Change>,
-        writes: &mut Vec<store::Change>,
-    ) {
-        let held = self.core.pool.holding_of(service);
-        let stored = self.persisted.get(service).copied();
-        let Some((port, until)) = held else {
-            if stored.is_some() {
-                removes.push(store::Change::Remove {
-                    service: service.to_string(),
-                });
-            }
-            return;
-        };
-        match stored {
-            Some(s) if s == (port, until) => return,
-            // The UNIQUE port column: the old row goes before the new one.
-            Some((p, _)) if p != port => removes.push(store::Change::Remove {
-                service: service.to_string(),
-            }),
-            _ => {}
-        }
-        writes.push(match until {
-            None => store::Change::Reserve {
-                service: service.to_string(),
-                port,
-                since_ms: now,
-            },
-            Some(until_ms) => store::Change::Quarantine {
-                service: service.to_string(),
-                port,
-                until_ms,
-            },
-        });
-        writes.push(store::Change::LastPort {
-            service: service.to_string(),
-            port,
-            seen_ms: now,
-        });
     }
 
     /// Appends the pin change that brings `service` in line with the core.
@@ -515,6 +516,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let _lock = store::DirLock::acquire(&config.state_dir)?;
     let store = open_store(&config, &metrics)?;
     let mut pool = Pool::new(config.ports.clone(), config.grace.as_millis() as Millis);
+    // Persistence writes only what the pool reports as changed.
+    pool.track_changes();
     let mut persisted = Persisted::new();
     let mut restored = 0usize;
     if let Some(s) = &store {

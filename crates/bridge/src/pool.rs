@@ -416,9 +416,12 @@ struct Services {
     /// Live records.
     live: usize,
     hasher: foldhash::fast::RandomState,
+    /// Whether changes are listed at all ([`Pool::track_changes`]).
+    track: bool,
     /// Records whose holding may have changed since the last take (each once).
     changed: Vec<u32>,
-    /// Names of changed records freed before the take (they hold nothing now).
+    /// Names of changed records freed before the take (they hold nothing now;
+    /// rare: the bulk history prune keeps changed records until the take).
     changed_freed: Vec<Box<str>>,
 }
 
@@ -621,6 +624,8 @@ pub struct Pool {
     services: Services,
     /// Number of records with a last port (the bounded history).
     last_len: usize,
+    /// History entries the last prune kept.
+    history_kept: usize,
     /// Deadline of each conflicted port.
     conflicts: HashMap<u16, Millis>,
     /// Deadlines: (until, port). Quarantine and conflicts; stale entries are skipped.
@@ -655,6 +660,7 @@ impl Pool {
             cursor: 0,
             services: Services::default(),
             last_len: 0,
+            history_kept: 0,
             conflicts: HashMap::new(),
             deadlines: BTreeMap::new(),
             grace_ms,
@@ -764,7 +770,7 @@ impl Pool {
     fn record_mut(&mut self, i: u32) -> &mut Service {
         let s = &mut self.services;
         let rec = &mut s.recs[i as usize];
-        if !rec.changed {
+        if s.track && !rec.changed {
             rec.changed = true;
             s.changed.push(i);
         }
@@ -1143,6 +1149,7 @@ impl Pool {
         }
         next.services = std::mem::take(&mut self.services);
         next.last_len = self.last_len;
+        next.history_kept = self.history_kept;
         next.conflicts = std::mem::take(&mut self.conflicts);
         next.deadlines = std::mem::take(&mut self.deadlines);
         if let Some(off) = next.offset_of(self.port_at(self.cursor)) {
@@ -1160,7 +1167,9 @@ impl Pool {
         if rec.last.replace(port).is_none() {
             self.last_len += 1;
         }
-        if self.last_len > 2 * self.capacity + 1024 {
+        // Past twice what the last prune kept, too: changed records wait for
+        // the take, and a prune that frees little must not run on every call.
+        if self.last_len > (2 * self.capacity + 1024).max(2 * self.history_kept) {
             self.forget_history_of_idle();
         }
     }
@@ -1171,11 +1180,14 @@ impl Pool {
     fn forget_history_of_idle(&mut self) {
         let mut kept = 0;
         self.services.retain(|rec| {
-            let holds = rec.held.is_some();
-            kept += usize::from(holds && rec.last.is_some());
-            holds
+            // A changed record stays until the take, so the take still knows
+            // its name (no copy of thousands of names in a prune).
+            let keep = rec.held.is_some() || rec.changed;
+            kept += usize::from(keep && rec.last.is_some());
+            keep
         });
         self.last_len = kept;
+        self.history_kept = kept;
     }
 
     /// Every service holding a port: (service, port, None) when reserved,
@@ -1197,22 +1209,39 @@ impl Pool {
         }
     }
 
-    /// Names of the services whose holding may have changed since the last
-    /// call (a name can appear twice; ask [`Pool::holding_of`] for its state
-    /// now). Lets a writer persist what changed without walking every holding.
-    pub fn take_changed(&mut self) -> Vec<Box<str>> {
+    /// Starts listing the services whose holding changes, for
+    /// [`Pool::take_changed`]. Off by default: a pool nobody takes from must
+    /// not grow a list (the daemon turns it on; so does the P1 bench).
+    pub fn track_changes(&mut self) {
+        self.services.track = true;
+    }
+
+    /// Calls `f(service, holding now)` for each service whose holding may have
+    /// changed since the last call (holding as [`Pool::holding_of`] gives it),
+    /// each name once. Lets a writer persist what changed without walking
+    /// every holding, and without copying a name.
+    pub fn take_changed(&mut self, mut f: impl FnMut(&str, Option<(u16, Option<Millis>)>)) {
+        for name in std::mem::take(&mut self.services.changed_freed) {
+            match self.lookup(&name) {
+                // Taken again under a record of its own: reported below.
+                Some(i) if self.record(i).changed => {}
+                _ => f(&name, self.holding_of(&name)),
+            }
+        }
         let s = &mut self.services;
-        let mut out = std::mem::take(&mut s.changed_freed);
-        out.reserve(s.changed.len());
         for i in std::mem::take(&mut s.changed) {
             let rec = &mut s.recs[i as usize];
             if rec.changed {
                 rec.changed = false;
+                let holding = match rec.held {
+                    None => None,
+                    Some(Held::Reserved(p)) => Some((p, None)),
+                    Some(Held::Quarantined(p)) => Some((p, Some(rec.until))),
+                };
                 let at = rec.name_at as usize;
-                out.push(Box::from(&s.arena[at..at + rec.name_len as usize]));
+                f(&s.arena[at..at + rec.name_len as usize], holding);
             }
         }
-        out
     }
 
     /// Services holding a reserved port, with it.

@@ -50,34 +50,21 @@ fn cargo() -> String {
 /// dir, so other builds cannot replace it mid-run) and copies it to
 /// `target/bench/bin/mesh-bridge`.
 pub fn build_bridge() -> Result<PathBuf> {
-    let root = workspace_root();
-    let target_dir = root.join("target").join("bench-build");
-    let st = Command::new(cargo())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "mesh-bridge",
-            "--bin",
-            "mesh-bridge",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(&root)
-        .env_remove("CARGO_TARGET_DIR")
-        .stdin(Stdio::null())
-        .status()
-        .context("cannot run cargo build")?;
-    ensure!(st.success(), "building mesh-bridge failed ({st})");
-    copy_bridge(&target_dir.join("release").join("mesh-bridge"))
+    copy_bridge(&build_release("mesh-bridge", "mesh-bridge")?)
 }
 
 /// Builds xtask in release into `target/bench-build`; returns the binary.
 pub fn build_release_xtask() -> Result<PathBuf> {
+    build_release("xtask", "xtask")
+}
+
+/// `cargo build --release -p <package> --bin <bin>` into `target/bench-build`
+/// (its own target dir, so other builds cannot replace it mid-run).
+fn build_release(package: &str, bin: &str) -> Result<PathBuf> {
     let root = workspace_root();
     let target_dir = root.join("target").join("bench-build");
     let st = Command::new(cargo())
-        .args(["build", "--release", "-p", "xtask", "--bin", "xtask"])
+        .args(["build", "--release", "-p", package, "--bin", bin])
         .arg("--target-dir")
         .arg(&target_dir)
         .current_dir(&root)
@@ -85,8 +72,8 @@ pub fn build_release_xtask() -> Result<PathBuf> {
         .stdin(Stdio::null())
         .status()
         .context("cannot run cargo build")?;
-    ensure!(st.success(), "building xtask in release failed ({st})");
-    Ok(target_dir.join("release").join("xtask"))
+    ensure!(st.success(), "building {bin} (release) failed ({st})");
+    Ok(target_dir.join("release").join(bin))
 }
 
 /// Copies a bridge binary to `target/bench/bin/mesh-bridge`.
