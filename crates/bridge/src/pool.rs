@@ -389,6 +389,16 @@ struct Service {
     changed: bool,
 }
 
+impl Service {
+    /// (port, None) when reserved, (port, Some(until)) when quarantined.
+    fn holding(&self) -> Option<(u16, Option<Millis>)> {
+        match self.held? {
+            Held::Reserved(p) => Some((p, None)),
+            Held::Quarantined(p) => Some((p, Some(self.until))),
+        }
+    }
+}
+
 /// An empty place of [`Services::index`].
 const EMPTY: u64 = u64::MAX;
 
@@ -1193,20 +1203,15 @@ impl Pool {
     /// Every service holding a port: (service, port, None) when reserved,
     /// (service, port, Some(until)) when quarantined. For persistence.
     pub fn holdings(&self) -> impl Iterator<Item = (&str, u16, Option<Millis>)> {
-        self.services.iter().filter_map(|(s, rec)| match rec.held? {
-            Held::Reserved(p) => Some((s, p, None)),
-            Held::Quarantined(p) => Some((s, p, Some(rec.until))),
-        })
+        self.services
+            .iter()
+            .filter_map(|(s, rec)| rec.holding().map(|(p, until)| (s, p, until)))
     }
 
     /// What `service` holds: (port, None) reserved, (port, Some(until))
     /// quarantined, None when nothing.
     pub fn holding_of(&self, service: &str) -> Option<(u16, Option<Millis>)> {
-        let rec = self.record(self.lookup(service)?);
-        match rec.held? {
-            Held::Reserved(p) => Some((p, None)),
-            Held::Quarantined(p) => Some((p, Some(rec.until))),
-        }
+        self.record(self.lookup(service)?).holding()
     }
 
     /// Starts listing the services whose holding changes, for
@@ -1233,11 +1238,7 @@ impl Pool {
             let rec = &mut s.recs[i as usize];
             if rec.changed {
                 rec.changed = false;
-                let holding = match rec.held {
-                    None => None,
-                    Some(Held::Reserved(p)) => Some((p, None)),
-                    Some(Held::Quarantined(p)) => Some((p, Some(rec.until))),
-                };
+                let holding = rec.holding();
                 let at = rec.name_at as usize;
                 f(&s.arena[at..at + rec.name_len as usize], holding);
             }
