@@ -1226,7 +1226,12 @@ impl Pool {
     /// each name once. Lets a writer persist what changed without walking
     /// every holding, and without copying a name.
     pub fn take_changed(&mut self, mut f: impl FnMut(&str, Option<(u16, Option<Millis>)>)) {
-        for name in std::mem::take(&mut self.services.changed_freed) {
+        let mut freed = std::mem::take(&mut self.services.changed_freed);
+        // A name freed, taken again and freed again before this take is
+        // listed once per free: report it once.
+        freed.sort_unstable();
+        freed.dedup();
+        for name in freed {
             match self.lookup(&name) {
                 // Taken again under a record of its own: reported below.
                 Some(i) if self.record(i).changed => {}
@@ -1436,6 +1441,21 @@ mod tests {
         p.expire(50);
         assert_eq!(p.counts().conflicted, 0);
         assert_eq!(p.counts().free, 1);
+    }
+
+    #[test]
+    fn a_name_freed_twice_before_a_take_is_reported_once() {
+        // A conflict frees the record of a service with no other history;
+        // reserving again and losing that port too frees it a second time.
+        let mut p = pool("100-103", 0);
+        p.track_changes();
+        for _ in 0..2 {
+            let port = p.reserve("a", 0).unwrap().port();
+            assert_eq!(p.mark_conflicted(port, 50).as_deref(), Some("a"));
+        }
+        let mut seen = Vec::new();
+        p.take_changed(|name, held| seen.push((name.to_string(), held)));
+        assert_eq!(seen, vec![("a".to_string(), None)]);
     }
 
     #[test]
