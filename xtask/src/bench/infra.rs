@@ -229,7 +229,11 @@ pub fn stub(run: &str, phase: &str, service: &str, extra: &[&str], start: bool) 
     if start {
         args.push("-d");
     }
-    args.extend(["--name", &name, "-e", &env]);
+    // No health probe: the stub image probes itself every 5 s, and with 200
+    // stubs that is 40 `docker exec`s a second, which kept this 2-core machine
+    // 0 % idle for over a minute and made P2/P3 measure the engine's exec
+    // backlog. The bridge does not route by health, so nothing else changes.
+    args.extend(["--name", &name, "-e", &env, "--no-healthcheck"]);
     for l in &labels {
         args.extend(["--label", l]);
     }
@@ -369,6 +373,39 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let utime: u64 = f.get(11).context("no utime")?.parse()?;
     let stime: u64 = f.get(12).context("no stime")?.parse()?;
     Ok(utime + stime)
+}
+
+/// (idle, total) jiffies of the whole machine, from the `cpu` line of /proc/stat
+/// (idle counts iowait too).
+fn machine_jiffies() -> Result<(u64, u64)> {
+    let s = fs::read_to_string("/proc/stat")?;
+    let line = s.lines().next().context("empty /proc/stat")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("bad /proc/stat cpu line")?;
+    ensure!(f.len() >= 5, "short /proc/stat cpu line");
+    Ok((f[3] + f[4], f.iter().sum()))
+}
+
+/// Waits, up to `max`, for the machine to be mostly idle: at least
+/// `idle_share` of its CPU idle over one second. Starting 200 containers
+/// leaves the engine busy for seconds after the last `docker start`; a
+/// recovery measured in that wake measures the engine's backlog. Returns the
+/// idle share of the last second and the time waited.
+pub async fn settle(idle_share: f64, max: Duration) -> Result<(f64, Duration)> {
+    let t0 = Instant::now();
+    loop {
+        let (i0, t0j) = machine_jiffies()?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (i1, t1j) = machine_jiffies()?;
+        let share = (i1 - i0) as f64 / (t1j - t0j).max(1) as f64;
+        if share >= idle_share || t0.elapsed() >= max {
+            return Ok((share, t0.elapsed()));
+        }
+    }
 }
 
 /// Clock ticks per second (USER_HZ), from `getconf CLK_TCK` (100 when unknown).
