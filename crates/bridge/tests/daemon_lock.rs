@@ -23,6 +23,8 @@ fn start(state: &std::path::Path, api: u16, engine: u16) -> Child {
         .args(["--docker-host", &format!("tcp://127.0.0.1:{engine}")])
         .arg("--state-dir")
         .arg(state)
+        // Colours must be off because stderr is a pipe, not because of NO_COLOR.
+        .env_remove("NO_COLOR")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -97,4 +99,24 @@ fn a_running_daemon_locks_its_state_directory() {
     drop(first);
     let out = import(&state, &legacy);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let api = free_port();
+    let mut child = start(&dir.path().join("state"), api, free_port());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", api)).is_err() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("bridge never listened");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("collect stderr");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("api listening"), "{err}");
+    assert!(!err.contains('\x1b'), "escape codes in piped logs: {err:?}");
 }
