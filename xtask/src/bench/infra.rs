@@ -401,7 +401,8 @@ pub async fn settle(idle_share: f64, max: Duration) -> Result<(f64, Duration)> {
         let (i0, t0j) = machine_jiffies()?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (i1, t1j) = machine_jiffies()?;
-        let share = (i1 - i0) as f64 / (t1j - t0j).max(1) as f64;
+        // iowait may step backwards between reads: never underflow.
+        let share = i1.saturating_sub(i0) as f64 / t1j.saturating_sub(t0j).max(1) as f64;
         if share >= idle_share || t0.elapsed() >= max {
             return Ok((share, t0.elapsed()));
         }
