@@ -21,178 +21,21 @@
 //! name; a port's 4-byte slot names the record by index. The last-port
 //! history is bounded (see `remember`), so records of departed services are
 //! dropped and reused.
+//!
+//! Submodules: `ranges` parses and validates the configured port ranges;
+//! `services` holds the records, their interned names and the name index.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::hash::BuildHasher;
-use std::str::FromStr;
 use std::sync::Arc;
 
 /// Milliseconds since the Unix epoch. The pool never reads a clock itself.
 pub type Millis = u64;
 
-/// One inclusive range of ports, `start..=end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortRange {
-    /// First port of the range.
-    pub start: u16,
-    /// Last port of the range (inclusive).
-    pub end: u16,
-}
+mod ranges;
+mod services;
 
-impl PortRange {
-    /// Number of ports in the range.
-    pub fn len(&self) -> usize {
-        usize::from(self.end) - usize::from(self.start) + 1
-    }
-
-    /// Ranges are never empty once validated; kept for clippy's `len_without_is_empty`.
-    pub fn is_empty(&self) -> bool {
-        self.end < self.start
-    }
-
-    /// Whether `port` lies in the range.
-    pub fn contains(&self, port: u16) -> bool {
-        (self.start..=self.end).contains(&port)
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.start, self.end)
-    }
-}
-
-/// A validated, sorted, non-overlapping, non-empty set of port ranges.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortRanges(Vec<PortRange>);
-
-/// Why a set of port ranges was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RangeError {
-    /// Nothing was given.
-    #[error("no port range given; write at least one range such as 11100-11199")]
-    Empty,
-    /// A range did not parse.
-    #[error(
-        "`{0}` is not a port range; write START-END (inclusive) or a single port, e.g. 11100-11199"
-    )]
-    Syntax(String),
-    /// A port outside 1..=65535.
-    #[error("`{0}` is outside 1-65535; ports must be between 1 and 65535")]
-    OutOfBounds(String),
-    /// START greater than END.
-    #[error("range {start}-{end} is inverted; write it as {end}-{start}")]
-    Inverted {
-        /// The given start.
-        start: u16,
-        /// The given end.
-        end: u16,
-    },
-    /// Two ranges share ports.
-    #[error("ranges {0} and {1} overlap; merge them into one range or make them disjoint")]
-    Overlap(PortRange, PortRange),
-}
-
-impl PortRanges {
-    /// Validates ranges: each within 1..=65535, start <= end, none overlapping.
-    pub fn new(mut ranges: Vec<PortRange>) -> Result<Self, RangeError> {
-        if ranges.is_empty() {
-            return Err(RangeError::Empty);
-        }
-        for r in &ranges {
-            if r.start == 0 {
-                return Err(RangeError::OutOfBounds(r.to_string()));
-            }
-            if r.start > r.end {
-                return Err(RangeError::Inverted {
-                    start: r.start,
-                    end: r.end,
-                });
-            }
-        }
-        ranges.sort();
-        for w in ranges.windows(2) {
-            if w[1].start <= w[0].end {
-                return Err(RangeError::Overlap(w[0], w[1]));
-            }
-        }
-        Ok(Self(ranges))
-    }
-
-    /// The ranges, sorted.
-    pub fn ranges(&self) -> &[PortRange] {
-        &self.0
-    }
-
-    /// Total number of ports.
-    pub fn capacity(&self) -> usize {
-        self.0.iter().map(PortRange::len).sum()
-    }
-
-    /// Whether `port` lies in one of the ranges.
-    pub fn contains(&self, port: u16) -> bool {
-        self.0.iter().any(|r| r.contains(port))
-    }
-
-    /// Whether every port of `self` is also in `other`.
-    pub fn is_subset_of(&self, other: &PortRanges) -> bool {
-        self.0
-            .iter()
-            .all(|r| other.0.iter().any(|o| o.start <= r.start && r.end <= o.end))
-    }
-
-    /// `[[start, end], ...]`, as the HTTP API shows them.
-    pub fn as_pairs(&self) -> Vec<[u16; 2]> {
-        self.0.iter().map(|r| [r.start, r.end]).collect()
-    }
-}
-
-impl fmt::Display for PortRanges {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, r) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{r}")?;
-        }
-        Ok(())
-    }
-}
-
-impl FromStr for PortRanges {
-    type Err = RangeError;
-
-    /// Parses `11100-11199[,12000-12049]`; a single port `N` means `N-N`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let port = |t: &str| -> Result<u16, RangeError> {
-            let t = t.trim();
-            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(RangeError::Syntax(s.trim().to_string()));
-            }
-            match t.parse::<u32>() {
-                Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
-                _ => Err(RangeError::OutOfBounds(t.to_string())),
-            }
-        };
-        let mut out = Vec::new();
-        for part in s.split(',') {
-            let part = part.trim();
-            if part.is_empty() {
-                continue;
-            }
-            let (a, b) = match part.split_once('-') {
-                Some((a, b)) => (port(a)?, port(b)?),
-                None => {
-                    let p = port(part)?;
-                    (p, p)
-                }
-            };
-            out.push(PortRange { start: a, end: b });
-        }
-        Self::new(out)
-    }
-}
+pub use ranges::{PortRange, PortRanges, RangeError};
+use services::{Held, Service, Services};
 
 /// The state of one port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -361,255 +204,6 @@ impl Slot {
     }
 }
 
-/// Where a service's port is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Held {
-    Reserved(u16),
-    Quarantined(u16),
-}
-
-/// Everything the pool knows about one service: the port it holds and its
-/// last port. A record exists while the service holds a port or has history;
-/// freed records are reused.
-#[derive(Debug, Clone)]
-struct Service {
-    /// The name is `arena[name_at..name_at + name_len]` of [`Services`].
-    name_at: u32,
-    name_len: u32,
-    /// Low 32 bits of the name's hash (its place in the index).
-    hash: u32,
-    /// False while the record is free for reuse.
-    live: bool,
-    held: Option<Held>,
-    /// Last port held (sticky reuse after grace).
-    last: Option<u16>,
-    /// Quarantine deadline; meaningful while `held` is `Quarantined`.
-    until: Millis,
-    /// Listed in [`Services::changed`] since the last [`Pool::take_changed`].
-    changed: bool,
-}
-
-impl Service {
-    /// (port, None) when reserved, (port, Some(until)) when quarantined.
-    fn holding(&self) -> Option<(u16, Option<Millis>)> {
-        match self.held? {
-            Held::Reserved(p) => Some((p, None)),
-            Held::Quarantined(p) => Some((p, Some(self.until))),
-        }
-    }
-}
-
-/// An empty place of [`Services::index`].
-const EMPTY: u64 = u64::MAX;
-
-/// The service records with their names interned: one arena string holds
-/// every name, and an open-addressing index (linear probing, at most 3/8
-/// full: short probe runs matter more than its 8 bytes a place) maps a name
-/// to its record. An operation hashes the name once and, usually, touches one
-/// index word and one record; a new service costs no allocation of its own.
-///
-/// The hash is foldhash, not SipHash: this lookup is most of the cost of an
-/// allocation. Names come from container labels and the token-guarded API
-/// (validated, at most 63 characters), and foldhash's `RandomState` is seeded
-/// per process, so colliding names cannot be precomputed to flood the index.
-#[derive(Debug, Clone, Default)]
-struct Services {
-    recs: Vec<Service>,
-    /// Indices of free records in `recs`.
-    vacant: Vec<u32>,
-    /// Names of the records, back to back.
-    arena: String,
-    /// Bytes of `arena` that belong to freed records (reclaimed by compaction).
-    garbage: usize,
-    /// `EMPTY` or `(hash << 32) | record index`; length a power of two.
-    index: Vec<u64>,
-    /// Live records.
-    live: usize,
-    hasher: foldhash::fast::RandomState,
-    /// Whether changes are listed at all ([`Pool::track_changes`]).
-    track: bool,
-    /// Records whose holding may have changed since the last take (each once).
-    changed: Vec<u32>,
-    /// Names of changed records freed before the take (they hold nothing now;
-    /// rare: the bulk history prune keeps changed records until the take).
-    changed_freed: Vec<Box<str>>,
-}
-
-impl Services {
-    #[inline]
-    fn hash(&self, name: &str) -> u32 {
-        self.hasher.hash_one(name) as u32
-    }
-
-    fn name(&self, i: u32) -> &str {
-        let rec = &self.recs[i as usize];
-        let at = rec.name_at as usize;
-        &self.arena[at..at + rec.name_len as usize]
-    }
-
-    fn mask(&self) -> usize {
-        self.index.len().wrapping_sub(1)
-    }
-
-    /// Whether record `i` is named `name`.
-    fn is_named(&self, i: u32, name: &str) -> bool {
-        let rec = &self.recs[i as usize];
-        let at = rec.name_at as usize;
-        // Bytes, not a str slice: no char-boundary checks on the hot path.
-        self.arena.as_bytes().get(at..at + rec.name_len as usize) == Some(name.as_bytes())
-    }
-
-    /// The record named `name` (whose hash is `hash`), if any.
-    #[inline]
-    fn find(&self, name: &str, hash: u32) -> Option<u32> {
-        if self.index.is_empty() {
-            return None;
-        }
-        let mask = self.mask();
-        let mut pos = hash as usize & mask;
-        loop {
-            let e = self.index[pos];
-            if e == EMPTY {
-                return None;
-            }
-            if (e >> 32) as u32 == hash && self.is_named(e as u32, name) {
-                return Some(e as u32);
-            }
-            pos = (pos + 1) & mask;
-        }
-    }
-
-    fn place(&mut self, hash: u32, i: u32) {
-        let mask = self.mask();
-        let mut pos = hash as usize & mask;
-        while self.index[pos] != EMPTY {
-            pos = (pos + 1) & mask;
-        }
-        self.index[pos] = (u64::from(hash) << 32) | u64::from(i);
-    }
-
-    /// Rebuilds the index with `len` places from the live records.
-    fn rebuild_index(&mut self, len: usize) {
-        self.index.clear();
-        self.index.resize(len, EMPTY);
-        for i in 0..self.recs.len() {
-            if self.recs[i].live {
-                self.place(self.recs[i].hash, i as u32);
-            }
-        }
-    }
-
-    /// Adds a record for `name`, which has none (hash `hash`).
-    fn insert(&mut self, name: &str, hash: u32) -> u32 {
-        if 8 * (self.live + 1) > 3 * self.index.len() {
-            self.rebuild_index((2 * self.index.len()).max(64));
-        }
-        let rec = Service {
-            name_at: u32::try_from(self.arena.len()).expect("names fit in 4 GiB"),
-            name_len: u32::try_from(name.len()).expect("names fit in 4 GiB"),
-            hash,
-            live: true,
-            held: None,
-            last: None,
-            until: 0,
-            changed: false,
-        };
-        self.arena.push_str(name);
-        let i = match self.vacant.pop() {
-            Some(i) => {
-                self.recs[i as usize] = rec;
-                i
-            }
-            None => {
-                let i = u32::try_from(self.recs.len()).expect("service records fit in u32");
-                assert!(i < 1 << 30, "at most 2^30 service records");
-                self.recs.push(rec);
-                i
-            }
-        };
-        self.place(hash, i);
-        self.live += 1;
-        i
-    }
-
-    /// Frees record `i`.
-    fn remove(&mut self, i: u32) {
-        let mask = self.mask();
-        let mut hole = self.recs[i as usize].hash as usize & mask;
-        while self.index[hole] as u32 != i {
-            hole = (hole + 1) & mask;
-        }
-        // Backward-shift deletion: pull later entries of the probe run into
-        // the hole when their ideal place is not after it.
-        let mut j = (hole + 1) & mask;
-        loop {
-            let e = self.index[j];
-            if e == EMPTY {
-                break;
-            }
-            let ideal = (e >> 32) as usize & mask;
-            if j.wrapping_sub(ideal) & mask >= j.wrapping_sub(hole) & mask {
-                self.index[hole] = e;
-                hole = j;
-            }
-            j = (j + 1) & mask;
-        }
-        self.index[hole] = EMPTY;
-        self.free(i);
-        if self.garbage > 4096 && 2 * self.garbage > self.arena.len() {
-            self.compact_arena();
-        }
-    }
-
-    fn free(&mut self, i: u32) {
-        if self.recs[i as usize].changed {
-            // The record may be reused under another name before the take.
-            let name = Box::from(self.name(i));
-            self.changed_freed.push(name);
-        }
-        let rec = &mut self.recs[i as usize];
-        rec.changed = false;
-        rec.live = false;
-        rec.held = None;
-        rec.last = None;
-        self.garbage += rec.name_len as usize;
-        self.vacant.push(i);
-        self.live -= 1;
-    }
-
-    /// Drops the names of freed records from the arena.
-    fn compact_arena(&mut self) {
-        let mut arena = String::with_capacity(self.arena.len() - self.garbage);
-        for rec in self.recs.iter_mut().filter(|r| r.live) {
-            let at = rec.name_at as usize;
-            let name = &self.arena[at..at + rec.name_len as usize];
-            rec.name_at = arena.len() as u32;
-            arena.push_str(name);
-        }
-        self.arena = arena;
-        self.garbage = 0;
-    }
-
-    /// Frees every record `keep` refuses, then rebuilds index and arena.
-    fn retain(&mut self, mut keep: impl FnMut(&Service) -> bool) {
-        for i in 0..self.recs.len() {
-            if self.recs[i].live && !keep(&self.recs[i]) {
-                self.free(i as u32);
-            }
-        }
-        self.rebuild_index(self.index.len());
-        self.compact_arena();
-    }
-
-    /// Live records with their names.
-    fn iter(&self) -> impl Iterator<Item = (&str, &Service)> {
-        self.recs.iter().filter(|r| r.live).map(|r| {
-            let at = r.name_at as usize;
-            (&self.arena[at..at + r.name_len as usize], r)
-        })
-    }
-}
-
 /// A port that changed from quarantined or conflicted back to free.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expired {
@@ -648,9 +242,9 @@ impl Pool {
     /// An empty pool over `ranges`; a released port stays quarantined for `grace_ms`.
     pub fn new(ranges: PortRanges, grace_ms: Millis) -> Self {
         let capacity = ranges.capacity();
-        let mut starts = Vec::with_capacity(ranges.0.len());
+        let mut starts = Vec::with_capacity(ranges.ranges().len());
         let mut acc = 0;
-        for r in &ranges.0 {
+        for r in ranges.ranges() {
             starts.push(acc);
             acc += r.len();
         }
@@ -708,7 +302,7 @@ impl Pool {
 
     fn offset_of(&self, port: u16) -> Option<usize> {
         self.ranges
-            .0
+            .ranges()
             .iter()
             .zip(&self.starts)
             .find(|(r, _)| r.contains(port))
@@ -721,7 +315,7 @@ impl Pool {
         while self.starts[i] > off {
             i -= 1;
         }
-        self.ranges.0[i].start + (off - self.starts[i]) as u16
+        self.ranges.ranges()[i].start + (off - self.starts[i]) as u16
     }
 
     fn set_slot(&mut self, off: usize, slot: Slot) {
