@@ -108,24 +108,8 @@ pub async fn p4(ctx: &Ctx) -> Result<Vec<Row>> {
         ("docker-proxy", proxied),
     ];
     let (tput, lat) = tokio::task::spawn_blocking(move || {
-        let mut tput: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        for r in 0..rounds {
-            for k in 0..paths.len() {
-                let (name, addr) = paths[(r + k) % paths.len()];
-                tput.entry(name)
-                    .or_default()
-                    .push(sink::upload(addr, bytes)?);
-            }
-        }
-        let mut lat: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        for r in 0..rounds {
-            for k in 0..paths.len() {
-                let (name, addr) = paths[(r + k) % paths.len()];
-                lat.entry(name)
-                    .or_default()
-                    .extend(sink::ping_pong(addr, 64, 200, pings)?);
-            }
-        }
+        let tput = interleaved(&paths, rounds, |addr| Ok(vec![sink::upload(addr, bytes)?]))?;
+        let lat = interleaved(&paths, rounds, |addr| sink::ping_pong(addr, 64, 200, pings))?;
         Ok::<_, anyhow::Error>((tput, lat))
     })
     .await??;
@@ -210,4 +194,22 @@ pub async fn p4(ctx: &Ctx) -> Result<Vec<Row>> {
             met: vs_dp >= 1.0,
         },
     ])
+}
+
+/// Runs `measure` `rounds` times on each path, rotating which path goes first
+/// each round so drift on the machine falls on all paths alike; collects each
+/// path's figures under its name.
+fn interleaved<'a>(
+    paths: &[(&'a str, SocketAddr)],
+    rounds: usize,
+    mut measure: impl FnMut(SocketAddr) -> Result<Vec<f64>>,
+) -> Result<BTreeMap<&'a str, Vec<f64>>> {
+    let mut out: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in 0..rounds {
+        for k in 0..paths.len() {
+            let (name, addr) = paths[(r + k) % paths.len()];
+            out.entry(name).or_default().extend(measure(addr)?);
+        }
+    }
+    Ok(out)
 }
