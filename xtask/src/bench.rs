@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: the performance suite (issue 6).
+//! `cargo xtask bench [--quick]`: the performance suite.
 //!
 //! Every figure is measured side by side with a baseline in the same run
 //! (these machines are noisy), printed as a table and written to
@@ -60,7 +60,7 @@ pub struct Args {
     pub serve_sink: Option<SocketAddr>,
 }
 
-/// Builds xtask in release (into `target/bench-build`, beside the bridge it
+/// Builds xtask in release (the shared static build, beside the bridge it
 /// measures) and runs the bench there. The load generators (the P6 HTTP
 /// clients, the P4 sink and clients) are this program: built for debugging,
 /// the P6 client took 1.2 cores to the bridge's 0.6 and measured itself.
@@ -121,18 +121,20 @@ pub fn run(args: &Args) -> Result<()> {
             Ok(r) => rows.extend(r),
             Err(e) => failures.push(format!("P1: {e:#}")),
         }
+        crate::interrupt::check()?;
     }
     let docker_phases = ["p2", "p3", "p4", "p5", "p6"];
     if docker_phases.iter().any(|p| want(p)) {
         infra::ensure_stub_image(t0)?;
-        infra::remove_stale()?;
+        infra::remove_stale(t0);
         let bin = match &args.bridge_bin {
             Some(b) => infra::copy_bridge(b)?,
             None => {
-                progress(t0, "building mesh-bridge (release, target/bench-build)");
+                progress(t0, "building mesh-bridge (release, static, target/static)");
                 infra::build_bridge()?
             }
         };
+        crate::interrupt::check()?;
         progress(t0, &format!("bridge binary: {}", bin.display()));
         let guard = infra::RunGuard::new();
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -147,7 +149,7 @@ pub fn run(args: &Args) -> Result<()> {
             starts: args.starts.unwrap_or(if args.quick { 20 } else { 100 }),
             services: args.services,
         };
-        rt.block_on(async {
+        let phases = async {
             if want("p6") {
                 match phases::p6(&ctx).await {
                     Ok(r) => rows.extend(r),
@@ -176,9 +178,18 @@ pub fn run(args: &Args) -> Result<()> {
                     Err(e) => failures.push(format!("P2/P3: {e:#}")),
                 }
             }
+        };
+        // A signal drops the running phase (its bridges are killed on drop),
+        // then the guard removes every container and network of this run.
+        rt.block_on(async {
+            tokio::select! {
+                () = phases => {}
+                _ = crate::interrupt::wait() => {}
+            }
         });
         rt.shutdown_timeout(std::time::Duration::from_secs(2));
         drop(guard);
+        crate::interrupt::check()?;
     }
 
     let order = [

@@ -57,6 +57,22 @@ pub struct CheckArgs {
     pub promtool: String,
 }
 
+impl CheckArgs {
+    /// The defaults, with or without a run directory to query.
+    pub fn defaults(run_dir: Option<PathBuf>) -> CheckArgs {
+        CheckArgs {
+            prometheus: None,
+            run_dir,
+            rate_interval: "1m".into(),
+            start: None,
+            end: None,
+            ready_timeout: 60,
+            prometheus_bin: "prometheus".into(),
+            promtool: "promtool".into(),
+        }
+    }
+}
+
 /// Runs a dashboards subcommand.
 pub fn run(command: &Command) -> Result<()> {
     match command {
@@ -73,7 +89,7 @@ enum Kind {
     Histogram,
 }
 
-/// The bridge's metrics, DESIGN.md section 3 ("The contract"). A dashboard or
+/// The bridge's metrics, docs/DESIGN.md section 3 ("The contract"). A dashboard or
 /// rule that names a `mesh_bridge_` series not in this list fails the check.
 const CONTRACT: &[(&str, Kind)] = &[
     ("mesh_bridge_ports_capacity", Kind::Gauge),
@@ -103,8 +119,8 @@ const CONTRACT: &[(&str, Kind)] = &[
     ("mesh_bridge_build_info", Kind::Gauge),
 ];
 
-/// The harness's metrics (issue 4, "harness metrics exported for
-/// Prometheus"), read by the reliability dashboard.
+/// The harness's metrics (docs/DESIGN.md section 4), served during a
+/// scenario run and read by the reliability dashboard.
 const HARNESS: &[(&str, Kind)] = &[
     ("mesh_chaos_faults_injected_total", Kind::Counter),
     ("mesh_chaos_probe_results_total", Kind::Counter),
@@ -122,12 +138,7 @@ const DASHBOARDS_DIR: &str = "dashboards/grafana";
 const RULES_DIR: &str = "dashboards/prometheus";
 const RUNBOOK: &str = "dashboards/RUNBOOK.md";
 
-fn workspace_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map_or(manifest.clone(), Path::to_path_buf)
-}
+use crate::paths::workspace_root;
 
 // ------------------------------------------------------------------ check
 
@@ -533,7 +544,7 @@ fn metric_problems(expr: &str, recorded: &BTreeSet<String>, dashboard: bool) -> 
                 }
                 let Some((base, kind, suffix)) = contract_series(&name) else {
                     out.push(format!(
-                        "{name} is not a metric of the contract (DESIGN.md section 3, harness: issue 4)"
+                        "{name} is not a metric of the contract (docs/DESIGN.md section 3; harness metrics: section 4)"
                     ));
                     continue;
                 };

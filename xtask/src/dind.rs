@@ -120,16 +120,7 @@ fn source_dir() -> PathBuf {
         .join("dind")
 }
 
-/// `$CARGO_TARGET_DIR`, else `<workspace>/target`.
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("target"),
-    }
-}
+use crate::paths::target_dir;
 
 fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
@@ -346,6 +337,11 @@ fn run_logged(t0: Instant, what: &str, cmd: &mut Command, log: &Path) -> Result<
         if let Some(status) = child.try_wait()? {
             break status;
         }
+        if let Some(sig) = crate::interrupt::requested() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("interrupted by {sig} (stopped {what})");
+        }
         if last_beat.elapsed() >= Duration::from_secs(15) {
             last_beat = Instant::now();
             progress(t0, &format!("  {what}: {}", last_line(log)));
@@ -376,41 +372,15 @@ fn last_line(log: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Makes sure `debootstrap` is installed (apt-get, non-interactive) and we are root.
-fn ensure_debootstrap(t0: Instant, log: &Path) -> Result<()> {
+/// Makes sure we are root and `debootstrap` is installed (see `provision`).
+fn ensure_debootstrap(t0: Instant) -> Result<()> {
     let uid = capture(Command::new("id").arg("-u"))?;
     ensure!(
         uid.trim() == "0",
         "debootstrap needs root (uid is {}); run as root or build the rootfs tarball elsewhere",
         uid.trim()
     );
-    let have = |p: &str| Path::new(p).is_file();
-    if have("/usr/sbin/debootstrap") || have("/usr/bin/debootstrap") {
-        return Ok(());
-    }
-    progress(t0, "installing debootstrap with apt-get");
-    for args in [
-        &["-q", "-o", "DPkg::Lock::Timeout=600", "update"][..],
-        &[
-            "-q",
-            "-y",
-            "-o",
-            "DPkg::Lock::Timeout=600",
-            "install",
-            "--no-install-recommends",
-            "debootstrap",
-        ][..],
-    ] {
-        run_logged(
-            t0,
-            "apt-get",
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            log,
-        )?;
-    }
-    Ok(())
+    crate::provision::install(t0, &[crate::provision::DEBOOTSTRAP])
 }
 
 /// debootstrap -> clean -> tar, atomically renamed to `tarball`.
@@ -424,7 +394,7 @@ fn make_rootfs_tarball(
 ) -> Result<()> {
     let log = out_dir.join("dind-rootfs.log");
     let _ = fs::remove_file(&log);
-    ensure_debootstrap(t0, &log)?;
+    ensure_debootstrap(t0)?;
     let work = out_dir.join(format!("dind-rootfs.work.{}", std::process::id()));
     remove_tree(&work)?;
     let result = (|| -> Result<()> {

@@ -6,10 +6,8 @@
 //!   (`xtask/images/bridge/Dockerfile`).
 //! - `mesh-bridge/dind:dev`: built by [`crate::dind::build`].
 //!
-//! The two binaries are built in one cargo run with
-//! `RUSTFLAGS=-C target-feature=+crt-static --target x86_64-unknown-linux-gnu
-//! --target-dir target/static` (glibc, statically linked; the explicit target
-//! keeps the flag off build scripts and proc macros), without debug info.
+//! The two binaries are built in one cargo run by [`crate::release`] (static
+//! glibc, no debug info, `target/static`), the build the bench shares.
 //! Each image's build context is a throwaway directory holding only its
 //! Dockerfile and binary.
 //! The image carries the sha256 of (recipe, Dockerfile, binary) as the label
@@ -26,13 +24,11 @@ use anyhow::{Context, Result, bail, ensure};
 
 /// Label holding the content hash of an image's inputs.
 pub const HASH_LABEL: &str = "mesh-bridge.content-hash";
-/// The only target with a std installed here; static via `+crt-static`.
-const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Bumped when the way these images are assembled changes (not their inputs).
 const RECIPE: &str = "mesh-bridge-images/1";
 
 /// Flags of `cargo xtask images`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct Args {
     /// Rebuild even when an image's content hash is unchanged.
     #[arg(long)]
@@ -57,8 +53,7 @@ pub enum Image {
 struct ScratchImage {
     image: Image,
     tag: &'static str,
-    /// Cargo package and binary name.
-    package: &'static str,
+    /// The binary (one of [`ALL_BINS`]).
     bin: &'static str,
     /// Directory under `xtask/images/` holding the Dockerfile.
     dir: &'static str,
@@ -70,7 +65,6 @@ const SCRATCH_IMAGES: [ScratchImage; 2] = [
     ScratchImage {
         image: Image::Stub,
         tag: "mesh-bridge/mcp-stub:dev",
-        package: "mesh-chaos",
         bin: "mcp-stub",
         dir: "mcp-stub",
         empty_dirs: &[],
@@ -78,12 +72,16 @@ const SCRATCH_IMAGES: [ScratchImage; 2] = [
     ScratchImage {
         image: Image::Bridge,
         tag: "mesh-bridge/bridge:dev",
-        package: "mesh-bridge",
         bin: "mesh-bridge",
         dir: "bridge",
         empty_dirs: &["state"],
     },
 ];
+
+/// The release binaries every static build makes (the images' two): one set,
+/// so that builds for different purposes reuse each other's output.
+pub const ALL_BINS: [(&str, &str); 2] =
+    [("mesh-bridge", "mesh-bridge"), ("mesh-chaos", "mcp-stub")];
 
 /// What happened to one image.
 struct Outcome {
@@ -174,45 +172,20 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Builds the binaries of `specs` statically in one cargo run and returns the
-/// directory holding them.
+/// Builds the binaries of `specs` statically in one cargo run (see
+/// [`crate::release`]) and returns the directory holding them.
 fn build_static_binaries(t0: Instant, specs: &[&ScratchImage]) -> Result<PathBuf> {
-    let root = workspace_root();
-    let target_dir = root.join("target").join("static");
     let names: Vec<&str> = specs.iter().map(|s| s.bin).collect();
     progress(
         t0,
         &format!(
-            "cargo build --release (static, {TARGET}) of {}",
+            "cargo build --release (static, {}) of {}",
+            crate::release::TARGET,
             names.join(", ")
         ),
     );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
-        .arg(&target_dir);
-    for spec in specs {
-        cmd.args(["-p", spec.package, "--bin", spec.bin]);
-    }
-    // Only the explicit RUSTFLAGS applies (cargo prefers the encoded form).
-    let mut rustflags = std::env::var("RUSTFLAGS").unwrap_or_default();
-    if !rustflags.contains("crt-static") {
-        rustflags = format!("{rustflags} -C target-feature=+crt-static")
-            .trim()
-            .to_owned();
-    }
-    // No debug info in the images (the workspace's release profile keeps line
-    // tables, which make mesh-bridge ~60 MB); symbols stay, so backtraces keep
-    // function names.
-    cmd.env("RUSTFLAGS", rustflags)
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS");
-    run_cmd(&mut cmd)?;
-
-    let bin_dir = target_dir.join(TARGET).join("release");
+    // Always the same set, so the bench's and the images' builds share it.
+    let bin_dir = crate::release::build(&ALL_BINS)?;
     for spec in specs {
         let path = bin_dir.join(spec.bin);
         ensure_static(&path)?;
@@ -409,22 +382,7 @@ pub(crate) fn sha256_hex(parts: &[&[u8]]) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn run_cmd(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let status = cmd
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("running {shown}"))?;
-    ensure!(status.success(), "{shown} failed ({status})");
-    Ok(())
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new("."))
-        .to_path_buf()
-}
+use crate::paths::workspace_root;
 
 fn progress(t0: Instant, msg: &str) {
     println!("[images {:>6.1}s] {msg}", t0.elapsed().as_secs_f64());

@@ -1,12 +1,19 @@
-//! Project automation: `cargo xtask <command>`. Images, scenarios, the
-//! reliability run, benchmarks, dashboard checks and the long crash test.
+//! Project automation: `cargo xtask <command>`. Provisioning, the tests,
+//! images, scenarios, the reliability run, benchmarks, dashboard checks and
+//! the long crash test.
 
 mod bench;
 mod dashboards;
 mod dind;
 mod images;
+mod interrupt;
+mod owner;
+mod paths;
+mod provision;
+mod release;
 mod reliability;
 mod scenario;
+mod test;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -20,6 +27,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Set up this machine: wait for the Docker engine, install missing Debian
+    /// tools (apt-get, as root), build missing or stale images.
+    Provision(provision::Args),
+    /// The tests: provision, fmt and clippy, the dashboards check, then
+    /// `cargo test --workspace` (arguments after `--` go to cargo test).
+    Test(test::Args),
     /// Build the local images (no registry is contacted), cached by content hash.
     Images(images::Args),
     /// Lint the Grafana dashboards and Prometheus rules, and run every panel query.
@@ -44,9 +57,36 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    if let Err(e) = interrupt::install() {
+        eprintln!("xtask: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let result = dispatch(cli.command);
+    if let Some(sig) = interrupt::requested() {
+        eprintln!(
+            "xtask: interrupted by {sig}; what this run started was removed{}",
+            result
+                .as_ref()
+                .err()
+                .map_or(String::new(), |e| format!(" ({e:#})"))
+        );
+        return std::process::ExitCode::from(interrupt::EXIT_CODE as u8);
+    }
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Provision(args) => provision::run(&args),
+        Command::Test(args) => test::run(&args),
         Command::Images(args) => images::run(&args),
         Command::Dashboards { command } => dashboards::run(&command),
         Command::Bench(args) => bench::run(&args),
@@ -56,22 +96,20 @@ fn main() -> Result<()> {
     }
 }
 
-/// Re-runs the store crash test with `MESH_BRIDGE_CRASH_ITERATIONS` raised.
+/// Re-runs the store crash test with `MESH_BRIDGE_CRASH_ITERATIONS` raised,
+/// in the shared release build.
 fn crash(iterations: u32) -> Result<()> {
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "mesh-bridge",
-                "--test",
-                "store_crash",
-                "--",
-                "--nocapture",
-            ])
-            .env("MESH_BRIDGE_CRASH_ITERATIONS", iterations.to_string())
-            .status()?;
+    let mut cmd = release::cargo("test");
+    cmd.args([
+        "-p",
+        "mesh-bridge",
+        "--test",
+        "store_crash",
+        "--",
+        "--nocapture",
+    ])
+    .env("MESH_BRIDGE_CRASH_ITERATIONS", iterations.to_string());
+    let status = interrupt::status(&mut cmd)?;
     anyhow::ensure!(status.success(), "store crash test failed ({status})");
     Ok(())
 }

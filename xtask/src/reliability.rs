@@ -1,6 +1,9 @@
-//! `cargo xtask reliability`: the short suite CI runs. Every scenario marked
-//! `ci = true` in tests/scenarios, one after the other, with progress lines and
-//! a pass/fail table; non-zero exit when any invariant failed.
+//! `cargo xtask reliability`: the short suite CI runs. Provisioning first
+//! (engine, Debian tools, images), then every scenario marked `ci = true` in
+//! tests/scenarios, one after the other, with progress lines and a pass/fail
+//! table, then every dashboard panel query against the Prometheus of the
+//! [`DASHBOARD_RUN`] scenario; non-zero exit when any invariant failed or a
+//! panel had no data. SIGINT/SIGTERM stop it after cleaning up.
 
 use std::time::Instant;
 
@@ -8,6 +11,10 @@ use anyhow::{Result, bail};
 use mesh_chaos::scenario::Scenario;
 
 use crate::scenario::{self, Engine, RunArgs};
+
+/// The scenario whose Prometheus data feeds the dashboards check: the one
+/// whose faults move every panel (exhaustion, duplicates, restarts).
+pub const DASHBOARD_RUN: &str = "exhaustion";
 
 /// `reliability` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,6 +32,7 @@ pub struct Args {
 
 /// Runs the suite.
 pub fn run(args: &Args) -> Result<()> {
+    crate::provision::run(&crate::provision::Args { no_images: false })?;
     let all = Scenario::load_dir(&scenario::scenario_dir())?;
     let chosen: Vec<Scenario> = all
         .into_iter()
@@ -127,7 +135,6 @@ pub fn run(args: &Args) -> Result<()> {
                 });
             }
             Err(e) => {
-                let interrupted = e.to_string().starts_with("interrupted");
                 println!(
                     "[{}/{} {}] ERROR after {secs:.0}s: {e:#}",
                     i + 1,
@@ -145,11 +152,11 @@ pub fn run(args: &Args) -> Result<()> {
                     secs,
                     error: Some(format!("{e:#}")),
                 });
-                if interrupted {
-                    println!("interrupted: the remaining scenarios are skipped");
-                    break;
-                }
             }
+        }
+        if let Some(sig) = crate::interrupt::requested() {
+            println!("interrupted by {sig}: the remaining scenarios are skipped");
+            break;
         }
     }
     println!();
@@ -190,15 +197,43 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let failed = rows.iter().filter(|r| r.verdict != "pass").count();
+    crate::interrupt::check()?;
+    let mut dashboards = None;
+    if let Some(r) = rows
+        .iter()
+        .find(|r| r.name == DASHBOARD_RUN && r.verdict == "pass")
+    {
+        let dir = scenario::out_root().join(format!("{}-{}", r.name, r.seed));
+        println!("\ndashboards: every panel query against {}", dir.display());
+        let outcome = crate::dashboards::run(&crate::dashboards::Command::Check(
+            crate::dashboards::CheckArgs::defaults(Some(dir)),
+        ));
+        if let Err(e) = &outcome {
+            println!("dashboards check FAILED: {e:#}");
+        }
+        dashboards = Some(outcome.is_ok());
+    }
     println!(
-        "\nreliability: {} passed, {} failed, {:.0}s total; reports in {}",
-        rows.len() - failed,
-        failed,
+        "\nreliability: {:.0}s total; reports in {}{}",
         t0.elapsed().as_secs_f64(),
-        scenario::out_root().display()
+        scenario::out_root().display(),
+        match dashboards {
+            Some(true) => "; dashboards: every panel query returned data",
+            Some(false) => "; dashboards: panels without data (above)",
+            None => "",
+        }
+    );
+    // The closing line alone, as test runners print theirs.
+    println!(
+        "reliability: {} passed, {} failed",
+        rows.len() - failed,
+        failed
     );
     if failed > 0 {
         bail!("{failed} scenario(s) failed");
+    }
+    if dashboards == Some(false) {
+        bail!("the dashboards check against the {DASHBOARD_RUN} run failed");
     }
     Ok(())
 }

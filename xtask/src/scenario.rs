@@ -1,6 +1,6 @@
 //! `cargo xtask scenario list|run NAME [--seed N] [--duration D] [--engine dind|host]`.
 //!
-//! Topology (DESIGN.md section 5): a DinD container started with testcontainers
+//! Topology (docs/DESIGN.md section 5): a DinD container started with testcontainers
 //! (`--privileged` is refused by this engine, so the privileged-equivalent flags
 //! of `xtask/images/dind/README.md` are used when it is), the bridge container in
 //! the DinD container's network namespace, stub services inside the inner
@@ -75,20 +75,11 @@ pub fn scenario_dir() -> PathBuf {
     workspace().join("tests").join("scenarios")
 }
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new("."))
-        .to_path_buf()
-}
+use crate::paths::workspace_root as workspace;
 
 /// `target/reliability`.
 pub fn out_root() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => workspace().join("target"),
-    }
-    .join("reliability")
+    crate::paths::target_dir().join("reliability")
 }
 
 /// Entry point of `cargo xtask scenario`.
@@ -109,6 +100,7 @@ pub fn run(cmd: &Command) -> Result<()> {
             Ok(())
         }
         Command::Run(args) => {
+            crate::provision::run(&crate::provision::Args { no_images: false })?;
             let rt = runtime()?;
             let out = rt.block_on(run_named(args, &|m| println!("{m}")))?;
             println!("\n{}", std::fs::read_to_string(out.dir.join("summary.md"))?);
@@ -147,12 +139,15 @@ pub async fn run_named(args: &RunArgs, say: &(dyn Fn(&str) + Sync)) -> Result<Ru
         scn.duration = d.clone();
     }
     let seed = args.seed.unwrap_or(scn.seed);
+    crate::interrupt::check()?;
+    crate::owner::sweep_dead(&out_root(), &|m| say(m));
     let run_id = format!("{}-{}-{}", scn.name, seed, std::process::id());
     let mut cleanup = Cleanup::new(&run_id);
     let result = tokio::select! {
         r = run_scenario(&scn, seed, args.engine, &run_id, &mut cleanup, say) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (ctrl-c); cleaning up")),
+        sig = crate::interrupt::wait() => Err(anyhow::anyhow!("interrupted by {sig}")),
     };
+    say("cleaning up");
     cleanup.run().await;
     result
 }
@@ -432,6 +427,7 @@ async fn run_scenario(
     let label_pairs = vec![
         (faults::TEST_LABEL.to_string(), TEST_VALUE.to_string()),
         ("mesh-bridge.run".to_string(), run_id.to_string()),
+        (crate::owner::LABEL.to_string(), crate::owner::me()),
     ];
     let labels: Vec<String> = label_pairs
         .iter()
@@ -518,10 +514,12 @@ async fn run_scenario(
             // A netns holder (a stub) publishes the ports; the bridge joins it
             // and watches the host engine through its socket.
             let net = format!("{bridge_name}-net");
-            host.run(&[
-                "network", "create", "--label", &labels[0], "--label", &labels[1], &net,
-            ])
-            .await?;
+            let mut args = vec!["network", "create"];
+            for l in &labels {
+                args.extend(["--label", l.as_str()]);
+            }
+            args.push(&net);
+            host.run(&args).await?;
             cleanup.networks.push(net.clone());
             let holder = format!("{bridge_name}-ns");
             let mut args: Vec<String> =

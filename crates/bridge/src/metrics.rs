@@ -1,4 +1,4 @@
-//! The bridge's Prometheus metrics (names of DESIGN.md section 3, all prefixed
+//! The bridge's Prometheus metrics (names of docs/DESIGN.md section 3, all prefixed
 //! `mesh_bridge_`). One [`prometheus::Registry`] is owned by the app and passed
 //! down; nothing here is a global static.
 

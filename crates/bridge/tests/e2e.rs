@@ -788,7 +788,7 @@ fn sigterm_exits_zero_within_5s_with_an_open_connection() {
     wait_serving(p, "term", SERVE);
 }
 
-/// Every metric name of DESIGN.md section 3.
+/// Every metric name of docs/DESIGN.md section 3.
 const METRIC_NAMES: &[&str] = &[
     "ports_capacity",
     "ports_in_use",
@@ -823,7 +823,7 @@ const NEED_ACTIVITY: &[&str] = &[
     "forward_upstream_errors_total",
 ];
 
-/// (11) /metrics exposes every metric name of DESIGN.md section 3.
+/// (11) /metrics exposes every metric name of docs/DESIGN.md section 3.
 #[test]
 fn metrics_expose_every_contract_name() {
     let ctx = TestCtx::new("metrics");
@@ -883,7 +883,7 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[i]
 }
 
-/// The two figures of issue 3: registration latency (container start to the
+/// Two daemon figures: registration latency (container start to the
 /// port serving, p50/p99 over 50 starts) and recovery after kill -9 with 50
 /// services (process start to every port serving).
 ///

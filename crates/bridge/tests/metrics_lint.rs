@@ -1,7 +1,7 @@
 //! The exposition passes `promtool check metrics` (Prometheus' own linter),
 //! also while the Docker engine is unreachable; `/healthz` then says 200 and
 //! `/readyz` 503 with the reason. promtool comes from Debian's `prometheus`
-//! package (`.ci/run` installs it); a missing promtool fails the test.
+//! package (`cargo xtask test` installs it); a missing promtool fails the test.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -82,7 +82,7 @@ fn exposition_passes_promtool_while_the_engine_is_unreachable() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool is missing: install Debian's `prometheus` package (.ci/run does)");
+        .expect("promtool is missing: run `cargo xtask provision` (installs Debian's `prometheus` package)");
     promtool
         .stdin
         .take()

@@ -1,4 +1,4 @@
-//! Invariants I1-I7 (DESIGN.md section 4), judged on a recorded [`History`].
+//! Invariants I1-I7 (docs/DESIGN.md section 4), judged on a recorded [`History`].
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,5 +1,5 @@
 //! mesh-chaos: the reliability harness for mesh-bridge (faults, probes,
-//! invariants, reports). See DESIGN.md section 4.
+//! invariants, reports). See docs/DESIGN.md section 4.
 
 pub mod docker_query;
 pub mod faults;

@@ -1,4 +1,4 @@
-//! The MCP stub service (DESIGN.md section 3, "MCP stub") and the small client
+//! The MCP stub service (docs/DESIGN.md section 3, "MCP stub") and the small client
 //! the harness uses to probe it.
 //!
 //! Server side: JSON-RPC 2.0 over HTTP/1.1 on `POST /mcp` (`initialize`, `ping`,

@@ -15,8 +15,9 @@ use anyhow::{Context, Result, bail, ensure};
 
 /// The stub image every service container runs.
 pub const STUB_IMAGE: &str = "mesh-bridge/mcp-stub:dev";
-/// Label on every container the bench starts: the pid of the bench process.
-pub const RUN_LABEL: &str = "mesh-bridge.bench.run";
+/// Label on every container and network the bench starts: the pid of the
+/// bench process (the harness-wide owner label, see `owner`).
+pub const RUN_LABEL: &str = crate::owner::LABEL;
 /// Label naming the phase a container belongs to (the relay filters on it).
 pub const PHASE_LABEL: &str = "mesh-bridge.bench.phase";
 /// Bearer token handed to the bridges (at least 16 characters).
@@ -25,12 +26,7 @@ pub const TOKEN: &str = "bench-token-0123456789abcdef";
 pub const DOCKER_SOCK: &str = "/var/run/docker.sock";
 
 /// The workspace root.
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new("."))
-        .to_path_buf()
-}
+pub use crate::paths::workspace_root;
 
 /// `target/bench` (report, logs, the bridge binary copy, state dirs).
 pub fn bench_dir() -> PathBuf {
@@ -42,38 +38,17 @@ pub fn progress(t0: Instant, msg: &str) {
     println!("[bench {:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
 }
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
-}
-
-/// Builds `mesh-bridge` in release into `target/bench-build` (its own target
-/// dir, so other builds cannot replace it mid-run) and copies it to
-/// `target/bench/bin/mesh-bridge`.
+/// The release `mesh-bridge` of [`crate::release`] (the very binary the
+/// bridge image holds), copied to `target/bench/bin/mesh-bridge` so a later
+/// build cannot replace it mid-run.
 pub fn build_bridge() -> Result<PathBuf> {
-    copy_bridge(&build_release("mesh-bridge", "mesh-bridge")?)
+    let dir = crate::release::build(&crate::images::ALL_BINS)?;
+    copy_bridge(&dir.join("mesh-bridge"))
 }
 
-/// Builds xtask in release into `target/bench-build`; returns the binary.
+/// xtask in release, from the same build configuration; returns the binary.
 pub fn build_release_xtask() -> Result<PathBuf> {
-    build_release("xtask", "xtask")
-}
-
-/// `cargo build --release -p <package> --bin <bin>` into `target/bench-build`
-/// (its own target dir, so other builds cannot replace it mid-run).
-fn build_release(package: &str, bin: &str) -> Result<PathBuf> {
-    let root = workspace_root();
-    let target_dir = root.join("target").join("bench-build");
-    let st = Command::new(cargo())
-        .args(["build", "--release", "-p", package, "--bin", bin])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(&root)
-        .env_remove("CARGO_TARGET_DIR")
-        .stdin(Stdio::null())
-        .status()
-        .context("cannot run cargo build")?;
-    ensure!(st.success(), "building {bin} (release) failed ({st})");
-    Ok(target_dir.join("release").join(bin))
+    Ok(crate::release::build(&[("xtask", "xtask")])?.join("xtask"))
 }
 
 /// Copies a bridge binary to `target/bench/bin/mesh-bridge`.
@@ -121,36 +96,9 @@ pub fn ensure_stub_image(t0: Instant) -> Result<()> {
     })
 }
 
-fn pid_alive(pid: &str) -> bool {
-    !pid.is_empty() && Path::new("/proc").join(pid).exists()
-}
-
-/// Removes bench containers left by an earlier bench process that is gone.
-pub fn remove_stale() -> Result<()> {
-    let out = docker(&[
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label={RUN_LABEL}"),
-        "--format",
-        &format!("{{{{.ID}}}} {{{{.Label \"{RUN_LABEL}\"}}}}"),
-    ])?;
-    let me = std::process::id().to_string();
-    let stale: Vec<&str> = out
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let id = it.next()?;
-            let owner = it.next().unwrap_or("");
-            (owner != me && !pid_alive(owner)).then_some(id)
-        })
-        .collect();
-    if !stale.is_empty() {
-        let mut args = vec!["rm", "-f"];
-        args.extend(stale.iter().copied());
-        let _ = docker(&args);
-    }
-    Ok(())
+/// Removes what an earlier bench (or scenario) process that is gone left.
+pub fn remove_stale(t0: Instant) {
+    crate::owner::sweep_dead(&crate::scenario::out_root(), &|m| progress(t0, m));
 }
 
 /// Every container of this run is removed when this is dropped (also on error
@@ -197,7 +145,7 @@ fn remove_matching(filters: &[String]) {
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
-        remove_matching(&[format!("label={RUN_LABEL}={}", self.run)]);
+        crate::owner::remove_owned_by(&self.run);
     }
 }
 

@@ -1,4 +1,4 @@
-//! `mcp-stub`: a tiny MCP server for scenarios and tests (DESIGN.md section 3).
+//! `mcp-stub`: a tiny MCP server for scenarios and tests (docs/DESIGN.md section 3).
 //!
 //! `mcp-stub` serves on `0.0.0.0:$MCP_STUB_PORT` (default 8080) with
 //! `serverInfo.name` = `$MCP_STUB_NAME`; `mcp-stub --probe` checks

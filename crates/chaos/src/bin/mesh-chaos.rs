@@ -1,5 +1,5 @@
 //! `mesh-chaos <fault> [flags] [--dry-run]`: the harness's faults against any
-//! deployment (DESIGN.md section 4).
+//! deployment (docs/DESIGN.md section 4).
 //!
 //! Container faults pick victims by label (`--label K=V [--count N |
 //! --fraction F]`); deployment faults name what they act on: the bridge or
@@ -38,7 +38,7 @@ const MAX_FLOOD: u32 = 1000;
     name = "mesh-chaos",
     version,
     about = "Inject faults into a mesh-bridge deployment",
-    long_about = "Inject faults into a mesh-bridge deployment (DESIGN.md section 4).\n\n\
+    long_about = "Inject faults into a mesh-bridge deployment (docs/DESIGN.md section 4).\n\n\
         Every fault takes --dry-run: it prints exactly what it would do and changes nothing.\n\
         Docker commands go to the engine of DOCKER_HOST, or --docker-host.",
     subcommand_required = true,

@@ -1,31 +1,25 @@
 //! P1: the pool's allocate + release, from the criterion bench.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, ensure};
 
-use crate::bench::infra::{self};
 use crate::bench::{Row, ratio};
 
 /// `cargo bench -p mesh-bridge --bench pool`, then criterion's estimate.
 pub fn p1(quick: bool) -> Result<Vec<Row>> {
-    let root = infra::workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
     let started = SystemTime::now();
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["bench", "-p", "mesh-bridge", "--bench", "pool", "--"])
-        .current_dir(&root)
-        .stdin(Stdio::null());
+    // The shared release build (the bench profile inherits release).
+    let mut cmd = crate::release::cargo("bench");
+    cmd.args(["-p", "mesh-bridge", "--bench", "pool", "--"]);
     if quick {
         cmd.args(["--warm-up-time", "1", "--measurement-time", "3"]);
     }
-    let st = cmd.status().context("cannot run cargo bench")?;
+    let st = crate::interrupt::status(&mut cmd)?;
     ensure!(st.success(), "cargo bench failed ({st})");
-    let (full_id, estimates) = find_estimates(&target.join("criterion"), started)?;
+    let (full_id, estimates) =
+        find_estimates(&crate::release::target_dir().join("criterion"), started)?;
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&estimates)?)?;
     let (stat, ns) = ["slope", "mean"]
         .iter()
@@ -48,7 +42,8 @@ pub fn p1(quick: bool) -> Result<Vec<Row>> {
         ),
         value: ns,
         unit: "ns",
-        baseline: "Docker's port allocator, ~650 ns per port (a constant from the issue, not measured here)".into(),
+        baseline: "Docker's port allocator, ~650 ns per port (a constant, not measured here)"
+            .into(),
         baseline_value: docker_ns,
         ratio: ratio(ns, docker_ns),
         goal: "<= 50 ns".into(),
