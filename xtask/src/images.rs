@@ -105,7 +105,7 @@ pub fn run(args: &Args) -> Result<()> {
             Ok(bin_dir) => {
                 for spec in &scratch {
                     let started = Instant::now();
-                    let result = build_scratch_image(t0, spec, &bin_dir, args.force);
+                    let result = build_scratch_image(t0, spec, spec.tag, &bin_dir, args.force);
                     if let Err(e) = &result {
                         progress(t0, &format!("{}: FAILED: {e:#}", spec.tag));
                     }
@@ -203,10 +203,21 @@ fn build_static_binaries(t0: Instant, specs: &[&ScratchImage]) -> Result<PathBuf
     Ok(bin_dir)
 }
 
-/// Builds one `FROM scratch` image unless its tag already carries the content hash.
+/// Builds the bridge image from the `mesh-bridge` binary in `bin_dir` under
+/// another tag (`cargo xtask teeth` tests patched bridges this way).
+pub fn build_bridge_image_as(tag: &str, bin_dir: &Path) -> Result<()> {
+    let spec = SCRATCH_IMAGES
+        .iter()
+        .find(|s| s.image == Image::Bridge)
+        .context("no bridge image spec")?;
+    build_scratch_image(Instant::now(), spec, tag, bin_dir, false).map(drop)
+}
+
+/// Builds one `FROM scratch` image unless `tag` already carries the content hash.
 fn build_scratch_image(
     t0: Instant,
     spec: &ScratchImage,
+    tag: &str,
     bin_dir: &Path,
     force: bool,
 ) -> Result<&'static str> {
@@ -223,10 +234,10 @@ fn build_scratch_image(
     let mut parts: Vec<&[u8]> = vec![RECIPE.as_bytes(), &dockerfile, spec.bin.as_bytes(), &binary];
     parts.extend(spec.empty_dirs.iter().map(|d| d.as_bytes()));
     let hash = sha256_hex(&parts)?;
-    progress(t0, &format!("{}: content hash {}", spec.tag, &hash[..16]));
+    progress(t0, &format!("{}: content hash {}", tag, &hash[..16]));
 
-    if !force && image_label(spec.tag, HASH_LABEL)?.as_deref() == Some(&hash) {
-        progress(t0, &format!("{}: up to date", spec.tag));
+    if !force && image_label(tag, HASH_LABEL)?.as_deref() == Some(&hash) {
+        progress(t0, &format!("{}: up to date", tag));
         return Ok("up to date");
     }
 
@@ -248,7 +259,7 @@ fn build_scratch_image(
         }
         progress(
             t0,
-            &format!("{}: docker build (--network none, no pull)", spec.tag),
+            &format!("{}: docker build (--network none, no pull)", tag),
         );
         let mut cmd = Command::new("docker");
         cmd.env("DOCKER_BUILDKIT", "0")
@@ -256,7 +267,7 @@ fn build_scratch_image(
             .args(force.then_some("--no-cache"))
             .args(["--label", &format!("{HASH_LABEL}={hash}")])
             .args(["--label", &format!("mesh-bridge.image={}", spec.dir)])
-            .args(["--tag", spec.tag])
+            .args(["--tag", tag])
             .arg(&ctx)
             .stdin(Stdio::null());
         // Quiet on success (the legacy builder's deprecation notice is noise
@@ -265,7 +276,7 @@ fn build_scratch_image(
         ensure!(
             out.status.success(),
             "docker build of {} failed ({}):\n{}{}",
-            spec.tag,
+            tag,
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -275,11 +286,11 @@ fn build_scratch_image(
     let _ = fs::remove_dir_all(&ctx);
     result?;
 
-    let label = image_label(spec.tag, HASH_LABEL)?;
+    let label = image_label(tag, HASH_LABEL)?;
     ensure!(
         label.as_deref() == Some(hash.as_str()),
         "{} was built but carries {HASH_LABEL}={label:?}, expected {hash}",
-        spec.tag
+        tag
     );
     // Earlier builds of this image that lost the tag: drop those that no
     // container uses (prune only touches untagged images).
@@ -290,7 +301,7 @@ fn build_scratch_image(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    progress(t0, &format!("{}: built", spec.tag));
+    progress(t0, &format!("{}: built", tag));
     Ok(if force { "rebuilt (--force)" } else { "built" })
 }
 

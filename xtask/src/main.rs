@@ -13,6 +13,7 @@ mod provision;
 mod release;
 mod reliability;
 mod scenario;
+mod teeth;
 mod test;
 
 use anyhow::Result;
@@ -49,6 +50,9 @@ enum Command {
     Reliability(reliability::Args),
     /// The performance suite: a table and target/bench/report.json.
     Bench(bench::Args),
+    /// Re-introduce known bugs into a scratch copy of the bridge, one at a
+    /// time, and show which scenario and invariant catches each.
+    Teeth(teeth::Args),
     /// Run the store crash test with more kills than `cargo test` does.
     Crash {
         /// How many times the writer is killed with SIGKILL.
@@ -93,6 +97,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Crash { iterations } => crash(iterations),
         Command::Scenario { command } => scenario::run(&command),
         Command::Reliability(args) => reliability::run(&args),
+        Command::Teeth(args) => teeth::run(&args),
     }
 }
 

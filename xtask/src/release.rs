@@ -10,7 +10,7 @@
 //! target keeps the flag off build scripts and proc macros), no debug info
 //! (symbols stay, so backtraces and `perf` keep function names).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Result, ensure};
@@ -33,16 +33,21 @@ pub fn bin_dir() -> PathBuf {
 /// `cargo <subcommand> --release --target .. --target-dir ..` with the
 /// static flags set and nothing inherited that would change them.
 pub fn cargo(subcommand: &str) -> Command {
+    cargo_in(&crate::paths::workspace_root(), &target_dir(), subcommand)
+}
+
+/// [`cargo`] for another copy of the workspace (`cargo xtask teeth`'s
+/// scratch copy) and target directory.
+pub fn cargo_in(root: &Path, target_dir: &Path, subcommand: &str) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(crate::paths::workspace_root())
-        .arg(subcommand);
+    cmd.current_dir(root).arg(subcommand);
     if subcommand != "bench" {
         // `cargo bench` uses the bench profile (which inherits release).
         cmd.arg("--release");
     }
     cmd.args(["--target", TARGET, "--target-dir"])
-        .arg(target_dir())
+        .arg(target_dir)
         .stdin(Stdio::null());
     // Only the explicit RUSTFLAGS applies (cargo prefers the encoded form).
     let mut rustflags = std::env::var("RUSTFLAGS").unwrap_or_default();

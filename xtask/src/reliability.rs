@@ -28,6 +28,9 @@ pub struct Args {
     /// Seed for every scenario (default: each scenario's).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The bridge image to test (default: the one `cargo xtask images` builds).
+    #[arg(long, default_value = scenario::BRIDGE_IMAGE)]
+    pub bridge_image: String,
 }
 
 /// Runs the suite.
@@ -90,6 +93,7 @@ pub fn run(args: &Args) -> Result<()> {
                 seed: args.seed,
                 duration: None,
                 engine: args.engine,
+                bridge_image: args.bridge_image.clone(),
             },
             &say,
         ));
@@ -159,29 +163,40 @@ pub fn run(args: &Args) -> Result<()> {
             break;
         }
     }
+    // The invariant columns: every id any scenario was judged on (alert
+    // verdicts are printed under their scenario).
+    let mut ids: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.held.iter().map(|(id, _)| id.clone()))
+        .filter(|id| id.starts_with('I'))
+        .collect();
+    ids.sort_by_key(|id| id[1..].parse::<u32>().unwrap_or(u32::MAX));
+    ids.dedup();
+    let header = ids.join(" ");
     println!();
     println!(
-        "{:<18} {:>5}  {:<7} {:<20} {:>13} {:>9} {:>6} {:>6}",
+        "{:<18} {:>5}  {:<7} {:<w$} {:>13} {:>9} {:>6} {:>6}",
         "SCENARIO",
         "SEED",
         "VERDICT",
-        "I1 I2 I3 I4 I5 I6 I7",
+        header,
         "AVAIL/ALL",
         "RECOVERY",
         "FAULTS",
-        "TIME"
+        "TIME",
+        w = header.len().max(2)
     );
     for r in &rows {
-        let marks: Vec<&str> = if r.held.is_empty() {
-            vec!["--"; 7]
-        } else {
-            r.held
-                .iter()
-                .map(|(_, h)| if *h { "ok" } else { "XX" })
-                .collect()
-        };
+        let marks: Vec<&str> = ids
+            .iter()
+            .map(|id| match r.held.iter().find(|(i, _)| i == id) {
+                Some((_, true)) => "ok",
+                Some((_, false)) => "XX",
+                None => "--",
+            })
+            .collect();
         println!(
-            "{:<18} {:>5}  {:<7} {:<20} {:>13} {:>9} {:>6} {:>5.0}s",
+            "{:<18} {:>5}  {:<7} {:<w$} {:>13} {:>9} {:>6} {:>5.0}s",
             r.name,
             r.seed,
             r.verdict.to_uppercase(),
@@ -190,8 +205,12 @@ pub fn run(args: &Args) -> Result<()> {
                 .map_or("-".into(), |(a, all)| format!("{a:.4}/{all:.4}")),
             r.recovery.map_or("-".into(), |m| format!("{m}ms")),
             r.faults,
-            r.secs
+            r.secs,
+            w = header.len().max(2)
         );
+        for (id, held) in r.held.iter().filter(|(id, _)| !id.starts_with('I')) {
+            println!("    {id}: {}", if *held { "ok" } else { "XX" });
+        }
         if let Some(e) = &r.error {
             println!("    error: {e}");
         }

@@ -68,6 +68,9 @@ pub struct RunArgs {
     /// Where the services run.
     #[arg(long, value_enum, default_value_t = Engine::Dind)]
     pub engine: Engine,
+    /// The bridge image to test (default: the one `cargo xtask images` builds).
+    #[arg(long, default_value = BRIDGE_IMAGE)]
+    pub bridge_image: String,
 }
 
 /// `tests/scenarios`.
@@ -144,7 +147,7 @@ pub async fn run_named(args: &RunArgs, say: &(dyn Fn(&str) + Sync)) -> Result<Ru
     let run_id = format!("{}-{}-{}", scn.name, seed, std::process::id());
     let mut cleanup = Cleanup::new(&run_id);
     let result = tokio::select! {
-        r = run_scenario(&scn, seed, args.engine, &run_id, &mut cleanup, say) => r,
+        r = run_scenario(&scn, seed, args, &run_id, &mut cleanup, say) => r,
         sig = crate::interrupt::wait() => Err(anyhow::anyhow!("interrupted by {sig}")),
     };
     say("cleaning up");
@@ -364,6 +367,13 @@ struct Topo {
 impl Topo {
     /// Starts `name` as a stub container of `service` on the service engine.
     async fn start_stub(&self, name: &str, service: &str) -> Result<()> {
+        let args = self.stub_args(name, service);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.target.inner.run(&argv).await.map(drop)
+    }
+
+    /// `docker run` arguments of one stub replica of `service`.
+    fn stub_args(&self, name: &str, service: &str) -> Vec<String> {
         let mut args = vec!["run".to_string(), "-d".into(), "--name".into(), name.into()];
         for l in &self.labels {
             args.push("--label".into());
@@ -384,8 +394,7 @@ impl Topo {
             args.extend(["--network".to_string(), self.target.bridge_netns_net()]);
         }
         args.push(STUB_IMAGE.into());
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.target.inner.run(&argv).await.map(drop)
+        args
     }
 }
 
@@ -402,7 +411,7 @@ impl NetExt for Target {
 async fn run_scenario(
     scn: &Scenario,
     seed: u64,
-    engine: Engine,
+    args: &RunArgs,
     run_id: &str,
     cleanup: &mut Cleanup,
     say: &(dyn Fn(&str) + Sync),
@@ -421,7 +430,9 @@ async fn run_scenario(
     )?;
     let mesh_ports = scn.bridge.all_ports()?;
     let host = Docker::default();
-    for img in [BRIDGE_IMAGE, STUB_IMAGE] {
+    let engine = args.engine;
+    let bridge_image = args.bridge_image.as_str();
+    for img in [bridge_image, STUB_IMAGE] {
         require_image(&host, img).await?;
     }
     let label_pairs = vec![
@@ -578,7 +589,7 @@ async fn run_scenario(
         bridge: bridge_name.clone(),
         engine: engine_name.clone(),
         state_dir: state_dir.clone(),
-        bridge_image: BRIDGE_IMAGE.into(),
+        bridge_image: bridge_image.into(),
         stub_image: STUB_IMAGE.into(),
         api,
         token: token.clone(),
@@ -640,7 +651,7 @@ async fn run_scenario(
     }
     args.extend(
         [
-            BRIDGE_IMAGE,
+            bridge_image,
             "run",
             "--docker-host",
             &docker_host,
@@ -847,8 +858,26 @@ async fn run_scenario(
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), probes).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), poller).await;
+    // Docker's truth (running containers per service) next to the final
+    // snapshot, for I9.
+    let truth = match target.inner.list(&labels).await {
+        Ok(cs) => {
+            let mut m = std::collections::BTreeMap::new();
+            for c in cs.iter().filter(|c| !c.service.is_empty()) {
+                *m.entry(c.service.clone()).or_insert(0usize) += usize::from(c.state == "running");
+            }
+            Some(m)
+        }
+        Err(e) => {
+            say(&format!(
+                "could not list the services' containers at the end: {e:#}"
+            ));
+            None
+        }
+    };
     let fin = probe::snapshot(api, start.elapsed().as_millis() as u64).await;
     rec.with(|h| {
+        h.truth = truth;
         h.snapshots.push(fin);
         h.end_ms = start.elapsed().as_millis() as u64;
     });
@@ -1192,20 +1221,24 @@ async fn inject(
         FaultKind::BridgeKill => {
             t.kill_bridge().await?;
             let (ok, detail) = t.check_store().await;
+            // What the store holds now, for I6's completeness check.
+            let exported = if ok {
+                t.export_store().await.ok()
+            } else {
+                None
+            };
             rec.with(|h| {
                 h.store_checks.push(StoreCheck {
                     t_ms: now(),
                     ok,
                     detail,
                     damaged_on_purpose: false,
+                    exported,
                 })
             });
             t.start_bridge().await?;
-            record.target = format!(
-                "{} (kill -9, state check {}, start)",
-                t.bridge,
-                if ok { "ok" } else { "FAILED" }
-            );
+            // No run ids in targets: the same seed gives the same fault list.
+            record.target = "bridge (kill -9, state check, start)".into();
             record.services = probed.clone();
             record.until_ms = now();
             None
@@ -1225,6 +1258,7 @@ async fn inject(
                     ok,
                     detail: detail.clone(),
                     damaged_on_purpose: true,
+                    exported: None,
                 })
             });
             t.start_bridge().await?;
@@ -1255,15 +1289,7 @@ async fn inject(
             t.restart_engine().await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
             wait_engine(&t.inner, Duration::from_secs(90)).await?;
-            record.target = format!(
-                "dockerd in {}",
-                t.engine
-                    .as_deref()
-                    .unwrap_or("?")
-                    .chars()
-                    .take(12)
-                    .collect::<String>()
-            );
+            record.target = "dockerd in the DinD container".into();
             record.services = probed.clone();
             record.until_ms = now();
             None
@@ -1365,6 +1391,97 @@ async fn inject(
                 names.len()
             );
             Some(Heal::RemoveInner { names })
+        }
+        FaultKind::ServiceChurn => {
+            // Whole services leave for good and new names arrive: with more
+            // churn than the range has ports, an allocator that never reuses
+            // a freed port runs dry.
+            let live = rec.with(|h| h.live.clone());
+            let gone = schedule::pick(&live, p.count, p.fraction, p.pick);
+            for svc in &gone {
+                let mut filters = faults::target_labels(Some(svc));
+                filters.extend(topo.labels.iter().cloned());
+                let names: Vec<String> = t
+                    .inner
+                    .list(&filters)
+                    .await?
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect();
+                remove_inner(t, &names).await?;
+            }
+            let new: Vec<String> = (0..gone.len())
+                .map(|i| format!("churn-{seq}-{i}"))
+                .collect();
+            // With a hold, the new names start when it ends (e.g. only after
+            // an engine cut, so no new container takes a vanished one's
+            // address while the bridge cannot see either).
+            let later = p.hold_ms > 0;
+            if !later {
+                for svc in &new {
+                    topo.start_stub(svc, svc).await?;
+                }
+            }
+            if let Ok(mut g) = probe_list.lock() {
+                g.retain(|s| !gone.contains(s));
+                g.extend(new.iter().cloned());
+            }
+            rec.with(|h| {
+                for list in [&mut h.live, &mut h.probed] {
+                    list.retain(|s| !gone.contains(s));
+                    list.extend(new.iter().cloned());
+                }
+            });
+            record.target = format!("removed {}; new {}", gone.join(","), new.join(","));
+            record.services = gone.iter().chain(&new).cloned().collect();
+            record.until_ms = now();
+            later.then(|| Heal::Replace {
+                names: new.iter().map(|n| (n.clone(), n.clone())).collect(),
+            })
+        }
+        FaultKind::ServiceBurst => {
+            // Many new services in the same instant: every `docker run` is
+            // started before any is waited for.
+            let n = p.count.unwrap_or(6) as usize;
+            let new: Vec<String> = (0..n).map(|i| format!("burst-{seq}-{i}")).collect();
+            let mut runs = tokio::task::JoinSet::new();
+            for svc in &new {
+                let args = topo.stub_args(svc, svc);
+                let engine = t.inner.clone();
+                runs.spawn(async move {
+                    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+                    engine.run(&argv).await.map(drop)
+                });
+            }
+            let mut failed = Vec::new();
+            while let Some(r) = runs.join_next().await {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => failed.push(format!("{e:#}")),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            if let Ok(mut g) = probe_list.lock() {
+                g.extend(new.iter().cloned());
+            }
+            rec.with(|h| {
+                h.live.extend(new.iter().cloned());
+                h.probed.extend(new.iter().cloned());
+            });
+            if !failed.is_empty() {
+                record.error = Some(format!(
+                    "{} of {n} starts failed: {}",
+                    failed.len(),
+                    failed[0]
+                ));
+            }
+            record.target = format!(
+                "{n} new services at once ({}..)",
+                new.first().map_or("", String::as_str)
+            );
+            record.services = new;
+            record.until_ms = now();
+            None
         }
         FaultKind::DuplicateStorm => {
             let n = p.count.unwrap_or(3);

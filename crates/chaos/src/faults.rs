@@ -6,6 +6,7 @@
 //! restart or cut, store damage, full disk, port squat, registration flood,
 //! duplicate storm) need a [`Target`] describing the deployment.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,11 +52,16 @@ pub enum FaultKind {
     RegistrationFlood,
     /// Re-register services that already hold ports.
     DuplicateStorm,
+    /// Remove every replica of `count` live services for good and start as
+    /// many new services under new names (a crowded pool's churn).
+    ServiceChurn,
+    /// Start `count` new services in the same instant (they stay).
+    ServiceBurst,
 }
 
 impl FaultKind {
     /// Every kind, for the CLI and the report.
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::ContainerKill,
         FaultKind::ContainerStop,
         FaultKind::ContainerRestart,
@@ -70,6 +76,8 @@ impl FaultKind {
         FaultKind::PortSquat,
         FaultKind::RegistrationFlood,
         FaultKind::DuplicateStorm,
+        FaultKind::ServiceChurn,
+        FaultKind::ServiceBurst,
     ];
 
     /// The kebab-case name.
@@ -89,6 +97,8 @@ impl FaultKind {
             FaultKind::PortSquat => "port-squat",
             FaultKind::RegistrationFlood => "registration-flood",
             FaultKind::DuplicateStorm => "duplicate-storm",
+            FaultKind::ServiceChurn => "service-churn",
+            FaultKind::ServiceBurst => "service-burst",
         }
     }
 
@@ -371,6 +381,10 @@ pub struct StoreCheck {
     pub detail: String,
     /// The store was damaged on purpose just before.
     pub damaged_on_purpose: bool,
+    /// What `mesh-bridge state export` listed (service -> port, reserved and
+    /// quarantined alike), when it could be read.
+    #[serde(default)]
+    pub exported: Option<BTreeMap<String, u16>>,
 }
 
 impl Target {
@@ -429,6 +443,47 @@ impl Target {
             Ok(out) => (true, out.trim().to_string()),
             Err(e) => (false, format!("{e:#}")),
         }
+    }
+
+    /// `mesh-bridge state export` of the state directory while the bridge is
+    /// down: service -> port of every reservation the store holds.
+    pub async fn export_store(&self) -> Result<BTreeMap<String, u16>> {
+        let vol = format!("{}:/state", self.state_dir.display());
+        let mut args = self.labelled_run();
+        args.extend(
+            [
+                "--rm",
+                "--network",
+                "none",
+                "-v",
+                &vol,
+                &self.bridge_image,
+                "state",
+                "export",
+                "--state-dir",
+                "/state",
+            ]
+            .map(String::from),
+        );
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.outer.run(&argv).await?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).context("state export printed no JSON")?;
+        let mut map = BTreeMap::new();
+        for r in v
+            .get("reservations")
+            .and_then(|r| r.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(svc), Some(port)) = (
+                r.get("service").and_then(|x| x.as_str()),
+                r.get("port").and_then(|x| x.as_u64()),
+            ) {
+                map.insert(svc.to_string(), u16::try_from(port).unwrap_or(0));
+            }
+        }
+        Ok(map)
     }
 
     /// The store file.

@@ -1,16 +1,20 @@
-//! Invariants I1-I7 (docs/DESIGN.md section 4), judged on a recorded [`History`].
+//! Invariants I1-I7 and I9 (docs/DESIGN.md section 4), judged on a recorded
+//! [`History`]. (I8, session integrity, is reserved for MCP session probes.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::faults::FaultKind;
-use crate::probe::{History, Outcome};
+use crate::probe::{History, Outcome, Snapshot};
+
+/// Every invariant [`check`] judges, in order.
+pub const IDS: [&str; 8] = ["I1", "I2", "I3", "I4", "I5", "I6", "I7", "I9"];
 
 /// One invariant's verdict.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Verdict {
-    /// I1..I7.
+    /// One of [`IDS`].
     pub id: String,
     /// What it says.
     pub title: String,
@@ -109,7 +113,10 @@ pub fn figures(h: &History, marks: Marks) -> Figures {
                     && g.until_ms + 2_000 >= f.t_ms
             })
         };
-        for s in probed.iter().filter(|s| !others_hit(s)) {
+        // Only services that existed before the restart can recover from it
+        // (services a churn creates later are judged by their own windows).
+        let existed = |s: &str| h.samples.iter().any(|x| x.service == s && x.t_ms < f.t_ms);
+        for s in probed.iter().filter(|s| !others_hit(s) && existed(s)) {
             match h
                 .samples
                 .iter()
@@ -151,7 +158,7 @@ pub fn figures(h: &History, marks: Marks) -> Figures {
     }
 }
 
-/// Checks I1-I7.
+/// Checks I1-I7 and I9.
 pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
     let fig = figures(h, marks);
     let mut out = Vec::new();
@@ -207,6 +214,7 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
             last.insert(&sv.name, (p, s.t_ms));
         }
     }
+    p2.extend(not_restored(h));
     let restarts = h.faults.iter().filter(|f| f.kind.is_global()).count();
     out.push(v(
         "I2",
@@ -379,11 +387,20 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
             ));
         }
     }
+    p6.extend(lost_reservations(h));
+    let exported = h
+        .store_checks
+        .iter()
+        .filter(|c| c.exported.is_some())
+        .count();
     out.push(v(
         "I6",
-        "nothing is lost: the store is consistent after any kill -9",
+        "nothing is lost: the store is consistent and complete after any kill -9",
         p6,
-        format!("{} store checks after kills", h.store_checks.len()),
+        format!(
+            "{} store checks after kills, {exported} exports held every reservation shown before the kill",
+            h.store_checks.len()
+        ),
     ));
 
     // I7: X's port is answered by X.
@@ -412,7 +429,174 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
         wrong,
         format!("{answered} answers, all from the right service"),
     ));
+    out.push(i9_catalog(h));
     (out, fig)
+}
+
+/// The services holding a port in a snapshot (reserved: serving or
+/// waiting; quarantined ones may expire while the bridge is down).
+fn reserved(s: &Snapshot) -> BTreeMap<&str, u16> {
+    s.services
+        .iter()
+        .filter(|v| v.state == "serving" || v.state == "waiting")
+        .filter_map(|v| Some((v.name.as_str(), v.port?)))
+        .collect()
+}
+
+/// The last snapshot with a pool view before `t_ms`, and the first after it.
+fn around(h: &History, t_ms: u64) -> (Option<&Snapshot>, Option<&Snapshot>) {
+    let before = h
+        .snapshots
+        .iter()
+        .rev()
+        .find(|s| s.t_ms < t_ms && s.pool.is_some());
+    let after = h
+        .snapshots
+        .iter()
+        .find(|s| s.t_ms > t_ms && s.pool.is_some());
+    (before, after)
+}
+
+/// I2, restarts: after each bridge kill -9 the new process must count every
+/// port held before the kill as `restored` from its store (a bridge that
+/// forgot its allocations and re-derived them from Docker counts them `new`
+/// or `sticky`, and may hand out different ports).
+fn not_restored(h: &History) -> Vec<String> {
+    let mut problems = Vec::new();
+    for f in h
+        .faults
+        .iter()
+        .filter(|f| f.kind == FaultKind::BridgeKill && f.error.is_none())
+    {
+        let (Some(before), Some(after)) = (around(h, f.t_ms).0, around(h, f.until_ms).1) else {
+            continue;
+        };
+        let held = reserved(before).len() as f64;
+        let restored = after
+            .metric("mesh_bridge_port_allocations_total{outcome=\"restored\"}")
+            .unwrap_or(0.0);
+        if restored < held {
+            problems.push(format!(
+                "t={}ms: {held} ports held before the kill -9, the restarted bridge restored {restored} from its store",
+                f.t_ms
+            ));
+        }
+    }
+    problems
+}
+
+/// I6, completeness: after each kill -9 the store holds every reservation
+/// the API showed just before the kill, on the same port (services under a
+/// fault of their own at that moment may legitimately have changed).
+fn lost_reservations(h: &History) -> Vec<String> {
+    let mut problems = Vec::new();
+    for c in h.store_checks.iter().filter(|c| !c.damaged_on_purpose) {
+        let Some(exported) = &c.exported else {
+            continue;
+        };
+        let Some(before) = around(h, c.t_ms).0 else {
+            continue;
+        };
+        for (service, port) in reserved(before) {
+            let own_fault = h.faults.iter().any(|f| {
+                !f.kind.is_global()
+                    && f.services.iter().any(|s| s == service)
+                    && f.t_ms <= c.t_ms
+                    && f.until_ms + 500 >= before.t_ms
+            });
+            if own_fault {
+                continue;
+            }
+            match exported.get(service) {
+                Some(p) if *p == port => {}
+                Some(p) => problems.push(format!(
+                    "t={}ms: {service} held {port} before the kill -9, the store says {p}",
+                    c.t_ms
+                )),
+                None => problems.push(format!(
+                    "t={}ms: {service} held {port} before the kill -9, the store lost it",
+                    c.t_ms
+                )),
+            }
+        }
+    }
+    problems
+}
+
+/// I9: after settling, the catalog (`/v1/services`) is Docker's truth: every
+/// service with a running container listed once, with exactly its running
+/// replicas, no entry for a service that has none (quarantined entries only
+/// within grace), and the `services{state}` gauge agrees with the list.
+fn i9_catalog(h: &History) -> Verdict {
+    let title =
+        "the catalog is the truth: /v1/services lists exactly the live services and replicas";
+    let mut p = Vec::new();
+    let fin = h.snapshots.iter().rev().find(|s| s.pool.is_some());
+    let (Some(fin), Some(truth)) = (fin, &h.truth) else {
+        return v(
+            "I9",
+            title,
+            vec!["no final snapshot or no Docker truth recorded at the end".into()],
+            String::new(),
+        );
+    };
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in fin.services.iter().filter(|s| s.state != "rejected") {
+        *seen.entry(s.name.as_str()).or_default() += 1;
+    }
+    for (name, n) in seen.iter().filter(|(_, n)| **n > 1) {
+        p.push(format!("{name} listed {n} times"));
+    }
+    let grace_over = fin.t_ms >= h.settle_from_ms + h.grace_ms + 2_000;
+    for s in fin.services.iter().filter(|s| s.state != "rejected") {
+        let live = truth.get(&s.name).copied().unwrap_or(0);
+        match s.state.as_str() {
+            "quarantined" if live > 0 => p.push(format!(
+                "{} listed quarantined while {live} of its containers run",
+                s.name
+            )),
+            "quarantined" if grace_over => p.push(format!(
+                "{} still listed (quarantined) {}ms after the faults ended, grace {}ms",
+                s.name,
+                fin.t_ms.saturating_sub(h.settle_from_ms),
+                h.grace_ms
+            )),
+            "quarantined" => {}
+            _ if live == 0 => p.push(format!(
+                "{} listed {} but no container of it runs",
+                s.name, s.state
+            )),
+            _ if s.running != live => p.push(format!(
+                "{} lists {} running replicas, Docker runs {live}",
+                s.name, s.running
+            )),
+            _ => {}
+        }
+    }
+    for (name, n) in truth.iter().filter(|(_, n)| **n > 0) {
+        if !seen.contains_key(name.as_str()) {
+            p.push(format!("{name} runs {n} containers but is not listed"));
+        }
+    }
+    for state in ["serving", "waiting", "quarantined", "pending", "rejected"] {
+        let listed = fin.services.iter().filter(|s| s.state == state).count() as f64;
+        let key = format!("mesh_bridge_services{{state=\"{state}\"}}");
+        match fin.metric(&key) {
+            Some(g) if (g - listed).abs() < 0.5 => {}
+            g => p.push(format!("{key} is {g:?} but {listed} listed {state}")),
+        }
+    }
+    let live = truth.values().filter(|n| **n > 0).count();
+    v(
+        "I9",
+        title,
+        p,
+        format!(
+            "{} entries for {live} live services at t={}ms, replicas and gauges agree",
+            fin.services.len(),
+            fin.t_ms
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -437,6 +621,18 @@ mod tests {
             0.0,
         );
         metrics.insert("mesh_bridge_port_exhaustion_events_total".into(), 0.0);
+        for (state, n) in [
+            ("serving", services.len()),
+            ("waiting", 0),
+            ("quarantined", 0),
+            ("pending", 0),
+            ("rejected", 0),
+        ] {
+            metrics.insert(
+                format!("mesh_bridge_services{{state=\"{state}\"}}"),
+                n as f64,
+            );
+        }
         Snapshot {
             t_ms: t,
             pool: Some(
@@ -449,6 +645,7 @@ mod tests {
                     port: Some(*p),
                     state: "serving".into(),
                     replicas: 1,
+                    running: 1,
                 })
                 .collect(),
             metrics,
@@ -486,6 +683,7 @@ mod tests {
             settle_from_ms: 5_000,
             end_ms: 10_000,
             grace_ms: 1_000,
+            truth: Some([("a".to_string(), 1), ("b".to_string(), 1)].into()),
             ..History::default()
         }
     }
@@ -503,7 +701,8 @@ mod tests {
     fn good_history_holds_everything() {
         let (vs, fig) = check(&good(), MARKS);
         assert!(vs.iter().all(|v| v.held), "{vs:#?}");
-        assert_eq!(vs.len(), 7);
+        let ids: Vec<&str> = vs.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(ids, IDS);
         assert_eq!(fig.availability, 1.0);
     }
 
@@ -577,6 +776,29 @@ mod tests {
     }
 
     #[test]
+    fn i4_a_service_created_after_a_restart_is_not_unrecovered() {
+        let mut h = good();
+        h.faults.push(FaultRecord {
+            t_ms: 1_000,
+            kind: FaultKind::BridgeKill,
+            target: "bridge".into(),
+            services: vec![],
+            until_ms: 1_000,
+            may_move: vec![],
+            error: None,
+        });
+        // "late" first appears at 8 s: it cannot have recovered from a kill at 1 s.
+        h.probed.push("late".into());
+        h.samples.push(sample(8_000, "late", Outcome::Ok, "late"));
+        let fig = figures(&h, MARKS);
+        assert_eq!(fig.recovery_ms, Some(0), "{fig:?}");
+        // A service that existed and never answered again still fails.
+        h.samples.push(sample(500, "gone", Outcome::Ok, "gone"));
+        h.probed.push("gone".into());
+        assert!(!held(&h, "I4"));
+    }
+
+    #[test]
     fn i5_metric_disagreement_and_counters_fail() {
         let mut h = good();
         h.snapshots[2]
@@ -621,10 +843,89 @@ mod tests {
             ok: false,
             detail: "malformed".into(),
             damaged_on_purpose: false,
+            exported: None,
         });
         assert!(!held(&h, "I6"));
         h.store_checks[0].damaged_on_purpose = true;
         assert!(held(&h, "I6"));
+    }
+
+    /// A kill -9 at 4.5 s, store checked at 4.8 s, bridge back at 5 s.
+    fn killed(mut h: History, exported: &[(&str, u16)]) -> History {
+        h.faults.push(FaultRecord {
+            t_ms: 4_500,
+            kind: FaultKind::BridgeKill,
+            target: "bridge".into(),
+            services: vec![],
+            until_ms: 5_000,
+            may_move: vec![],
+            error: None,
+        });
+        h.store_checks.push(StoreCheck {
+            t_ms: 4_800,
+            ok: true,
+            detail: String::new(),
+            damaged_on_purpose: false,
+            exported: Some(exported.iter().map(|(s, p)| (s.to_string(), *p)).collect()),
+        });
+        h
+    }
+
+    #[test]
+    fn i6_store_that_lost_a_reservation_fails() {
+        let h = killed(good(), &[("a", 11100), ("b", 11101)]);
+        assert!(held(&h, "I6"), "{:?}", check(&h, MARKS).0);
+        let h = killed(good(), &[("a", 11100)]);
+        assert!(!held(&h, "I6"), "b's reservation is gone from the store");
+        let h = killed(good(), &[("a", 11100), ("b", 11107)]);
+        assert!(!held(&h, "I6"), "b's port changed in the store");
+    }
+
+    fn restored(h: &mut History, from: usize, n: f64) {
+        for s in &mut h.snapshots[from..] {
+            s.metrics.insert(
+                "mesh_bridge_port_allocations_total{outcome=\"restored\"}".into(),
+                n,
+            );
+        }
+    }
+
+    #[test]
+    fn i2_restart_that_reallocates_instead_of_restoring_fails() {
+        let mut h = killed(good(), &[("a", 11100), ("b", 11101)]);
+        restored(&mut h, 5, 2.0);
+        assert!(held(&h, "I2"));
+        let mut h = killed(good(), &[("a", 11100), ("b", 11101)]);
+        restored(&mut h, 5, 0.0);
+        assert!(
+            !held(&h, "I2"),
+            "the restarted bridge re-derived both ports from Docker"
+        );
+    }
+
+    #[test]
+    fn i9_catalog_that_is_not_the_truth_fails() {
+        let mut h = good();
+        h.truth = Some([("a".to_string(), 1)].into());
+        assert!(!held(&h, "I9"), "b is listed but nothing of it runs");
+        let mut h = good();
+        h.truth = Some([("a".to_string(), 1), ("b".into(), 1), ("c".into(), 2)].into());
+        assert!(!held(&h, "I9"), "c runs but is not listed");
+        let mut h = good();
+        h.truth = Some([("a".to_string(), 2), ("b".into(), 1)].into());
+        assert!(!held(&h, "I9"), "a lists 1 replica, Docker runs 2");
+        let mut h = good();
+        let dup = h.snapshots[9].services[0].clone();
+        h.snapshots[9].services.push(dup);
+        assert!(!held(&h, "I9"), "a listed twice");
+        let mut h = good();
+        h.snapshots[9]
+            .metrics
+            .insert("mesh_bridge_services{state=\"serving\"}".into(), 3.0);
+        assert!(!held(&h, "I9"), "the gauge counts 3 serving for 2 listed");
+        let mut h = good();
+        h.truth = None;
+        assert!(!held(&h, "I9"), "no truth recorded");
     }
 
     #[test]

@@ -68,8 +68,8 @@ impl HarnessMetrics {
         ] {
             probes.with_label_values(&[o.as_str()]);
         }
-        for i in 1..=7 {
-            violations.with_label_values(&[&format!("I{i}")]);
+        for id in crate::invariants::IDS {
+            violations.with_label_values(&[id]);
         }
         Ok(Self {
             registry,

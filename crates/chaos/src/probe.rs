@@ -73,6 +73,9 @@ pub struct ServiceView {
     /// Replica count.
     #[serde(default)]
     pub replicas: usize,
+    /// Replicas in state `running`.
+    #[serde(default)]
+    pub running: usize,
 }
 
 /// One poll of the bridge's API.
@@ -162,6 +165,10 @@ pub struct History {
     /// Port movement is allowed for every service (e.g. the store was lost).
     #[serde(default)]
     pub bridge_restarts: Vec<u64>,
+    /// Docker's truth at the end, read by the harness beside the final
+    /// snapshot: service -> running containers (I9).
+    #[serde(default)]
+    pub truth: Option<BTreeMap<String, usize>>,
 }
 
 /// Shared, lock-protected recording used by the probe tasks.
@@ -321,6 +328,13 @@ pub async fn snapshot(api: SocketAddr, t_ms: u64) -> Snapshot {
                                 .get("replicas")
                                 .and_then(|r| r.as_array())
                                 .map_or(0, |r| r.len()),
+                            running: s.get("replicas").and_then(|r| r.as_array()).map_or(0, |r| {
+                                r.iter()
+                                    .filter(|x| {
+                                        x.get("state").and_then(|s| s.as_str()) == Some("running")
+                                    })
+                                    .count()
+                            }),
                         })
                     })
                     .collect()

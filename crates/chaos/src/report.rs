@@ -63,7 +63,7 @@ pub struct ReportFault {
 /// One invariant in the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReportInvariant {
-    /// I1..I7.
+    /// One of `invariants::IDS`.
     pub id: String,
     /// Held?
     pub held: bool,
@@ -478,6 +478,6 @@ mod tests {
         ] {
             assert!(j.get(k).is_some(), "{k}");
         }
-        assert_eq!(junit(&r).matches("<testcase").count(), 7);
+        assert_eq!(junit(&r).matches("<testcase").count(), 8);
     }
 }
