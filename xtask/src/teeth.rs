@@ -55,13 +55,20 @@ pub struct Bug {
 pub const BUGS: &[Bug] = &[
     Bug {
         id: "counter-only-grows",
-        what: "next-fit without wrap-around: a freed port below the cursor is never handed out again (the incident's exhausted range)",
+        what: "the cursor only grows and the scan never wraps: a freed port below it is never handed out again (the incident's exhausted range)",
         expected: "I3, I9",
-        edits: &[Edit {
-            file: "crates/bridge/src/pool.rs",
-            find: "for i in 1..=words {\n            let w = (w0 + i) % words;",
-            replace: "for w in (w0 + 1)..words {",
-        }],
+        edits: &[
+            Edit {
+                file: "crates/bridge/src/pool.rs",
+                find: "for i in 1..=words {\n            let w = (w0 + i) % words;",
+                replace: "for w in (w0 + 1)..words {",
+            },
+            Edit {
+                file: "crates/bridge/src/pool.rs",
+                find: "self.cursor = (off + 1) % self.capacity;",
+                replace: "self.cursor = (off + 1).min(self.capacity - 1);",
+            },
+        ],
         scenarios: &["crowded-pool"],
     },
     Bug {
@@ -125,6 +132,28 @@ pub const BUGS: &[Bug] = &[
             replace: "if *n >= u32::MAX {",
         }],
         scenarios: &["repair-loop"],
+    },
+    Bug {
+        id: "store-writes-dropped",
+        what: "the store transaction is reported written but carries nothing: after a kill -9 the store is empty",
+        expected: "I6, I2",
+        edits: &[Edit {
+            file: "crates/bridge/src/app.rs",
+            find: "match store.apply(&removes) {",
+            replace: "match store.apply(&removes[..0]) {",
+        }],
+        scenarios: &["backend-restart"],
+    },
+    Bug {
+        id: "routes-to-any-replica",
+        what: "a service's endpoints include every running container, whatever its service: another service answers",
+        expected: "I7",
+        edits: &[Edit {
+            file: "crates/bridge/src/registry.rs",
+            find: "        self.replicas(service)\n            .into_iter()\n            .filter(|c| c.running)\n            .filter_map(|c| c.address.map(|a| (a, c.port)))",
+            replace: "        let _ = service;\n        self.containers\n            .values()\n            .filter(|c| c.running)\n            .filter_map(|c| c.address.map(|a| (a, c.port)))",
+        }],
+        scenarios: &["steady"],
     },
 ];
 
@@ -365,4 +394,39 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("{missed} re-introduced bug(s) went uncaught: add a scenario or invariant");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every bug still applies to the current source (each edit's text occurs
+    /// exactly once) and names scenarios that exist.
+    #[test]
+    fn every_bug_applies_to_the_current_source() {
+        let root = crate::paths::workspace_root();
+        for b in BUGS {
+            for e in b.edits {
+                let text = fs::read_to_string(root.join(e.file)).expect("source file");
+                assert_eq!(
+                    text.matches(e.find).count(),
+                    1,
+                    "bug {}: the text to replace in {} must occur exactly once",
+                    b.id,
+                    e.file
+                );
+            }
+            for s in b.scenarios {
+                assert!(
+                    scenario::scenario_dir().join(format!("{s}.toml")).is_file(),
+                    "bug {}: no scenario {s}",
+                    b.id
+                );
+            }
+        }
+        let mut ids: Vec<&str> = BUGS.iter().map(|b| b.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), BUGS.len(), "bug ids are unique");
+    }
 }

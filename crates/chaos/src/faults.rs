@@ -421,33 +421,15 @@ impl Target {
 
     /// `mesh-bridge state check` on the state directory while the bridge is down.
     pub async fn check_store(&self) -> (bool, String) {
-        let vol = format!("{}:/state", self.state_dir.display());
-        let mut args = self.labelled_run();
-        args.extend(
-            [
-                "--rm",
-                "--network",
-                "none",
-                "-v",
-                &vol,
-                &self.bridge_image,
-                "state",
-                "check",
-                "--state-dir",
-                "/state",
-            ]
-            .map(String::from),
-        );
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        match self.outer.run(&argv).await {
+        match self.state_command("check").await {
             Ok(out) => (true, out.trim().to_string()),
             Err(e) => (false, format!("{e:#}")),
         }
     }
 
-    /// `mesh-bridge state export` of the state directory while the bridge is
-    /// down: service -> port of every reservation the store holds.
-    pub async fn export_store(&self) -> Result<BTreeMap<String, u16>> {
+    /// `mesh-bridge state <sub> --state-dir /state` in a throwaway container
+    /// of the bridge image (no network) on the state directory.
+    async fn state_command(&self, sub: &str) -> Result<String> {
         let vol = format!("{}:/state", self.state_dir.display());
         let mut args = self.labelled_run();
         args.extend(
@@ -459,14 +441,20 @@ impl Target {
                 &vol,
                 &self.bridge_image,
                 "state",
-                "export",
+                sub,
                 "--state-dir",
                 "/state",
             ]
             .map(String::from),
         );
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.outer.run(&argv).await?;
+        self.outer.run(&argv).await
+    }
+
+    /// `mesh-bridge state export` of the state directory while the bridge is
+    /// down: service -> port of every reservation the store holds.
+    pub async fn export_store(&self) -> Result<BTreeMap<String, u16>> {
+        let out = self.state_command("export").await?;
         let v: serde_json::Value =
             serde_json::from_str(&out).context("state export printed no JSON")?;
         let mut map = BTreeMap::new();

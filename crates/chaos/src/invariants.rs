@@ -754,15 +754,7 @@ mod tests {
         }
         assert!(!held(&h, "I4"));
         let mut h = good();
-        h.faults.push(FaultRecord {
-            t_ms: 1_000,
-            kind: FaultKind::BridgeKill,
-            target: "bridge".into(),
-            services: vec![],
-            until_ms: 1_000,
-            may_move: vec![],
-            error: None,
-        });
+        h.faults.push(bridge_kill(1_000, 1_000));
         for s in h
             .samples
             .iter_mut()
@@ -778,15 +770,7 @@ mod tests {
     #[test]
     fn i4_a_service_created_after_a_restart_is_not_unrecovered() {
         let mut h = good();
-        h.faults.push(FaultRecord {
-            t_ms: 1_000,
-            kind: FaultKind::BridgeKill,
-            target: "bridge".into(),
-            services: vec![],
-            until_ms: 1_000,
-            may_move: vec![],
-            error: None,
-        });
+        h.faults.push(bridge_kill(1_000, 1_000));
         // "late" first appears at 8 s: it cannot have recovered from a kill at 1 s.
         h.probed.push("late".into());
         h.samples.push(sample(8_000, "late", Outcome::Ok, "late"));
@@ -850,17 +834,21 @@ mod tests {
         assert!(held(&h, "I6"));
     }
 
-    /// A kill -9 at 4.5 s, store checked at 4.8 s, bridge back at 5 s.
-    fn killed(mut h: History, exported: &[(&str, u16)]) -> History {
-        h.faults.push(FaultRecord {
-            t_ms: 4_500,
+    fn bridge_kill(t_ms: u64, until_ms: u64) -> FaultRecord {
+        FaultRecord {
+            t_ms,
             kind: FaultKind::BridgeKill,
             target: "bridge".into(),
             services: vec![],
-            until_ms: 5_000,
+            until_ms,
             may_move: vec![],
             error: None,
-        });
+        }
+    }
+
+    /// A kill -9 at 4.5 s, store checked at 4.8 s, bridge back at 5 s.
+    fn killed(mut h: History, exported: &[(&str, u16)]) -> History {
+        h.faults.push(bridge_kill(4_500, 5_000));
         h.store_checks.push(StoreCheck {
             t_ms: 4_800,
             ok: true,
