@@ -18,8 +18,10 @@ pub fn p1(quick: bool) -> Result<Vec<Row>> {
     }
     let st = crate::interrupt::status(&mut cmd)?;
     ensure!(st.success(), "cargo bench failed ({st})");
+    // Criterion writes beside the workspace's target directory, not the
+    // build's `--target-dir`.
     let (full_id, estimates) =
-        find_estimates(&crate::release::target_dir().join("criterion"), started)?;
+        find_estimates(&crate::paths::target_dir().join("criterion"), started)?;
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&estimates)?)?;
     let (stat, ns) = ["slope", "mean"]
         .iter()
