@@ -1081,6 +1081,10 @@ enum Heal {
     RemoveInner {
         names: Vec<String>,
     },
+    /// iptables rules of a network fault to delete.
+    Unnet {
+        rules: Vec<Vec<String>>,
+    },
 }
 
 impl Heal {
@@ -1130,6 +1134,12 @@ impl Heal {
                 t.remove_outer(&squatters).await
             }
             Heal::RemoveInner { names } => remove_inner(t, &names).await,
+            Heal::Unnet { rules } => {
+                for r in &rules {
+                    with_retry(|| t.net_rule(false, r)).await?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -1391,6 +1401,44 @@ async fn inject(
                 names.len()
             );
             Some(Heal::RemoveInner { names })
+        }
+        k if k.is_network() => {
+            let mut filters = faults::target_labels(p.target.as_deref());
+            filters.extend(topo.labels.iter().cloned());
+            let running: Vec<_> = t
+                .inner
+                .list(&filters)
+                .await?
+                .into_iter()
+                .filter(|c| c.state == "running" && !c.service.is_empty())
+                .collect();
+            let victims = schedule::pick(&running, p.count, p.fraction, p.pick);
+            let mut rules = Vec::new();
+            for v in &victims {
+                let ip = t.replica_ip(&v.id).await?;
+                let rule = k.net_rule(&ip, mesh_chaos::stub::DEFAULT_PORT);
+                t.net_rule(true, &rule).await?;
+                rules.push(rule);
+            }
+            record.target = victims
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            // What a client sees (docs/DESIGN.md section 4.1): a reset or a
+            // black hole on some of a service's replicas fails over to the
+            // others within the forwarder's connect timeout, so that service
+            // stays judged for availability; loss, or every replica hit, puts
+            // it under fault.
+            for v in &victims {
+                let hit = victims.iter().filter(|x| x.service == v.service).count();
+                let all = running.iter().filter(|x| x.service == v.service).count();
+                if (k == FaultKind::NetLoss || hit == all) && !record.services.contains(&v.service)
+                {
+                    record.services.push(v.service.clone());
+                }
+            }
+            Some(Heal::Unnet { rules })
         }
         FaultKind::ServiceChurn => {
             // Whole services leave for good and new names arrive: with more

@@ -155,6 +155,17 @@ pub const BUGS: &[Bug] = &[
         }],
         scenarios: &["steady"],
     },
+    Bug {
+        id: "no-failover",
+        what: "a replica that refuses the dial ends the client's connection instead of trying the next replica",
+        expected: "I4",
+        edits: &[Edit {
+            file: "crates/bridge/src/forward.rs",
+            find: "                    Ok(Err(e)) => {\n                        count_failure(addr);",
+            replace: "                    Ok(Err(e)) => {\n                        count_failure(addr);\n                        if !e.to_string().is_empty() {\n                            return None;\n                        }",
+        }],
+        scenarios: &["network"],
+    },
 ];
 
 /// Flags of `cargo xtask teeth`.

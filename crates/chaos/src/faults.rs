@@ -57,11 +57,18 @@ pub enum FaultKind {
     ServiceChurn,
     /// Start `count` new services in the same instant (they stay).
     ServiceBurst,
+    /// Drop 30 % of the bridge's packets to the chosen replicas (iptables
+    /// `statistic` in the bridge's network namespace).
+    NetLoss,
+    /// Answer the bridge's connections to the chosen replicas with a TCP reset.
+    NetReset,
+    /// Drop every packet the bridge sends to the chosen replicas.
+    NetBlackhole,
 }
 
 impl FaultKind {
     /// Every kind, for the CLI and the report.
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 19] = [
         FaultKind::ContainerKill,
         FaultKind::ContainerStop,
         FaultKind::ContainerRestart,
@@ -78,6 +85,9 @@ impl FaultKind {
         FaultKind::DuplicateStorm,
         FaultKind::ServiceChurn,
         FaultKind::ServiceBurst,
+        FaultKind::NetLoss,
+        FaultKind::NetReset,
+        FaultKind::NetBlackhole,
     ];
 
     /// The kebab-case name.
@@ -99,6 +109,9 @@ impl FaultKind {
             FaultKind::DuplicateStorm => "duplicate-storm",
             FaultKind::ServiceChurn => "service-churn",
             FaultKind::ServiceBurst => "service-burst",
+            FaultKind::NetLoss => "net-loss",
+            FaultKind::NetReset => "net-reset",
+            FaultKind::NetBlackhole => "net-blackhole",
         }
     }
 
@@ -117,6 +130,38 @@ impl FaultKind {
                 | FaultKind::ContainerPause
                 | FaultKind::ContainerRemove
         )
+    }
+
+    /// Network faults between the bridge and chosen replicas.
+    pub fn is_network(self) -> bool {
+        matches!(
+            self,
+            FaultKind::NetLoss | FaultKind::NetReset | FaultKind::NetBlackhole
+        )
+    }
+
+    /// The iptables rule (without `-I`/`-D OUTPUT`) a network fault puts on
+    /// the bridge's TCP traffic to one replica at `ip:port`.
+    pub fn net_rule(self, ip: &str, port: u16) -> Vec<String> {
+        let mut r: Vec<String> = ["-d", ip, "-p", "tcp", "--dport", &port.to_string()]
+            .map(String::from)
+            .to_vec();
+        let action: &[&str] = match self {
+            FaultKind::NetLoss => &[
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                "0.3",
+                "-j",
+                "DROP",
+            ],
+            FaultKind::NetReset => &["-j", "REJECT", "--reject-with", "tcp-reset"],
+            _ => &["-j", "DROP"],
+        };
+        r.extend(action.iter().map(|a| (*a).to_string()));
+        r
     }
 
     /// Faults that take every service through the bridge down with them.
@@ -138,6 +183,7 @@ impl FaultKind {
                 4_000
             }
             FaultKind::EngineCut => 5_000,
+            FaultKind::NetLoss | FaultKind::NetReset | FaultKind::NetBlackhole => 5_000,
             FaultKind::DiskFull => 6_000,
             FaultKind::PortSquat => 8_000,
             FaultKind::RegistrationFlood => 4_000,
@@ -616,6 +662,40 @@ impl Target {
         Ok(())
     }
 
+    /// Adds (`add`) or deletes an iptables OUTPUT rule in the bridge's network
+    /// namespace (the DinD container's), for the network faults.
+    pub async fn net_rule(&self, add: bool, rule: &[String]) -> Result<()> {
+        let Some(engine) = &self.engine else {
+            bail!("no engine container: network faults need the DinD topology");
+        };
+        let mut argv = vec![
+            "exec",
+            engine,
+            "iptables",
+            if add { "-I" } else { "-D" },
+            "OUTPUT",
+        ];
+        argv.extend(rule.iter().map(String::as_str));
+        self.outer.run(&argv).await.map(drop)
+    }
+
+    /// The address of a service container on the inner engine.
+    pub async fn replica_ip(&self, id: &str) -> Result<String> {
+        let out = self
+            .inner
+            .run(&[
+                "inspect",
+                "--format",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                id,
+            ])
+            .await?;
+        out.split_whitespace()
+            .next()
+            .map(str::to_string)
+            .with_context(|| format!("container {id} has no address"))
+    }
+
     /// `POST /v1/reservations` for `service`; returns the HTTP status and body.
     pub async fn reserve(&self, service: &str) -> Result<(u16, String)> {
         self.api_call(
@@ -657,6 +737,26 @@ mod tests {
             let json = serde_json::to_string(&k).expect("json");
             assert_eq!(json, format!("\"{}\"", k.as_str()));
         }
+    }
+
+    #[test]
+    fn network_rules_aim_at_one_replica_with_their_own_action() {
+        let rule = |k: FaultKind| k.net_rule("192.0.2.5", 8080).join(" ");
+        for k in [
+            FaultKind::NetLoss,
+            FaultKind::NetReset,
+            FaultKind::NetBlackhole,
+        ] {
+            assert!(k.is_network() && !k.is_container() && !k.is_global(), "{k}");
+            assert!(
+                rule(k).starts_with("-d 192.0.2.5 -p tcp --dport 8080 "),
+                "{k}"
+            );
+        }
+        assert!(rule(FaultKind::NetReset).ends_with("-j REJECT --reject-with tcp-reset"));
+        assert!(rule(FaultKind::NetBlackhole).ends_with("-j DROP"));
+        assert!(rule(FaultKind::NetLoss).contains("--probability 0.3 -j DROP"));
+        assert!(!FaultKind::ContainerKill.is_network());
     }
 
     #[test]
