@@ -365,6 +365,14 @@ struct Topo {
 }
 
 impl Topo {
+    /// This run's service containers on the inner engine that match a
+    /// fault's target (a service, a `K=V` label, or every service).
+    async fn containers(&self, target: Option<&str>) -> Result<Vec<faults::Container>> {
+        let mut filters = faults::target_labels(target);
+        filters.extend(self.labels.iter().cloned());
+        self.target.inner.list(&filters).await
+    }
+
     /// Starts `name` as a stub container of `service` on the service engine.
     async fn start_stub(&self, name: &str, service: &str) -> Result<()> {
         let args = self.stub_args(name, service);
@@ -1202,9 +1210,7 @@ async fn inject(
     let now = || start.elapsed().as_millis() as u64;
     let heal = match p.kind {
         k if k.is_container() => {
-            let mut filters = faults::target_labels(p.target.as_deref());
-            filters.extend(topo.labels.iter().cloned());
-            let all = t.inner.list(&filters).await?;
+            let all = topo.containers(p.target.as_deref()).await?;
             let cands: Vec<_> = all.into_iter().filter(|c| c.state == "running").collect();
             let victims = schedule::pick(&cands, p.count, p.fraction, p.pick);
             let ids: Vec<String> = victims.iter().map(|c| c.id.clone()).collect();
@@ -1403,11 +1409,8 @@ async fn inject(
             Some(Heal::RemoveInner { names })
         }
         k if k.is_network() => {
-            let mut filters = faults::target_labels(p.target.as_deref());
-            filters.extend(topo.labels.iter().cloned());
-            let running: Vec<_> = t
-                .inner
-                .list(&filters)
+            let running: Vec<_> = topo
+                .containers(p.target.as_deref())
                 .await?
                 .into_iter()
                 .filter(|c| c.state == "running" && !c.service.is_empty())
@@ -1447,11 +1450,8 @@ async fn inject(
             let live = rec.with(|h| h.live.clone());
             let gone = schedule::pick(&live, p.count, p.fraction, p.pick);
             for svc in &gone {
-                let mut filters = faults::target_labels(Some(svc));
-                filters.extend(topo.labels.iter().cloned());
-                let names: Vec<String> = t
-                    .inner
-                    .list(&filters)
+                let names: Vec<String> = topo
+                    .containers(Some(svc))
                     .await?
                     .into_iter()
                     .map(|c| c.name)
