@@ -818,6 +818,8 @@ async fn run_scenario(
                         until_ms: t_ms,
                         may_move: Vec::new(),
                         error: Some(format!("{e:#}")),
+                        no_failures: Vec::new(),
+                        latency_ms: None,
                     })
                 });
                 continue;
@@ -1206,6 +1208,8 @@ async fn inject(
         until_ms: t_ms,
         may_move: Vec::new(),
         error: None,
+        no_failures: Vec::new(),
+        latency_ms: None,
     };
     let now = || start.elapsed().as_millis() as u64;
     let heal = match p.kind {
@@ -1419,7 +1423,7 @@ async fn inject(
             let mut rules = Vec::new();
             for v in &victims {
                 let ip = t.replica_ip(&v.id).await?;
-                let rule = k.net_rule(&ip, mesh_chaos::stub::DEFAULT_PORT);
+                let rule = k.net_rule(&ip, mesh_chaos::stub::DEFAULT_PORT, faults::NET_LOSS);
                 t.net_rule(true, &rule).await?;
                 rules.push(rule);
             }
@@ -1436,12 +1440,46 @@ async fn inject(
             for v in &victims {
                 let hit = victims.iter().filter(|x| x.service == v.service).count();
                 let all = running.iter().filter(|x| x.service == v.service).count();
-                if (k == FaultKind::NetLoss || hit == all) && !record.services.contains(&v.service)
-                {
-                    record.services.push(v.service.clone());
+                let list = if k == FaultKind::NetLoss || hit == all {
+                    &mut record.services
+                } else {
+                    &mut record.no_failures
+                };
+                if !list.contains(&v.service) {
+                    list.push(v.service.clone());
                 }
             }
             Some(Heal::Unnet { rules })
+        }
+        FaultKind::NetLatency => {
+            // The stub's delay mode (no netem here): answers come later, below
+            // the probes' timeout, so clients see no failure (I4 checks both).
+            let running: Vec<_> = topo
+                .containers(p.target.as_deref())
+                .await?
+                .into_iter()
+                .filter(|c| c.state == "running" && !c.service.is_empty())
+                .collect();
+            let victims = schedule::pick(&running, p.count, p.fraction, p.pick);
+            let mut heal = Vec::new();
+            for v in &victims {
+                let cmd = faults::delay_command(&v.id, faults::NET_LATENCY_MS);
+                faults::run_all(&t.inner, &[cmd]).await?;
+                heal.push(faults::delay_command(&v.id, 0));
+                if !record.no_failures.contains(&v.service) {
+                    record.no_failures.push(v.service.clone());
+                }
+            }
+            record.target = victims
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            record.latency_ms = Some(faults::NET_LATENCY_MS);
+            Some(Heal::Docker {
+                inner: true,
+                cmds: heal,
+            })
         }
         FaultKind::ServiceChurn => {
             // Whole services leave for good and new names arrive: with more

@@ -72,6 +72,28 @@ pub const BUGS: &[Bug] = &[
         scenarios: &["crowded-pool"],
     },
     Bug {
+        id: "restore-skips-bitmap",
+        what: "restoring from the store writes the slot but not the free bitmap: after a restart a new service is handed a restored service's port",
+        expected: "I1",
+        edits: &[Edit {
+            file: "crates/bridge/src/pool.rs",
+            find: "            RestoreState::Reserved => {\n                self.set_slot(off, Slot::reserved(i));",
+            replace: "            RestoreState::Reserved => {\n                self.slots[off] = Slot::reserved(i);",
+        }],
+        scenarios: &["changing-world"],
+    },
+    Bug {
+        id: "quarantine-looks-free",
+        what: "the free bitmap treats quarantined ports as free: a flood takes a port held for a service within grace, which then comes back to it too",
+        expected: "I1",
+        edits: &[Edit {
+            file: "crates/bridge/src/pool.rs",
+            find: "        if slot == Slot::FREE {\n            self.bits[w] &= !(1u64 << b);",
+            replace: "        if slot == Slot::FREE || matches!(slot.get(), SlotState::Quarantined(_)) {\n            self.bits[w] &= !(1u64 << b);",
+        }],
+        scenarios: &["comeback"],
+    },
+    Bug {
         id: "resync-reregisters",
         what: "the periodic resync registers known containers again, counting a duplicate each time (the incident's monitoring loop)",
         expected: "I5",
@@ -157,12 +179,12 @@ pub const BUGS: &[Bug] = &[
     },
     Bug {
         id: "no-failover",
-        what: "a replica that refuses the dial ends the client's connection instead of trying the next replica",
+        what: "a replica that refuses the dial ends the client's connection instead of trying the next replica (ejection then hides it from most clients, so only I4's no-failure promise sees it)",
         expected: "I4",
         edits: &[Edit {
             file: "crates/bridge/src/forward.rs",
-            find: "                    Ok(Err(e)) => {\n                        count_failure(addr);",
-            replace: "                    Ok(Err(e)) => {\n                        count_failure(addr);\n                        if !e.to_string().is_empty() {\n                            return None;\n                        }",
+            find: "                    Ok(Err(e)) => {\n                        ctx.dial_failed(addr, &endpoints, &mut counted);",
+            replace: "                    Ok(Err(e)) => {\n                        ctx.dial_failed(addr, &endpoints, &mut counted);\n                        if !e.to_string().is_empty() {\n                            return None;\n                        }",
         }],
         scenarios: &["network"],
     },

@@ -5,10 +5,11 @@
 //! accepted connection gets its own task that:
 //!
 //! 1. picks a replica round robin from the service's current endpoints (published by
-//!    [`Forwarder::set_endpoints`] through a `tokio::sync::watch` channel);
+//!    [`Forwarder::set_endpoints`] through a `tokio::sync::watch` channel), replicas
+//!    that recently failed a dial last (`ejection`: passive outlier ejection);
 //! 2. dials it with a [`CONNECT_TIMEOUT`]; a replica that fails is counted in
-//!    `mesh_bridge_forward_upstream_errors_total{service}` and the next one is tried,
-//!    each replica at most once per published endpoint set;
+//!    `mesh_bridge_forward_upstream_errors_total{service}`, ejected for a while, and
+//!    the next one is tried, each replica at most once per round;
 //! 3. when no replica is reachable (or none is running) waits for the endpoint set to
 //!    change, up to `hold` in total, then closes the client connection;
 //! 4. splices client and replica with [`crate::splice::copy_bidirectional`] (splice(2)
@@ -42,6 +43,10 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+
+mod ejection;
+
+use ejection::{Change, Ejections};
 
 /// How long one attempt to connect to a replica may take before the next is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -182,6 +187,7 @@ struct State {
 struct Service {
     endpoints: watch::Sender<Arc<[SocketAddr]>>,
     cursor: Arc<AtomicUsize>,
+    ejections: Arc<Mutex<Ejections>>,
     listener: Option<ListenerHandle>,
 }
 
@@ -191,6 +197,7 @@ impl Service {
         Self {
             endpoints: watch::Sender::new(empty),
             cursor: Arc::new(AtomicUsize::new(0)),
+            ejections: Arc::default(),
             listener: None,
         }
     }
@@ -337,6 +344,7 @@ impl Forwarder {
             name: Arc::from(service),
             endpoints: svc.endpoints.subscribe(),
             cursor: Arc::clone(&svc.cursor),
+            ejections: Arc::clone(&svc.ejections),
             metrics: inner.metrics.for_service(service),
         };
         svc.listener = Some(ListenerHandle {
@@ -460,7 +468,39 @@ struct ServiceCtx {
     name: Arc<str>,
     endpoints: watch::Receiver<Arc<[SocketAddr]>>,
     cursor: Arc<AtomicUsize>,
+    ejections: Arc<Mutex<Ejections>>,
     metrics: ServiceMetrics,
+}
+
+impl ServiceCtx {
+    fn ejections(&self) -> MutexGuard<'_, Ejections> {
+        self.ejections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A failed dial of `addr`: counted once per client connection (`counted`),
+    /// ejected, and logged when that is news.
+    fn dial_failed(&self, addr: SocketAddr, current: &[SocketAddr], counted: &mut Vec<SocketAddr>) {
+        if !counted.contains(&addr) {
+            counted.push(addr);
+            self.metrics.upstream_errors.inc();
+        }
+        let change = self.ejections().failed(addr, Instant::now(), current);
+        if let Change::Ejected(d) = change {
+            info!(service = &*self.name, %addr, for_ms = d.as_millis() as u64, "forward: replica ejected after a failed dial");
+        }
+    }
+
+    fn dial_succeeded(&self, addr: SocketAddr) {
+        let back = {
+            let mut e = self.ejections();
+            !e.is_empty() && e.succeeded(addr) == Change::Back
+        };
+        if back {
+            info!(service = &*self.name, %addr, "forward: replica answers again");
+        }
+    }
 }
 
 /// The listener and the token that says it is closed; fields drop in this order, so
@@ -593,32 +633,27 @@ async fn pick_upstream(inner: &Inner, ctx: &mut ServiceCtx) -> Option<(TcpStream
     // (a first pause of 10 ms added ~8 ms to the p50 start-to-answer, P2).
     let mut retry = RETRY_MIN;
     // Each replica's failure is counted once per client connection, retries aside.
-    let mut failed: Vec<SocketAddr> = Vec::new();
-    let mut count_failure = |addr: SocketAddr| {
-        if !failed.contains(&addr) {
-            failed.push(addr);
-            ctx.metrics.upstream_errors.inc();
-        }
-    };
+    let mut counted: Vec<SocketAddr> = Vec::new();
     loop {
         let endpoints = Arc::clone(&ctx.endpoints.borrow_and_update());
         if !endpoints.is_empty() {
             let start = ctx.cursor.fetch_add(1, Ordering::Relaxed);
-            for i in 0..endpoints.len() {
-                let addr = endpoints[(start.wrapping_add(i)) % endpoints.len()];
+            let order = ctx.ejections().order(&endpoints, start, Instant::now());
+            for addr in order {
                 match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
                     Ok(Ok(stream)) => {
                         if let Err(e) = stream.set_nodelay(true) {
                             debug!(service = &*ctx.name, %addr, error = %e, "forward: cannot set TCP_NODELAY on replica");
                         }
+                        ctx.dial_succeeded(addr);
                         return Some((stream, addr));
                     }
                     Ok(Err(e)) => {
-                        count_failure(addr);
+                        ctx.dial_failed(addr, &endpoints, &mut counted);
                         debug!(service = &*ctx.name, %addr, error = %e, "forward: replica unreachable");
                     }
                     Err(_) => {
-                        count_failure(addr);
+                        ctx.dial_failed(addr, &endpoints, &mut counted);
                         debug!(service = &*ctx.name, %addr, "forward: replica connect timed out");
                     }
                 }

@@ -192,9 +192,45 @@ async fn dead_replica_is_skipped_and_counted() {
         roundtrip(&mut c, &[i; 16]).await;
     }
     assert_eq!(live_count.load(Ordering::SeqCst), 4);
-    // Round robin starts at the dead replica on every other connection.
-    assert_eq!(h.upstream_errors("svc"), 2);
+    // The first connection finds the dead replica; it is then ejected, so the
+    // next ones go straight to the live one although round robin would start
+    // at the dead one every other time.
+    assert_eq!(h.upstream_errors("svc"), 1);
     assert_eq!(h.connections("svc"), 4);
+}
+
+#[tokio::test]
+async fn ejected_replica_gets_connections_again_once_it_answers() {
+    let h = harness(Duration::from_secs(2));
+    let back = free_port();
+    let back_addr = SocketAddr::new(LOCALHOST, back);
+    let (live, _) = echo_server().await;
+    let port = free_port();
+    h.fwd.set_endpoints("svc", vec![back_addr, live]);
+    h.fwd.open("svc", port).await.unwrap();
+
+    let mut c = connect(port).await;
+    roundtrip(&mut c, b"first").await;
+    assert_eq!(
+        h.upstream_errors("svc"),
+        1,
+        "the closed replica was dialled"
+    );
+    // It comes back; after its ejection it is dialled again and stays in rotation.
+    let listener = TcpListener::bind(back_addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut clients = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the replica that came back got no connection"
+        );
+        clients.push(connect(port).await);
+        if let Ok(Ok(_)) = timeout(Duration::from_millis(100), listener.accept()).await {
+            break;
+        }
+    }
+    assert_eq!(h.upstream_errors("svc"), 1, "no failure after it came back");
 }
 
 #[tokio::test]

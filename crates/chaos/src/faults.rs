@@ -64,11 +64,32 @@ pub enum FaultKind {
     NetReset,
     /// Drop every packet the bridge sends to the chosen replicas.
     NetBlackhole,
+    /// Delay every MCP answer of the chosen replicas by [`NET_LATENCY_MS`]
+    /// (the stub's delay mode: this kernel has no netem).
+    NetLatency,
+}
+
+/// Share of packets `net-loss` drops in scenarios.
+pub const NET_LOSS: f64 = 0.3;
+
+/// Latency `net-latency` adds in scenarios: well below the probes' timeout,
+/// so clients see slower answers and no failure.
+pub const NET_LATENCY_MS: u64 = 400;
+
+/// The stub's binary inside its image (`xtask/images/mcp-stub/Dockerfile`).
+pub const STUB_BIN: &str = "/mcp-stub";
+
+/// `docker exec` arguments that set the delay of the stub in container `id`
+/// (0 ends it).
+pub fn delay_command(id: &str, ms: u64) -> Vec<String> {
+    ["exec", id, STUB_BIN, "--delay", &ms.to_string()]
+        .map(String::from)
+        .to_vec()
 }
 
 impl FaultKind {
     /// Every kind, for the CLI and the report.
-    pub const ALL: [FaultKind; 19] = [
+    pub const ALL: [FaultKind; 20] = [
         FaultKind::ContainerKill,
         FaultKind::ContainerStop,
         FaultKind::ContainerRestart,
@@ -88,6 +109,7 @@ impl FaultKind {
         FaultKind::NetLoss,
         FaultKind::NetReset,
         FaultKind::NetBlackhole,
+        FaultKind::NetLatency,
     ];
 
     /// The kebab-case name.
@@ -112,6 +134,7 @@ impl FaultKind {
             FaultKind::NetLoss => "net-loss",
             FaultKind::NetReset => "net-reset",
             FaultKind::NetBlackhole => "net-blackhole",
+            FaultKind::NetLatency => "net-latency",
         }
     }
 
@@ -141,8 +164,10 @@ impl FaultKind {
     }
 
     /// The iptables rule (without `-I`/`-D OUTPUT`) a network fault puts on
-    /// the bridge's TCP traffic to one replica at `ip:port`.
-    pub fn net_rule(self, ip: &str, port: u16) -> Vec<String> {
+    /// the bridge's TCP traffic to one replica at `ip:port`; `loss` is the
+    /// probability `net-loss` drops a packet with.
+    pub fn net_rule(self, ip: &str, port: u16, loss: f64) -> Vec<String> {
+        let loss = format!("{loss}");
         let mut r: Vec<String> = ["-d", ip, "-p", "tcp", "--dport", &port.to_string()]
             .map(String::from)
             .to_vec();
@@ -153,7 +178,7 @@ impl FaultKind {
                 "--mode",
                 "random",
                 "--probability",
-                "0.3",
+                &loss,
                 "-j",
                 "DROP",
             ],
@@ -183,7 +208,10 @@ impl FaultKind {
                 4_000
             }
             FaultKind::EngineCut => 5_000,
-            FaultKind::NetLoss | FaultKind::NetReset | FaultKind::NetBlackhole => 5_000,
+            FaultKind::NetLoss
+            | FaultKind::NetReset
+            | FaultKind::NetBlackhole
+            | FaultKind::NetLatency => 5_000,
             FaultKind::DiskFull => 6_000,
             FaultKind::PortSquat => 8_000,
             FaultKind::RegistrationFlood => 4_000,
@@ -741,7 +769,7 @@ mod tests {
 
     #[test]
     fn network_rules_aim_at_one_replica_with_their_own_action() {
-        let rule = |k: FaultKind| k.net_rule("192.0.2.5", 8080).join(" ");
+        let rule = |k: FaultKind| k.net_rule("192.0.2.5", 8080, NET_LOSS).join(" ");
         for k in [
             FaultKind::NetLoss,
             FaultKind::NetReset,

@@ -158,6 +158,45 @@ pub fn figures(h: &History, marks: Marks) -> Figures {
     }
 }
 
+/// I4's second half: what the network faults promise clients
+/// (docs/DESIGN.md section 4.1). A service in a fault's `no_failures` sees no
+/// failed probe while the fault holds, except probes already under way when
+/// it landed (a spliced connection cannot move); with `latency_ms`, some probe
+/// of those services in the window took at least that long.
+fn broken_promises(h: &History) -> Vec<String> {
+    let in_flight = crate::probe::PROBE_TIMEOUT.as_millis() as u64;
+    let mut out = Vec::new();
+    for f in h.faults.iter().filter(|f| f.error.is_none()) {
+        let window = |t: u64| t >= f.t_ms && t <= f.until_ms;
+        for svc in &f.no_failures {
+            let mine = || {
+                h.samples
+                    .iter()
+                    .filter(|x| &x.service == svc && window(x.t_ms))
+            };
+            let failed = mine()
+                .filter(|x| x.t_ms >= f.t_ms + in_flight && x.outcome != Outcome::Ok)
+                .count();
+            if failed > 0 {
+                out.push(format!(
+                    "{svc}: {failed} failed probes during {} at t={}..{}ms, which must fail over or only slow down",
+                    f.kind, f.t_ms, f.until_ms
+                ));
+            }
+            if let Some(d) = f.latency_ms {
+                let slowest = mine().map(|x| x.latency_ms).fold(0.0, f64::max);
+                if mine().next().is_some() && slowest < d as f64 {
+                    out.push(format!(
+                        "{svc}: slowest probe {slowest:.0}ms during {} of {d}ms at t={}..{}ms: the delay did not take effect",
+                        f.kind, f.t_ms, f.until_ms
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Checks I1-I7 and I9.
 pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
     let fig = figures(h, marks);
@@ -280,6 +319,7 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
     if fig.samples == 0 && !h.probed.is_empty() {
         p4.push("no sample of a service outside fault windows".into());
     }
+    p4.extend(broken_promises(h));
     for r in &fig.recoveries {
         if *r > marks.recovery_ms {
             p4.push(if *r == u64::MAX {
@@ -728,6 +768,8 @@ mod tests {
             until_ms: 4_600,
             may_move: vec!["*".into()],
             error: None,
+            no_failures: vec![],
+            latency_ms: None,
         });
         assert!(held(&h, "I2"));
     }
@@ -843,7 +885,49 @@ mod tests {
             until_ms,
             may_move: vec![],
             error: None,
+            no_failures: vec![],
+            latency_ms: None,
         }
+    }
+
+    fn net_fault(kind: FaultKind, latency_ms: Option<u64>) -> FaultRecord {
+        FaultRecord {
+            t_ms: 2_000,
+            kind,
+            target: "a-1".into(),
+            services: vec![],
+            until_ms: 8_000,
+            may_move: vec![],
+            error: None,
+            no_failures: vec!["a".into()],
+            latency_ms,
+        }
+    }
+
+    #[test]
+    fn i4_a_failure_during_a_failover_fault_fails() {
+        let mut h = good();
+        h.faults.push(net_fault(FaultKind::NetReset, None));
+        assert!(held(&h, "I4"));
+        // A probe already under way when the rule landed may fail ...
+        h.samples[4] = sample(2_000, "a", Outcome::Refused, "a");
+        assert!(held(&h, "I4"));
+        // ... a later one must have failed over. (Its availability would
+        // still pass: one sample in twenty.)
+        h.samples[10] = sample(5_000, "a", Outcome::Refused, "a");
+        let (vs, fig) = check(&h, MARKS);
+        assert!(fig.availability >= 0.9);
+        let i4 = vs.iter().find(|v| v.id == "I4").expect("I4");
+        assert!(!i4.held && i4.detail.contains("fail over"), "{i4:?}");
+    }
+
+    #[test]
+    fn i4_latency_that_never_showed_fails() {
+        let mut h = good();
+        h.faults.push(net_fault(FaultKind::NetLatency, Some(400)));
+        assert!(!held(&h, "I4"), "every probe answered fast: no delay");
+        h.samples[8].latency_ms = 420.0;
+        assert!(held(&h, "I4"));
     }
 
     /// A kill -9 at 4.5 s, store checked at 4.8 s, bridge back at 5 s.

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::faults::{FaultKind, StoreCheck};
 use crate::metrics::HarnessMetrics;
 
+/// How long one probe (an `initialize`, and on some rounds a `ping` after it)
+/// may take before it counts as [`Outcome::Timeout`].
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// How one probe ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,6 +128,15 @@ pub struct FaultRecord {
     /// Failure to inject, if any.
     #[serde(default)]
     pub error: Option<String>,
+    /// Services whose clients must see no failed request while this fault
+    /// holds (a reset or black hole on only some replicas fails over; added
+    /// latency below the probe timeout only slows answers). Checked by I4.
+    #[serde(default)]
+    pub no_failures: Vec<String>,
+    /// Latency added to the hit replicas' answers (`net-latency`), which some
+    /// probe of `no_failures` must show, or the fault did not take effect.
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
 }
 
 /// What the counters must show.
@@ -275,8 +288,7 @@ pub async fn run_probes(
             let ping = round.is_multiple_of(4);
             set.spawn(async move {
                 let t_ms = start.elapsed().as_millis() as u64;
-                let (o, server, ms) =
-                    probe_once(&s, port, &ports, Duration::from_millis(1500), ping).await;
+                let (o, server, ms) = probe_once(&s, port, &ports, PROBE_TIMEOUT, ping).await;
                 Sample {
                     t_ms,
                     service: s,

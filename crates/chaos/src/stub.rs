@@ -6,6 +6,12 @@
 //! with `serverInfo.name` set to the configured name, so a probe can prove which
 //! service it reached (invariant I7).
 //!
+//! Delay mode, for the `net-latency` fault (this kernel has no netem): `PUT
+//! /chaos/delay` with a body of milliseconds (0 ends it, at most
+//! [`MAX_DELAY_MS`]) makes every later `/mcp` answer wait that long. Only a
+//! loopback peer may set it, i.e. `docker exec <replica> mcp-stub --delay MS`
+//! ([`set_delay`]); clients coming through the bridge get 403.
+//!
 //! Client side: [`initialize`], [`ping`], [`rpc`], [`healthz`] and the raw
 //! [`http_request`], each one HTTP/1.1 request on a fresh connection, bounded
 //! by a timeout.
@@ -13,6 +19,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,6 +47,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DRAIN_LIMIT_BYTES: usize = 1024 * 1024;
 /// How long in-flight connections get to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest delay `PUT /chaos/delay` accepts.
+pub const MAX_DELAY_MS: u64 = 60_000;
+/// Path of the delay control.
+pub const DELAY_PATH: &str = "/chaos/delay";
 
 /// JSON-RPC 2.0 error codes used by the stub.
 pub mod codes {
@@ -60,6 +71,8 @@ pub struct StubConfig {
     pub name: String,
     /// `serverInfo.version` returned by `initialize`.
     pub version: String,
+    /// Milliseconds every `/mcp` answer waits (delay mode; 0 = none).
+    pub delay_ms: std::sync::Arc<AtomicU64>,
 }
 
 impl Default for StubConfig {
@@ -67,6 +80,7 @@ impl Default for StubConfig {
         Self {
             name: DEFAULT_NAME.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            delay_ms: std::sync::Arc::default(),
         }
     }
 }
@@ -192,7 +206,7 @@ pub async fn serve(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(pair) => pair,
                     // Per-connection errors (e.g. the peer reset before accept,
                     // or fd exhaustion): back off briefly, keep serving.
@@ -207,7 +221,7 @@ pub async fn serve(
                 conns.spawn(async move {
                     let service = service_fn(move |req| {
                         let config = config.clone();
-                        async move { Ok::<_, Infallible>(handle(&config, req).await) }
+                        async move { Ok::<_, Infallible>(handle(&config, peer, req).await) }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
@@ -236,10 +250,35 @@ pub async fn serve(
     Ok(())
 }
 
-/// Routes one HTTP request.
-async fn handle(config: &StubConfig, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Routes one HTTP request from `peer`.
+async fn handle(
+    config: &StubConfig,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::PUT, DELAY_PATH) => {
+            if !peer.ip().is_loopback() {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "the delay is set from inside the container (mcp-stub --delay MS)\n",
+                );
+            }
+            let body = match read_body(req.into_body()).await {
+                Ok(Some(body)) => body,
+                Ok(None) => return too_large(),
+                Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable body\n"),
+            };
+            match parse_delay(&body) {
+                Ok(ms) => {
+                    config.delay_ms.store(ms, Ordering::Relaxed);
+                    text(StatusCode::OK, format!("{ms}\n"))
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        }
+        (_, DELAY_PATH) => text(StatusCode::METHOD_NOT_ALLOWED, "use PUT\n"),
         (&Method::POST, "/mcp") => {
             let declared = req
                 .headers()
@@ -257,6 +296,10 @@ async fn handle(config: &StubConfig, req: Request<Incoming>) -> Response<Full<By
                 Ok(None) => return too_large(),
                 Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable body\n"),
             };
+            let delay = config.delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             match handle_rpc(config, &body) {
                 Some(answer) => json_response(StatusCode::OK, &answer),
                 // A notification: MCP's streamable HTTP says 202, no body.
@@ -275,6 +318,41 @@ async fn handle(config: &StubConfig, req: Request<Incoming>) -> Response<Full<By
         (_, "/healthz") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Parses a delay body: whole milliseconds, 0 to [`MAX_DELAY_MS`].
+pub fn parse_delay(body: &[u8]) -> Result<u64, String> {
+    let raw = String::from_utf8_lossy(body);
+    let ms: u64 = raw.trim().parse().map_err(|_| {
+        format!(
+            "delay {:?} is not a whole number of milliseconds",
+            raw.trim()
+        )
+    })?;
+    if ms > MAX_DELAY_MS {
+        return Err(format!(
+            "delay {ms} ms is over the limit of {MAX_DELAY_MS} ms"
+        ));
+    }
+    Ok(ms)
+}
+
+/// Sets the delay of the stub listening on loopback `port` (from inside its
+/// container); returns the delay now in force.
+pub async fn set_delay(port: u16, ms: u64, timeout: Duration) -> Result<u64, StubError> {
+    let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    let (status, body) = http_request(
+        addr,
+        Method::PUT,
+        DELAY_PATH,
+        Bytes::from(ms.to_string()),
+        timeout,
+    )
+    .await?;
+    if status != StatusCode::OK {
+        return Err(status_error(addr, status, &body));
+    }
+    parse_delay(&body).map_err(|reason| StubError::Protocol { addr, reason })
 }
 
 /// Reads a request body of at most [`MAX_BODY_BYTES`]. A larger one is read
@@ -424,8 +502,8 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
     resp
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,

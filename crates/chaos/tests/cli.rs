@@ -29,6 +29,7 @@ if [ "$1" = "-H" ]; then shift 2; fi
 case "$1" in
   inspect)
     if [ "$FAKE_MISSING" = 1 ]; then echo "Error: No such container: x" >&2; exit 1; fi
+    if echo "$*" | grep -q IPAddress; then echo "172.30.0.9 "; exit 0; fi
     echo "${{FAKE_STATE:-running}}";;
   image)
     if [ "$FAKE_NO_IMAGE" = 1 ]; then echo "Error: No such image: x" >&2; exit 1; fi
@@ -141,6 +142,116 @@ fn dry_run_touches_nothing() {
     );
     // Same seed, same victims.
     assert_eq!(first, ok(&docker.run(&args)));
+}
+
+#[test]
+fn network_fault_dry_runs_print_the_rules_and_touch_nothing() {
+    let docker = FakeDocker::new();
+    let out = ok(&docker.run(&[
+        "net-reset",
+        "--label",
+        "mesh-bridge.service=svc-a",
+        "--count",
+        "1",
+        "--netns-container",
+        "dind",
+        "--netns-host",
+        "tcp://127.0.0.1:1",
+        "--dry-run",
+    ]));
+    let rule =
+        "iptables -I OUTPUT -d 172.30.0.9 -p tcp --dport 8080 -j REJECT --reject-with tcp-reset";
+    assert!(
+        out.contains(&format!(
+            "would run: docker -H tcp://127.0.0.1:1 exec dind {rule}"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("would wait 5s, then delete each rule"),
+        "{out}"
+    );
+    assert!(out.contains("iptables -D OUTPUT -d 172.30.0.9"), "{out}");
+
+    let out = ok(&docker.run(&[
+        "net-loss",
+        "--label",
+        "mesh-bridge.service",
+        "--fraction",
+        "1",
+        "--probability",
+        "0.25",
+        "--hold",
+        "2s",
+        "--dry-run",
+    ]));
+    // Without --netns-container the rules go to this host's iptables.
+    assert_eq!(
+        out.matches("would run: iptables -I OUTPUT").count(),
+        3,
+        "{out}"
+    );
+    assert!(out.contains("--probability 0.25 -j DROP"), "{out}");
+
+    let out = ok(&docker.run(&[
+        "net-latency",
+        "--label",
+        "mesh-bridge.service=svc-b",
+        "--delay",
+        "250ms",
+        "--dry-run",
+    ]));
+    assert!(
+        out.contains("would run: docker exec id3 /mcp-stub --delay 250"),
+        "{out}"
+    );
+    assert!(
+        out.contains("would run: docker exec id3 /mcp-stub --delay 0"),
+        "{out}"
+    );
+    let calls = docker.calls();
+    assert!(
+        calls
+            .iter()
+            .all(|l| l.starts_with("ps ") || l.starts_with("inspect ")),
+        "dry runs must only read: {calls:?}"
+    );
+}
+
+#[test]
+fn network_faults_reject_bad_input() {
+    let docker = FakeDocker::new();
+    let base = ["net-blackhole", "--label", "mesh-bridge.service"];
+    let with = |extra: &[&str]| {
+        let mut v: Vec<&str> = base.to_vec();
+        v.extend_from_slice(extra);
+        docker.run(&v)
+    };
+    fails_with(&with(&["--hold", "0s"]), "--hold must be longer than 0");
+    fails_with(
+        &with(&["--fraction", "1.5"]),
+        "--fraction must be in (0, 1]",
+    );
+    fails_with(
+        &docker.run(&["net-loss", "--label", "x", "--probability", "0"]),
+        "--probability must be in (0, 1]",
+    );
+    fails_with(
+        &docker.run(&["net-latency", "--label", "x", "--delay", "2min"]),
+        "--delay must be between",
+    );
+    let o = docker.run(&[
+        "net-reset",
+        "--netns-host",
+        "tcp://127.0.0.1:1",
+        "--label",
+        "x",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "--netns-host needs --netns-container"
+    );
 }
 
 #[test]
@@ -760,6 +871,122 @@ fn docker_out(args: &[&str]) -> Option<String> {
     o.status
         .success()
         .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// Address of a container on the local engine's bridge network.
+fn container_ip(name: &str) -> std::net::SocketAddr {
+    let ip = docker_out(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+        name,
+    ])
+    .expect("inspect");
+    let ip = ip.split_whitespace().next().expect("an address");
+    std::net::SocketAddr::new(ip.parse().expect("ip"), 8080)
+}
+
+/// Polls `f` every 50 ms until it is true or `limit` passes.
+fn within(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// net-reset (host iptables) and net-latency against a real stub container:
+/// the fault shows while it holds and is gone after.
+#[test]
+fn network_faults_against_a_real_container() {
+    assert!(
+        docker_out(&["image", "inspect", "--format", "{{.Id}}", REAL_IMAGE]).is_some(),
+        "no Docker engine, or no {REAL_IMAGE}: start the engine and run `cargo xtask images`"
+    );
+    let name = format!("mesh-chaos-cli-net-{}", std::process::id());
+    let guard = RealContainer(name.clone());
+    let label = format!("mesh-chaos-cli-net={}", std::process::id());
+    docker_out(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        "mesh-bridge.test=mesh-chaos-cli",
+        "--label",
+        &label,
+        REAL_IMAGE,
+    ])
+    .expect("start a stub");
+    let addr = container_ip(&name);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let ping = |t: Duration| rt.block_on(mesh_chaos::stub::ping(addr, t));
+    assert!(
+        within(Duration::from_secs(20), || ping(Duration::from_secs(1))
+            .is_ok()),
+        "stub never answered on {addr}"
+    );
+
+    // net-reset: connections are refused while it holds, then answered again.
+    let fault = mesh_chaos(&["net-reset", "--label", &label, "--hold", "3s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let refused = within(Duration::from_secs(3), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    let out = fault.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        refused,
+        "no connection was reset while net-reset held: {}",
+        stdout(&out)
+    );
+    assert!(
+        ping(Duration::from_secs(2)).is_ok(),
+        "still refused after the hold"
+    );
+
+    // net-latency: answers take the delay while it holds.
+    let fault = mesh_chaos(&[
+        "net-latency",
+        "--label",
+        &label,
+        "--delay",
+        "300ms",
+        "--hold",
+        "3s",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let slow = within(Duration::from_secs(3), || {
+        let t = Instant::now();
+        ping(Duration::from_secs(2)).is_ok() && t.elapsed() >= Duration::from_millis(300)
+    });
+    let out = fault.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        slow,
+        "no answer was delayed while net-latency held: {}",
+        stdout(&out)
+    );
+    let t = Instant::now();
+    assert!(ping(Duration::from_secs(2)).is_ok());
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "delay not ended: {:?}",
+        t.elapsed()
+    );
+    drop(guard);
 }
 
 /// bridge-kill, bridge-restart and engine-restart against a real container

@@ -92,6 +92,57 @@ async fn ping_and_healthz() {
 }
 
 #[tokio::test]
+async fn delay_mode_slows_mcp_answers_until_set_to_zero() {
+    let s = InProcess::start("slow").await;
+    let port = s.addr.port();
+    assert_eq!(stub::set_delay(port, 300, T).await.unwrap(), 300);
+    let t = Instant::now();
+    stub::ping(s.addr, T).await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "answered after {:?} with a 300 ms delay",
+        t.elapsed()
+    );
+    // Health checks are never delayed (Docker would mark the replica unhealthy).
+    let t = Instant::now();
+    stub::healthz(s.addr, T).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "healthz was delayed"
+    );
+    // A request slower than the client's timeout is a timeout, not an answer.
+    let err = stub::ping(s.addr, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StubError::Timeout { .. }), "{err}");
+
+    for bad in ["", "abc", "-5", "60001"] {
+        let (status, body) =
+            stub::http_request(s.addr, Method::PUT, stub::DELAY_PATH, Bytes::from(bad), T)
+                .await
+                .unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("delay"),
+            "{bad:?}: {body:?}"
+        );
+    }
+    let (status, _) = stub::http_request(s.addr, Method::GET, stub::DELAY_PATH, Bytes::new(), T)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    assert_eq!(stub::set_delay(port, 0, T).await.unwrap(), 0);
+    let t = Instant::now();
+    stub::ping(s.addr, T).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "delay did not end"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn tools_list_and_echo() {
     let s = InProcess::start("t").await;
     let list = stub::rpc(s.addr, "tools/list", json!({}), T).await.unwrap();
@@ -420,6 +471,31 @@ async fn image_serves_the_name_and_becomes_healthy() {
         name
     );
     stub::ping(addr, T).await.unwrap();
+
+    // Delay mode: only from inside the container (`docker exec`); a client
+    // from outside (the published port's proxy) is refused.
+    let (status, _) = stub::http_request(addr, Method::PUT, stub::DELAY_PATH, Bytes::from("50"), T)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        docker_ok(&["exec", &guard.0, "/mcp-stub", "--delay", "400"]),
+        "400"
+    );
+    let t = Instant::now();
+    stub::ping(addr, T).await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "answered after {:?} with a 400 ms delay",
+        t.elapsed()
+    );
+    assert_eq!(
+        docker_ok(&["exec", &guard.0, "/mcp-stub", "--delay", "0"]),
+        "0"
+    );
+    let bad = docker(&["exec", &guard.0, "/mcp-stub", "--delay", "soon"]);
+    assert_eq!(bad.status.code(), Some(2), "a bad delay is a usage error");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a whole number"));
 
     let start = Instant::now();
     loop {

@@ -3,7 +3,9 @@
 //! `mcp-stub` serves on `0.0.0.0:$MCP_STUB_PORT` (default 8080) with
 //! `serverInfo.name` = `$MCP_STUB_NAME`; `mcp-stub --probe` checks
 //! `http://127.0.0.1:$MCP_STUB_PORT/healthz` and exits 0 (healthy) or 1, for an
-//! exec-form Docker HEALTHCHECK in a `FROM scratch` image.
+//! exec-form Docker HEALTHCHECK in a `FROM scratch` image; `mcp-stub --delay MS`
+//! sets the running stub's answer delay (the `net-latency` fault, run through
+//! `docker exec`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -12,10 +14,12 @@ use std::time::Duration;
 use mesh_chaos::stub::{self, StubConfig};
 
 const USAGE: &str = "\
-usage: mcp-stub [--probe]
+usage: mcp-stub [--probe | --delay MS]
 
 Serves MCP (JSON-RPC 2.0) on POST /mcp and GET /healthz.
   --probe        GET http://127.0.0.1:$MCP_STUB_PORT/healthz, exit 0 if healthy, else 1
+  --delay MS     make the stub on 127.0.0.1:$MCP_STUB_PORT delay every /mcp answer
+                 by MS milliseconds (0 ends it); prints the delay in force
   -h, --help     this text
   -V, --version  print the version
 environment:
@@ -26,13 +30,25 @@ environment:
 enum Mode {
     Serve,
     Probe,
+    Delay(u64),
 }
 
 fn main() -> ExitCode {
     let mut mode = Mode::Serve;
-    for arg in std::env::args().skip(1) {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--probe" => mode = Mode::Probe,
+            "--delay" => {
+                let raw = args.next().unwrap_or_default();
+                match stub::parse_delay(raw.as_bytes()) {
+                    Ok(ms) => mode = Mode::Delay(ms),
+                    Err(e) => {
+                        eprintln!("mcp-stub --delay: {e}\n{USAGE}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -71,6 +87,18 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mcp-stub --probe: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Mode::Delay(ms) => {
+            match runtime.block_on(stub::set_delay(port, ms, Duration::from_secs(2))) {
+                Ok(now) => {
+                    println!("{now}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mcp-stub --delay: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -81,6 +81,14 @@ enum Fault {
     PortSquat(PortSquatArgs),
     /// Start --count labelled service containers at once, remove them after --hold.
     RegistrationFlood(FloodArgs),
+    /// Drop a share of the bridge's packets to chosen replicas for --hold (iptables).
+    NetLoss(NetArgs),
+    /// Answer the bridge's connections to chosen replicas with a TCP reset for --hold.
+    NetReset(NetArgs),
+    /// Drop every packet the bridge sends to chosen replicas for --hold (a black hole).
+    NetBlackhole(NetArgs),
+    /// Delay every MCP answer of chosen mcp-stub replicas for --hold (its delay mode).
+    NetLatency(LatencyArgs),
     /// Anything else: refused with the list of faults.
     #[command(external_subcommand)]
     Other(Vec<String>),
@@ -197,13 +205,61 @@ struct FloodArgs {
     hold: Duration,
 }
 
+#[derive(Debug, Args)]
+struct VictimArgs {
+    /// Replicas to choose from: label `K=V` (or `K`); repeatable, all must match.
+    #[arg(long, required = true)]
+    label: Vec<String>,
+    /// How many of the running matches.
+    #[arg(long, conflicts_with = "fraction")]
+    count: Option<u32>,
+    /// Or which fraction of them.
+    #[arg(long)]
+    fraction: Option<f64>,
+    /// Seed of the victim choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How long the fault holds; it is always healed (Ctrl-C heals early).
+    #[arg(long, default_value = "5s", value_parser = parse_dur)]
+    hold: Duration,
+}
+
+#[derive(Debug, Args)]
+struct NetArgs {
+    #[command(flatten)]
+    victims: VictimArgs,
+    /// The replicas' port the bridge dials (their container port).
+    #[arg(long, default_value_t = mesh_chaos::stub::DEFAULT_PORT)]
+    port: u16,
+    /// A container that shares the bridge's network namespace and has
+    /// iptables (in the DinD topology: the DinD container). Left out, iptables
+    /// runs on this host, for a bridge on the host's network.
+    #[arg(long, value_name = "NAME")]
+    netns_container: Option<String>,
+    /// Engine of --netns-container (default: --docker-host's).
+    #[arg(long, value_name = "HOST", requires = "netns_container")]
+    netns_host: Option<String>,
+    /// Share of packets net-loss drops.
+    #[arg(long, default_value_t = faults::NET_LOSS)]
+    probability: f64,
+}
+
+#[derive(Debug, Args)]
+struct LatencyArgs {
+    #[command(flatten)]
+    victims: VictimArgs,
+    /// Delay of every MCP answer (whole milliseconds, at most 60 s).
+    #[arg(long, default_value = "400ms", value_parser = parse_dur)]
+    delay: Duration,
+}
+
 fn parse_dur(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{e} (write a duration such as 500ms, 10s, 2m)"))
 }
 
 /// The faults this CLI runs, in `--help` order.
-const CLI_FAULTS: [&str; 12] = [
+const CLI_FAULTS: [&str; 16] = [
     "container-kill",
     "container-stop",
     "container-restart",
@@ -216,6 +272,10 @@ const CLI_FAULTS: [&str; 12] = [
     "store-truncate",
     "port-squat",
     "registration-flood",
+    "net-loss",
+    "net-reset",
+    "net-blackhole",
+    "net-latency",
 ];
 
 /// Runs docker commands, or only prints them with --dry-run.
@@ -380,6 +440,10 @@ async fn run(cli: Cli) -> Result<()> {
         Fault::StoreTruncate(a) => store_truncate(&ctx, &a.state_dir),
         Fault::PortSquat(a) => port_squat(&ctx, a).await,
         Fault::RegistrationFlood(a) => flood(&ctx, a).await,
+        Fault::NetLoss(a) => net(&ctx, FaultKind::NetLoss, a).await,
+        Fault::NetReset(a) => net(&ctx, FaultKind::NetReset, a).await,
+        Fault::NetBlackhole(a) => net(&ctx, FaultKind::NetBlackhole, a).await,
+        Fault::NetLatency(a) => latency(&ctx, a).await,
         Fault::Other(argv) => {
             let name = argv.first().map(String::as_str).unwrap_or("");
             let list = CLI_FAULTS.join(", ");
@@ -465,6 +529,235 @@ async fn containers(ctx: &Ctx, kind: FaultKind, cli: ContainerArgs) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The running replicas a network fault hits, chosen as the scenarios do.
+async fn victims(ctx: &Ctx, a: &VictimArgs) -> Result<Vec<faults::Container>> {
+    if let Some(f) = a.fraction {
+        ensure!(f > 0.0 && f <= 1.0, "--fraction must be in (0, 1]");
+    }
+    ensure!(
+        !a.hold.is_zero(),
+        "--hold must be longer than 0 (e.g. --hold 10s): the fault is healed when it ends"
+    );
+    let running: Vec<_> = ctx
+        .docker
+        .list(&a.label)
+        .await?
+        .into_iter()
+        .filter(|c| c.state == "running")
+        .collect();
+    ensure!(
+        !running.is_empty(),
+        "no running container matches {:?} on the engine ({}); check --label against `docker ps`",
+        a.label,
+        ctx.engine_name()
+    );
+    Ok(schedule::pick(&running, a.count, a.fraction, a.seed))
+}
+
+/// Where a network fault's iptables rules go.
+struct Netns {
+    /// `docker exec` target and its engine, or None for this host.
+    container: Option<(Docker, String)>,
+}
+
+impl Netns {
+    /// The iptables command line itself.
+    fn iptables(op: &str, rule: &[String]) -> Vec<String> {
+        let mut v: Vec<String> = ["iptables", op, "OUTPUT"].map(String::from).to_vec();
+        v.extend(rule.iter().cloned());
+        v
+    }
+
+    /// The whole command line as it would be typed.
+    fn show(&self, op: &str, rule: &[String]) -> String {
+        let ipt = Self::iptables(op, rule).join(" ");
+        match &self.container {
+            Some((d, name)) => match &d.host {
+                Some(h) => format!("docker -H {h} exec {name} {ipt}"),
+                None => format!("docker exec {name} {ipt}"),
+            },
+            None => ipt,
+        }
+    }
+
+    async fn run(&self, op: &str, rule: &[String]) -> Result<()> {
+        println!("  run: {}", self.show(op, rule));
+        let ipt = Self::iptables(op, rule);
+        match &self.container {
+            Some((d, name)) => {
+                let mut args = vec!["exec", name.as_str()];
+                args.extend(ipt.iter().map(String::as_str));
+                d.run_timeout(&args, QUICK).await.map(drop)
+            }
+            None => {
+                let out = tokio::process::Command::new(&ipt[0])
+                    .args(&ipt[1..])
+                    .output()
+                    .await
+                    .context(
+                        "cannot run iptables on this host (is it installed? are we root?); \
+                         or pass --netns-container",
+                    )?;
+                ensure!(
+                    out.status.success(),
+                    "{} failed: {}",
+                    ipt.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// net-loss, net-reset, net-blackhole: an iptables OUTPUT rule in the
+/// bridge's network namespace per chosen replica, deleted after the hold
+/// (also when adding a later rule failed, or on Ctrl-C).
+async fn net(ctx: &Ctx, kind: FaultKind, a: NetArgs) -> Result<()> {
+    ensure!(
+        a.probability > 0.0 && a.probability <= 1.0,
+        "--probability must be in (0, 1]"
+    );
+    let chosen = victims(ctx, &a.victims).await?;
+    let hold = humantime::format_duration(a.victims.hold);
+    header(
+        ctx,
+        kind,
+        &format!(
+            "{} replica(s) for {hold}: {}",
+            chosen.len(),
+            chosen
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let ns = Netns {
+        container: a.netns_container.clone().map(|n| {
+            let host = a.netns_host.clone().or_else(|| ctx.docker.host.clone());
+            (Docker { host }, n)
+        }),
+    };
+    let mut rules = Vec::new();
+    for c in &chosen {
+        let ip = replica_ip(ctx, c).await?;
+        rules.push(kind.net_rule(&ip, a.port, a.probability));
+    }
+    if ctx.dry {
+        for r in &rules {
+            println!("  would run: {}", ns.show("-I", r));
+        }
+        println!("  would wait {hold}, then delete each rule:");
+        for r in &rules {
+            println!("  would run: {}", ns.show("-D", r));
+        }
+        return Ok(());
+    }
+    let mut added = Vec::new();
+    let mut failure = None;
+    for r in &rules {
+        match ns.run("-I", r).await {
+            Ok(()) => added.push(r),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        hold_for(a.victims.hold).await;
+    }
+    let mut heal_failed = Vec::new();
+    for r in added {
+        if let Err(e) = ns.run("-D", r).await {
+            heal_failed.push(format!("{e:#}"));
+        }
+    }
+    if !heal_failed.is_empty() {
+        bail!(
+            "could not delete {} rule(s); delete them by hand (`iptables -D OUTPUT ...` as printed above): {}",
+            heal_failed.len(),
+            heal_failed.join("; ")
+        );
+    }
+    match failure {
+        Some(e) => Err(e.context("adding a rule failed; the rules added before it were deleted")),
+        None => Ok(()),
+    }
+}
+
+/// The replica's address on its engine's networks.
+async fn replica_ip(ctx: &Ctx, c: &faults::Container) -> Result<String> {
+    let out = ctx
+        .docker
+        .run_timeout(
+            &[
+                "inspect",
+                "--format",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                &c.id,
+            ],
+            QUICK,
+        )
+        .await?;
+    out.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .with_context(|| {
+            format!(
+                "container {} has no network address (network mode none or host?)",
+                c.name
+            )
+        })
+}
+
+/// net-latency: the mcp-stub's delay mode on each chosen replica, ended after the hold.
+async fn latency(ctx: &Ctx, a: LatencyArgs) -> Result<()> {
+    let ms = u64::try_from(a.delay.as_millis()).unwrap_or(u64::MAX);
+    ensure!(
+        ms > 0 && ms <= mesh_chaos::stub::MAX_DELAY_MS,
+        "--delay must be between 1ms and {}ms",
+        mesh_chaos::stub::MAX_DELAY_MS
+    );
+    let chosen = victims(ctx, &a.victims).await?;
+    let hold = humantime::format_duration(a.victims.hold);
+    header(
+        ctx,
+        FaultKind::NetLatency,
+        &format!("{ms} ms on {} replica(s) for {hold}", chosen.len()),
+    );
+    let mut set = Vec::new();
+    let mut failure = None;
+    for c in &chosen {
+        let argv = faults::delay_command(&c.id, ms);
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        match ctx.act(&args, QUICK).await {
+            Ok(_) => set.push(c),
+            Err(e) => {
+                failure = Some(e.context(format!(
+                    "{} has no mcp-stub delay mode (net-latency needs the mcp-stub image)",
+                    c.name
+                )));
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        if ctx.dry {
+            println!("  would wait {hold}");
+        } else {
+            hold_for(a.victims.hold).await;
+        }
+    }
+    for c in set {
+        let argv = faults::delay_command(&c.id, 0);
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        ctx.act(&args, QUICK).await?;
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// One victim seed a round, from the run's seed.
