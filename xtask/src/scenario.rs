@@ -775,6 +775,8 @@ async fn run_scenario(
     ));
 
     let mut heals = tokio::task::JoinSet::new();
+    // Faults with a heal scheduled, until it has run (see below).
+    let unhealed: Arc<Mutex<std::collections::BTreeSet<usize>>> = Arc::default();
     let topo = Arc::new(topo);
     let mut last_report = Instant::now();
     for (i, p) in plan.iter().enumerate() {
@@ -830,9 +832,16 @@ async fn run_scenario(
             let rec = rec.clone();
             let hold = Duration::from_millis(p.hold_ms);
             let probe_list = probe_list.clone();
+            let unhealed = unhealed.clone();
+            if let Ok(mut u) = unhealed.lock() {
+                u.insert(rec_idx);
+            }
             heals.spawn(async move {
                 tokio::time::sleep(hold).await;
                 let err = heal.run(&topo, &probe_list).await.err();
+                if let Ok(mut u) = unhealed.lock() {
+                    u.remove(&rec_idx);
+                }
                 let t = start.elapsed().as_millis() as u64;
                 rec.with(|h| {
                     if let Some(f) = h.faults.get_mut(rec_idx) {
@@ -859,6 +868,19 @@ async fn run_scenario(
     })
     .await;
     heals.abort_all();
+    // A heal that never finished leaves its fault in place: say so in the
+    // record instead of showing a fault that ended the moment it began.
+    let left: Vec<usize> = unhealed
+        .lock()
+        .map(|u| u.iter().copied().collect())
+        .unwrap_or_default();
+    rec.with(|h| {
+        for i in left {
+            if let Some(f) = h.faults.get_mut(i) {
+                f.error = Some("heal did not finish within 60 s of the run's end".into());
+            }
+        }
+    });
     rec.with(|h| h.settle_from_ms = h.settle_from_ms.max(start.elapsed().as_millis() as u64));
     say(&format!(
         "faults done; settling {}",
@@ -1095,6 +1117,10 @@ enum Heal {
     Unnet {
         rules: Vec<Vec<String>>,
     },
+    /// End the stub delay mode of these containers (`net-latency`).
+    Undelay {
+        ids: Vec<String>,
+    },
 }
 
 impl Heal {
@@ -1144,6 +1170,14 @@ impl Heal {
                 t.remove_outer(&squatters).await
             }
             Heal::RemoveInner { names } => remove_inner(t, &names).await,
+            Heal::Undelay { ids } => {
+                for id in ids {
+                    let argv = faults::delay_command(&id, 0);
+                    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+                    with_retry(|| t.inner.run(&args)).await?;
+                }
+                Ok(())
+            }
             Heal::Unnet { rules } => {
                 for r in &rules {
                     with_retry(|| t.net_rule(false, r)).await?;
@@ -1461,11 +1495,11 @@ async fn inject(
                 .filter(|c| c.state == "running" && !c.service.is_empty())
                 .collect();
             let victims = schedule::pick(&running, p.count, p.fraction, p.pick);
-            let mut heal = Vec::new();
+            let mut ids = Vec::new();
             for v in &victims {
                 let cmd = faults::delay_command(&v.id, faults::NET_LATENCY_MS);
                 faults::run_all(&t.inner, &[cmd]).await?;
-                heal.push(faults::delay_command(&v.id, 0));
+                ids.push(v.id.clone());
                 if !record.no_failures.contains(&v.service) {
                     record.no_failures.push(v.service.clone());
                 }
@@ -1476,10 +1510,7 @@ async fn inject(
                 .collect::<Vec<_>>()
                 .join(",");
             record.latency_ms = Some(faults::NET_LATENCY_MS);
-            Some(Heal::Docker {
-                inner: true,
-                cmds: heal,
-            })
+            Some(Heal::Undelay { ids })
         }
         FaultKind::ServiceChurn => {
             // Whole services leave for good and new names arrive: with more
