@@ -1222,6 +1222,22 @@ async fn remove_inner(t: &Target, names: &[String]) -> Result<()> {
     with_retry(|| t.inner.run(&args)).await.map(drop)
 }
 
+/// The running service replicas of a fault's target, and the seeded victims
+/// among them (the network faults).
+async fn replica_victims(
+    topo: &Topo,
+    p: &Planned,
+) -> Result<(Vec<faults::Container>, Vec<faults::Container>)> {
+    let running: Vec<_> = topo
+        .containers(p.target.as_deref())
+        .await?
+        .into_iter()
+        .filter(|c| c.state == "running" && !c.service.is_empty())
+        .collect();
+    let victims = schedule::pick(&running, p.count, p.fraction, p.pick);
+    Ok((running, victims))
+}
+
 /// Injects one planned fault; returns its record and how to heal it.
 async fn inject(
     topo: &Topo,
@@ -1447,13 +1463,7 @@ async fn inject(
             Some(Heal::RemoveInner { names })
         }
         k if k.is_network() => {
-            let running: Vec<_> = topo
-                .containers(p.target.as_deref())
-                .await?
-                .into_iter()
-                .filter(|c| c.state == "running" && !c.service.is_empty())
-                .collect();
-            let victims = schedule::pick(&running, p.count, p.fraction, p.pick);
+            let (running, victims) = replica_victims(topo, p).await?;
             let mut rules = Vec::new();
             for v in &victims {
                 let ip = t.replica_ip(&v.id).await?;
@@ -1488,13 +1498,7 @@ async fn inject(
         FaultKind::NetLatency => {
             // The stub's delay mode (no netem here): answers come later, below
             // the probes' timeout, so clients see no failure (I4 checks both).
-            let running: Vec<_> = topo
-                .containers(p.target.as_deref())
-                .await?
-                .into_iter()
-                .filter(|c| c.state == "running" && !c.service.is_empty())
-                .collect();
-            let victims = schedule::pick(&running, p.count, p.fraction, p.pick);
+            let (_, victims) = replica_victims(topo, p).await?;
             let mut ids = Vec::new();
             for v in &victims {
                 let cmd = faults::delay_command(&v.id, faults::NET_LATENCY_MS);

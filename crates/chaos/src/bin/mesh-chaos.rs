@@ -94,17 +94,24 @@ enum Fault {
     Other(Vec<String>),
 }
 
+/// Which containers a fault picks (each round).
 #[derive(Debug, Args)]
-struct ContainerArgs {
+struct Pick {
     /// Containers to choose from: label `K=V` (or `K`); repeatable, all must match.
     #[arg(long, required = true)]
     label: Vec<String>,
-    /// How many containers each round.
+    /// How many of the matching containers.
     #[arg(long, conflicts_with = "fraction")]
     count: Option<u32>,
-    /// Or which fraction of the matching containers each round.
+    /// Or which fraction of them.
     #[arg(long)]
     fraction: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+struct ContainerArgs {
+    #[command(flatten)]
+    pick: Pick,
     /// Repeat every interval (humantime, e.g. 10s); once when left out.
     #[arg(long)]
     interval: Option<String>,
@@ -207,15 +214,8 @@ struct FloodArgs {
 
 #[derive(Debug, Args)]
 struct VictimArgs {
-    /// Replicas to choose from: label `K=V` (or `K`); repeatable, all must match.
-    #[arg(long, required = true)]
-    label: Vec<String>,
-    /// How many of the running matches.
-    #[arg(long, conflicts_with = "fraction")]
-    count: Option<u32>,
-    /// Or which fraction of them.
-    #[arg(long)]
-    fraction: Option<f64>,
+    #[command(flatten)]
+    pick: Pick,
     /// Seed of the victim choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -460,7 +460,7 @@ async fn run(cli: Cli) -> Result<()> {
 
 /// The five container faults, by label, count or fraction, seeded.
 async fn containers(ctx: &Ctx, kind: FaultKind, cli: ContainerArgs) -> Result<()> {
-    if let Some(f) = cli.fraction {
+    if let Some(f) = cli.pick.fraction {
         ensure!(f > 0.0 && f <= 1.0, "--fraction must be in (0, 1]");
     }
     let interval = match &cli.interval {
@@ -476,12 +476,12 @@ async fn containers(ctx: &Ctx, kind: FaultKind, cli: ContainerArgs) -> Result<()
     let docker = &ctx.docker;
     let mut seeds = rand_seeds(cli.seed, rounds);
     for round in 0..rounds {
-        let containers = docker.list(&cli.label).await?;
+        let containers = docker.list(&cli.pick.label).await?;
         let running: Vec<_> = containers
             .into_iter()
             .filter(|c| c.state == "running" || kind == FaultKind::ContainerRemove)
             .collect();
-        let victims = schedule::pick(&running, cli.count, cli.fraction, seeds.remove(0));
+        let victims = schedule::pick(&running, cli.pick.count, cli.pick.fraction, seeds.remove(0));
         let ids: Vec<String> = victims.iter().map(|c| c.id.clone()).collect();
         let names: Vec<&str> = victims.iter().map(|c| c.name.as_str()).collect();
         let cmds = faults::container_commands(kind, &ids);
@@ -533,7 +533,7 @@ async fn containers(ctx: &Ctx, kind: FaultKind, cli: ContainerArgs) -> Result<()
 
 /// The running replicas a network fault hits, chosen as the scenarios do.
 async fn victims(ctx: &Ctx, a: &VictimArgs) -> Result<Vec<faults::Container>> {
-    if let Some(f) = a.fraction {
+    if let Some(f) = a.pick.fraction {
         ensure!(f > 0.0 && f <= 1.0, "--fraction must be in (0, 1]");
     }
     ensure!(
@@ -542,7 +542,7 @@ async fn victims(ctx: &Ctx, a: &VictimArgs) -> Result<Vec<faults::Container>> {
     );
     let running: Vec<_> = ctx
         .docker
-        .list(&a.label)
+        .list(&a.pick.label)
         .await?
         .into_iter()
         .filter(|c| c.state == "running")
@@ -550,10 +550,15 @@ async fn victims(ctx: &Ctx, a: &VictimArgs) -> Result<Vec<faults::Container>> {
     ensure!(
         !running.is_empty(),
         "no running container matches {:?} on the engine ({}); check --label against `docker ps`",
-        a.label,
+        a.pick.label,
         ctx.engine_name()
     );
-    Ok(schedule::pick(&running, a.count, a.fraction, a.seed))
+    Ok(schedule::pick(
+        &running,
+        a.pick.count,
+        a.pick.fraction,
+        a.seed,
+    ))
 }
 
 /// Where a network fault's iptables rules go.
