@@ -74,7 +74,7 @@ pub const BUGS: &[Bug] = &[
     Bug {
         id: "restore-skips-bitmap",
         what: "restoring from the store writes the slot but not the free bitmap: after a restart a new service is handed a restored service's port",
-        expected: "I1",
+        expected: "I3, I5",
         edits: &[Edit {
             file: "crates/bridge/src/pool.rs",
             find: "            RestoreState::Reserved => {\n                self.set_slot(off, Slot::reserved(i));",
