@@ -287,6 +287,24 @@ impl Docker {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The first address of container `id` on its networks.
+    pub async fn address_of(&self, id: &str) -> Result<String> {
+        let out = self
+            .run(&[
+                "inspect",
+                "--format",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                id,
+            ])
+            .await?;
+        out.split_whitespace()
+            .next()
+            .map(str::to_string)
+            .with_context(|| {
+                format!("container {id} has no network address (network mode none or host?)")
+            })
+    }
+
     /// Containers (all states) matching every `K=V` (or `K`) label filter.
     pub async fn list(&self, labels: &[String]) -> Result<Vec<Container>> {
         let mut args = vec!["ps".to_string(), "-a".into(), "--no-trunc".into()];
@@ -709,19 +727,7 @@ impl Target {
 
     /// The address of a service container on the inner engine.
     pub async fn replica_ip(&self, id: &str) -> Result<String> {
-        let out = self
-            .inner
-            .run(&[
-                "inspect",
-                "--format",
-                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-                id,
-            ])
-            .await?;
-        out.split_whitespace()
-            .next()
-            .map(str::to_string)
-            .with_context(|| format!("container {id} has no address"))
+        self.inner.address_of(id).await
     }
 
     /// `POST /v1/reservations` for `service`; returns the HTTP status and body.

@@ -648,7 +648,7 @@ async fn net(ctx: &Ctx, kind: FaultKind, a: NetArgs) -> Result<()> {
     };
     let mut rules = Vec::new();
     for c in &chosen {
-        let ip = replica_ip(ctx, c).await?;
+        let ip = ctx.docker.address_of(&c.id).await?;
         rules.push(kind.net_rule(&ip, a.port, a.probability));
     }
     if ctx.dry {
@@ -692,31 +692,6 @@ async fn net(ctx: &Ctx, kind: FaultKind, a: NetArgs) -> Result<()> {
         Some(e) => Err(e.context("adding a rule failed; the rules added before it were deleted")),
         None => Ok(()),
     }
-}
-
-/// The replica's address on its engine's networks.
-async fn replica_ip(ctx: &Ctx, c: &faults::Container) -> Result<String> {
-    let out = ctx
-        .docker
-        .run_timeout(
-            &[
-                "inspect",
-                "--format",
-                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-                &c.id,
-            ],
-            QUICK,
-        )
-        .await?;
-    out.split_whitespace()
-        .next()
-        .map(str::to_string)
-        .with_context(|| {
-            format!(
-                "container {} has no network address (network mode none or host?)",
-                c.name
-            )
-        })
 }
 
 /// net-latency: the mcp-stub's delay mode on each chosen replica, ended after the hold.
