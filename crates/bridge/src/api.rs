@@ -17,16 +17,21 @@ use hyper::body::Incoming;
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::contract::api::{
+    ErrorBody, HEALTHZ, METRICS, POOL, READYZ, RESERVATION_PREFIX, RESERVATIONS, Reservation,
+    ReserveRequest, SERVICE_PREFIX, SERVICES, ServiceState, ServiceView,
+};
 use crate::labels;
 use crate::metrics::Metrics;
 use crate::pool::PoolCounts;
-use crate::reconcile::ServiceView;
+use crate::pool::PoolError;
+use crate::reconcile::ReserveError;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 16 * 1024;
@@ -35,24 +40,7 @@ const MAX_PATH: usize = 512;
 /// Concurrent connections served; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 256;
 
-/// `GET /v1/pool`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PoolView {
-    /// Inclusive ranges.
-    pub ranges: Vec<[u16; 2]>,
-    /// Ports in the ranges.
-    pub capacity: usize,
-    /// Reserved.
-    pub in_use: usize,
-    /// Quarantined.
-    pub quarantined: usize,
-    /// Conflicted.
-    pub conflicted: usize,
-    /// Free.
-    pub free: usize,
-    /// Services waiting for a port.
-    pub pending: usize,
-}
+pub use crate::contract::api::PoolView;
 
 impl PoolView {
     /// Builds the view from the pool's counts.
@@ -80,8 +68,39 @@ pub struct Snapshot {
     pub ready: Result<(), String>,
 }
 
-/// Reply to a reservation command: (port, already held) or an error.
-pub type ReserveReply = Result<(u16, bool), String>;
+/// Why the app refused an API mutation; [`CommandError::status`] is the
+/// HTTP status it answers with (docs/DESIGN.md section 3.3).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The reconciler refused.
+    #[error(transparent)]
+    Refused(#[from] ReserveError),
+    /// The change was applied in memory but the store could not make it durable.
+    #[error(
+        "the store is failing: the change is held in memory but not yet durable; see store_errors_total and the log"
+    )]
+    StoreFailing,
+}
+
+impl CommandError {
+    /// 404 nothing held, 422 a port outside the ranges, 409 any other
+    /// conflict with the pool's state, 503 store failing.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            CommandError::Refused(ReserveError::NotHeld(_)) => StatusCode::NOT_FOUND,
+            CommandError::Refused(ReserveError::Pool(PoolError::OutsideRanges { .. })) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            CommandError::Refused(_) => StatusCode::CONFLICT,
+            CommandError::StoreFailing => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Reply to a reservation command: (port, already held) or why not.
+pub type ReserveReply = Result<(u16, bool), CommandError>;
+/// Reply to a release command: the port released or why not.
+pub type UnreserveReply = Result<u16, CommandError>;
 
 /// A mutation for the app.
 #[derive(Debug)]
@@ -100,7 +119,7 @@ pub enum Command {
         /// The service.
         service: String,
         /// The port released, or why not.
-        reply: oneshot::Sender<Result<u16, String>>,
+        reply: oneshot::Sender<UnreserveReply>,
     },
 }
 
@@ -117,13 +136,6 @@ pub struct ApiState {
     pub token: Option<Arc<str>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReserveBody {
-    service: String,
-    port: Option<u16>,
-}
-
 type Resp = Response<Full<Bytes>>;
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
@@ -136,7 +148,12 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Resp {
-    json(status, &serde_json::json!({ "error": message.into() }))
+    json(
+        status,
+        &ErrorBody {
+            error: message.into(),
+        },
+    )
 }
 
 fn method_not_allowed(allow: &'static str) -> Resp {
@@ -188,7 +205,7 @@ async fn handle(state: ApiState, req: Request<Incoming>) -> Result<Resp, Infalli
     let snap = state.snapshot.borrow().clone();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let resp = match path.as_str() {
-        "/metrics" if get => {
+        METRICS if get => {
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -196,23 +213,21 @@ async fn handle(state: ApiState, req: Request<Incoming>) -> Result<Resp, Infalli
             );
             r
         }
-        "/healthz" if get => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        "/readyz" if get => match &snap.ready {
+        HEALTHZ if get => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        READYZ if get => match &snap.ready {
             Ok(()) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
             Err(reason) => json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({"status": "not ready", "reason": reason}),
             ),
         },
-        "/v1/pool" if get => json(StatusCode::OK, &snap.pool),
-        "/v1/services" if get => json(StatusCode::OK, &*snap.services),
-        "/metrics" | "/healthz" | "/readyz" | "/v1/pool" | "/v1/services" => {
-            method_not_allowed("GET")
-        }
-        "/v1/reservations" if req.method() == Method::POST => reserve(&state, req).await,
-        "/v1/reservations" => method_not_allowed("POST"),
+        POOL if get => json(StatusCode::OK, &snap.pool),
+        SERVICES if get => json(StatusCode::OK, &*snap.services),
+        METRICS | HEALTHZ | READYZ | POOL | SERVICES => method_not_allowed("GET"),
+        RESERVATIONS if req.method() == Method::POST => reserve(&state, req).await,
+        RESERVATIONS => method_not_allowed("POST"),
         p => {
-            if let Some(name) = p.strip_prefix("/v1/services/") {
+            if let Some(name) = p.strip_prefix(SERVICE_PREFIX) {
                 if !get {
                     method_not_allowed("GET")
                 } else {
@@ -221,7 +236,7 @@ async fn handle(state: ApiState, req: Request<Incoming>) -> Result<Resp, Infalli
                         None => error(StatusCode::NOT_FOUND, format!("no service `{name}`")),
                     }
                 }
-            } else if let Some(name) = p.strip_prefix("/v1/reservations/") {
+            } else if let Some(name) = p.strip_prefix(RESERVATION_PREFIX) {
                 if req.method() == Method::DELETE {
                     unreserve(&state, &req, name).await
                 } else {
@@ -251,7 +266,7 @@ async fn reserve(state: &ApiState, req: Request<Incoming>) -> Resp {
             );
         }
     };
-    let body: ReserveBody = match serde_json::from_slice(&body) {
+    let body: ReserveRequest = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
             return error(
@@ -276,9 +291,13 @@ async fn reserve(state: &ApiState, req: Request<Incoming>) -> Resp {
             } else {
                 StatusCode::CREATED
             },
-            &serde_json::json!({"service": body.service, "port": port}),
+            &Reservation {
+                service: body.service,
+                port,
+                state: None,
+            },
         ),
-        Ok(Err(reason)) => error(StatusCode::CONFLICT, reason),
+        Ok(Err(e)) => error(e.status(), e.to_string()),
         Err(()) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the bridge is shutting down",
@@ -311,9 +330,13 @@ async fn unreserve(state: &ApiState, req: &Request<Incoming>, name: &str) -> Res
     match answer {
         Ok(Ok(port)) => json(
             StatusCode::OK,
-            &serde_json::json!({"service": name, "port": port, "state": "quarantined"}),
+            &Reservation {
+                service: name.to_string(),
+                port,
+                state: Some(ServiceState::Quarantined),
+            },
         ),
-        Ok(Err(reason)) => error(StatusCode::CONFLICT, reason),
+        Ok(Err(e)) => error(e.status(), e.to_string()),
         Err(()) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the bridge is shutting down",
@@ -396,8 +419,11 @@ pub enum ClientError {
     },
 }
 
-/// `GET {base}{path}` and parse JSON, with a 5 s deadline.
-pub async fn get_json(base: &str, path: &str) -> Result<serde_json::Value, ClientError> {
+/// `GET {base}{path}` and parse its JSON as `T`, with a 5 s deadline.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    base: &str,
+    path: &str,
+) -> Result<T, ClientError> {
     let hostport = base
         .strip_prefix("http://")
         .map(|s| s.trim_end_matches('/'))
@@ -451,5 +477,49 @@ pub fn describe_bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
             "cannot listen on {addr}: permission denied; use a port above 1023 or grant CAP_NET_BIND_SERVICE"
         ),
         _ => format!("cannot listen on {addr}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::PoolCounts;
+
+    #[test]
+    fn every_refusal_has_the_status_of_its_cause() {
+        let refused = |e: ReserveError| CommandError::from(e).status();
+        assert_eq!(
+            refused(ReserveError::NotHeld("a".into())),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            refused(ReserveError::OwnedByDocker("a".into())),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            refused(ReserveError::Pool(PoolError::Exhausted {
+                ranges: "1-2".into(),
+                counts: PoolCounts::default(),
+            })),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            refused(ReserveError::Pool(PoolError::PortTaken {
+                port: 1,
+                state: "reserved".into(),
+            })),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            refused(ReserveError::Pool(PoolError::OutsideRanges {
+                port: 1,
+                ranges: "2-3".into(),
+            })),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            CommandError::StoreFailing.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

@@ -74,7 +74,7 @@ struct Daemon {
     ready: Result<(), String>,
     docker_up: bool,
     /// Service views last published, when, and whether changes came since.
-    views: Arc<Vec<crate::reconcile::ServiceView>>,
+    views: Arc<Vec<crate::contract::api::ServiceView>>,
     views_at: Option<Instant>,
     views_stale: bool,
 }
@@ -380,14 +380,14 @@ impl Daemon {
                 let r = self
                     .core
                     .reserve_api(&service, port, now)
-                    .map_err(|e| e.to_string());
+                    .map_err(api::CommandError::from);
                 batch.replies.push(Reply::Reserve(reply, r));
             }
             Command::Unreserve { service, reply } => {
                 let r = self
                     .core
                     .unreserve_api(&service, now)
-                    .map_err(|e| e.to_string());
+                    .map_err(api::CommandError::from);
                 batch.replies.push(Reply::Unreserve(reply, r));
             }
         }
@@ -399,11 +399,10 @@ impl Daemon {
         self.perform(batch.effects).await;
         let failing = self.store_failing;
         for reply in batch.replies {
-            let not_durable = "the store is failing: the change is held in memory but not yet durable; see store_errors_total and the log".to_string();
             match reply {
                 Reply::Reserve(tx, r) => {
                     let r = if failing && r.is_ok() {
-                        Err(not_durable)
+                        Err(api::CommandError::StoreFailing)
                     } else {
                         r
                     };
@@ -411,7 +410,7 @@ impl Daemon {
                 }
                 Reply::Unreserve(tx, r) => {
                     let r = if failing && r.is_ok() {
-                        Err(not_durable)
+                        Err(api::CommandError::StoreFailing)
                     } else {
                         r
                     };
@@ -449,7 +448,7 @@ impl Daemon {
 /// An answer owed to an API client once its batch is durable.
 enum Reply {
     Reserve(oneshot::Sender<api::ReserveReply>, api::ReserveReply),
-    Unreserve(oneshot::Sender<Result<u16, String>>, Result<u16, String>),
+    Unreserve(oneshot::Sender<api::UnreserveReply>, api::UnreserveReply),
 }
 
 /// Messages taken together: one store transaction, one forwarder pass.

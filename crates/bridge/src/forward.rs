@@ -82,27 +82,15 @@ impl ForwardMetrics {
     /// # Errors
     /// Fails when a metric of the same name is already registered there.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let connections = IntCounterVec::new(
-            Opts::new(
-                "mesh_bridge_forward_connections_total",
-                "Client connections accepted by the forwarder, by service.",
-            ),
-            &["service"],
-        )?;
-        let active = IntGaugeVec::new(
-            Opts::new(
-                "mesh_bridge_forward_active_connections",
-                "Client connections currently held by the forwarder, by service.",
-            ),
-            &["service"],
-        )?;
-        let upstream_errors = IntCounterVec::new(
-            Opts::new(
-                "mesh_bridge_forward_upstream_errors_total",
-                "Failed attempts to connect to a replica of a service.",
-            ),
-            &["service"],
-        )?;
+        use crate::contract::metric::{
+            FORWARD_ACTIVE, FORWARD_CONNECTIONS, FORWARD_UPSTREAM_ERRORS,
+        };
+        let d = FORWARD_CONNECTIONS;
+        let connections = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
+        let d = FORWARD_ACTIVE;
+        let active = IntGaugeVec::new(Opts::new(d.name, d.help), d.labels)?;
+        let d = FORWARD_UPSTREAM_ERRORS;
+        let upstream_errors = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(active.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;

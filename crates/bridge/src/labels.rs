@@ -6,14 +6,7 @@
 
 use std::collections::HashMap;
 
-/// Label naming the service a container belongs to.
-pub const SERVICE: &str = "mesh-bridge.service";
-/// Label naming the container port to dial.
-pub const PORT: &str = "mesh-bridge.port";
-/// Label naming the network whose address to dial.
-pub const NETWORK: &str = "mesh-bridge.network";
-/// Container port used when `mesh-bridge.port` is absent.
-pub const DEFAULT_CONTAINER_PORT: u16 = 8080;
+pub use crate::contract::labels::{DEFAULT_CONTAINER_PORT, NETWORK, PORT, SERVICE};
 
 /// Why a label (or a service name from elsewhere) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod contract;
 pub mod docker;
 pub mod forward;
 pub mod labels;

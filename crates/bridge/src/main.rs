@@ -85,56 +85,42 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn status(api: &str) -> anyhow::Result<ExitCode> {
+    use mesh_bridge::contract::api::{POOL, PoolView, SERVICES, ServiceView};
     let rt = runtime()?;
     let (pool, services) = rt.block_on(async {
-        let pool = mesh_bridge::api::get_json(api, "/v1/pool").await?;
-        let services = mesh_bridge::api::get_json(api, "/v1/services").await?;
+        let pool: PoolView = mesh_bridge::api::get_json(api, POOL).await?;
+        let services: Vec<ServiceView> = mesh_bridge::api::get_json(api, SERVICES).await?;
         Ok::<_, anyhow::Error>((pool, services))
     })?;
-    let n = |k: &str| pool.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     let ranges: Vec<String> = pool
-        .get("ranges")
-        .and_then(|r| r.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| Some(format!("{}-{}", p.get(0)?, p.get(1)?)))
-                .collect()
-        })
-        .unwrap_or_default();
+        .ranges
+        .iter()
+        .map(|[a, b]| format!("{a}-{b}"))
+        .collect();
     println!(
         "pool {}: capacity {}, in use {}, quarantined {}, conflicted {}, free {}, pending {}",
         ranges.join(","),
-        n("capacity"),
-        n("in_use"),
-        n("quarantined"),
-        n("conflicted"),
-        n("free"),
-        n("pending")
+        pool.capacity,
+        pool.in_use,
+        pool.quarantined,
+        pool.conflicted,
+        pool.free,
+        pool.pending
     );
     println!();
     println!(
         "{:<32} {:>6}  {:<12} {:>8}  REASON",
         "SERVICE", "PORT", "STATE", "REPLICAS"
     );
-    for s in services.as_array().into_iter().flatten() {
-        let text = |k: &str| s.get(k).and_then(|v| v.as_str()).unwrap_or("");
-        let port = s
-            .get("port")
-            .and_then(|v| v.as_u64())
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "-".into());
-        let replicas = s
-            .get("replicas")
-            .and_then(|r| r.as_array())
-            .map(|r| r.len())
-            .unwrap_or(0);
+    for s in &services {
+        let port = s.port.map_or_else(|| "-".into(), |p| p.to_string());
         println!(
             "{:<32} {:>6}  {:<12} {:>8}  {}",
-            text("name"),
+            s.name,
             port,
-            text("state"),
-            replicas,
-            text("reason")
+            s.state.as_str(),
+            s.replicas.len(),
+            s.reason.as_deref().unwrap_or("")
         );
     }
     Ok(ExitCode::SUCCESS)

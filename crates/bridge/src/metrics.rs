@@ -9,34 +9,9 @@ use prometheus::{
 
 use crate::pool::PoolCounts;
 
-/// Label values of `port_releases_total{reason}`.
-pub mod release {
-    /// The service's last container was removed.
-    pub const REMOVED: &str = "removed";
-    /// The reconciler found no container for `--leak-cycles` resyncs.
-    pub const LEAK: &str = "leak";
-    /// An API client deleted the reservation.
-    pub const API: &str = "api";
-    /// Another process held the port.
-    pub const CONFLICT: &str = "conflict";
-}
-
-/// Docker event actions counted by name; anything else is counted as `other`
-/// so the label stays bounded (exec actions carry the command line).
-const ACTIONS: &[&str] = &[
-    "create",
-    "start",
-    "restart",
-    "stop",
-    "die",
-    "kill",
-    "pause",
-    "unpause",
-    "destroy",
-    "oom",
-    "rename",
-    "health_status",
-];
+use crate::contract::api::ServiceState;
+pub use crate::contract::metric::release;
+use crate::contract::metric::{self as def, DOCKER_ACTIONS, Def, outcome};
 
 /// Every metric of the bridge except the forwarder's (see `forward`).
 #[derive(Debug, Clone)]
@@ -83,45 +58,36 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
 }
 
-fn name(short: &str) -> String {
-    format!("mesh_bridge_{short}")
-}
-
 impl Metrics {
-    /// Creates every metric in a fresh registry (with process metrics).
+    /// Creates every metric of [`crate::contract::metric`] except the
+    /// forwarder's in a fresh registry (with process metrics).
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let gauge = |n: &str, help: &str| -> prometheus::Result<IntGauge> {
-            let g = IntGauge::new(name(n), help)?;
+        let gauge = |d: Def| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(d.name, d.help)?;
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
-        let counter = |n: &str, help: &str| -> prometheus::Result<IntCounter> {
-            let c = IntCounter::new(name(n), help)?;
+        let gauge_vec = |d: Def| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(d.name, d.help), d.labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |d: Def| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(d.name, d.help)?;
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        let counter_vec = |n: &str, help: &str, label: &str| -> prometheus::Result<IntCounterVec> {
-            let c = IntCounterVec::new(Opts::new(name(n), help), &[label])?;
+        let counter_vec = |d: Def| -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        let histogram = |n: &str, help: &str, buckets: Vec<f64>| -> prometheus::Result<Histogram> {
-            let h = Histogram::with_opts(HistogramOpts::new(name(n), help).buckets(buckets))?;
+        let histogram = |d: Def, buckets: Vec<f64>| -> prometheus::Result<Histogram> {
+            let h = Histogram::with_opts(HistogramOpts::new(d.name, d.help).buckets(buckets))?;
             registry.register(Box::new(h.clone()))?;
             Ok(h)
         };
-        let services =
-            IntGaugeVec::new(Opts::new(name("services"), "Services by state"), &["state"])?;
-        registry.register(Box::new(services.clone()))?;
-        let build_info = IntGaugeVec::new(
-            Opts::new(name("build_info"), "Build information; value is always 1"),
-            &["version"],
-        )?;
-        registry.register(Box::new(build_info.clone()))?;
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -131,87 +97,44 @@ impl Metrics {
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
         let m = Metrics {
-            ports_capacity: gauge("ports_capacity", "Ports in the configured ranges")?,
-            ports_in_use: gauge("ports_in_use", "Ports reserved by a service")?,
-            ports_quarantined: gauge(
-                "ports_quarantined",
-                "Released ports kept for their service until grace ends",
-            )?,
-            ports_conflicted: gauge(
-                "ports_conflicted",
-                "Ports of the range held by another process",
-            )?,
-            exhaustion_events: counter(
-                "port_exhaustion_events_total",
-                "Allocations that found no free port (one per service that became pending)",
-            )?,
-            duplicate_registrations: counter(
-                "duplicate_registration_attempts_total",
-                "Registrations of a container or reservation that was already registered",
-            )?,
-            allocations: counter_vec(
-                "port_allocations_total",
-                "Ports assigned, by outcome (new, sticky, restored)",
-                "outcome",
-            )?,
-            releases: counter_vec("port_releases_total", "Ports released, by reason", "reason")?,
-            conflicts: counter(
-                "port_conflicts_total",
-                "Binds that failed because another process held the port",
-            )?,
-            registration_latency: histogram(
-                "registration_latency_seconds",
-                "Docker start event to the service's port serving",
-                latency_buckets.clone(),
-            )?,
-            reconcile_duration: histogram(
-                "reconcile_duration_seconds",
-                "Duration of a full resync with Docker",
-                latency_buckets.clone(),
-            )?,
-            reconcile_leaks: counter(
-                "reconcile_leaks_total",
-                "Reservations released because their service had no container for --leak-cycles resyncs",
-            )?,
-            docker_connected: gauge(
-                "docker_connected",
-                "1 while the Docker event stream is connected",
-            )?,
-            docker_reconnects: counter(
-                "docker_reconnects_total",
-                "Reconnections to the Docker engine",
-            )?,
-            docker_events: counter_vec(
-                "docker_events_total",
-                "Docker container events received, by action",
-                "action",
-            )?,
+            ports_capacity: gauge(def::PORTS_CAPACITY)?,
+            ports_in_use: gauge(def::PORTS_IN_USE)?,
+            ports_quarantined: gauge(def::PORTS_QUARANTINED)?,
+            ports_conflicted: gauge(def::PORTS_CONFLICTED)?,
+            exhaustion_events: counter(def::EXHAUSTION_EVENTS)?,
+            duplicate_registrations: counter(def::DUPLICATE_REGISTRATIONS)?,
+            allocations: counter_vec(def::ALLOCATIONS)?,
+            releases: counter_vec(def::RELEASES)?,
+            conflicts: counter(def::CONFLICTS)?,
+            registration_latency: histogram(def::REGISTRATION_LATENCY, latency_buckets.clone())?,
+            reconcile_duration: histogram(def::RECONCILE_DURATION, latency_buckets)?,
+            reconcile_leaks: counter(def::RECONCILE_LEAKS)?,
+            docker_connected: gauge(def::DOCKER_CONNECTED)?,
+            docker_reconnects: counter(def::DOCKER_RECONNECTS)?,
+            docker_events: counter_vec(def::DOCKER_EVENTS)?,
             store_write_duration: histogram(
-                "store_write_duration_seconds",
-                "Duration of one store transaction",
+                def::STORE_WRITE_DURATION,
                 vec![
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     1.0,
                 ],
             )?,
-            store_errors: counter("store_errors_total", "Failed store operations")?,
-            services,
-            build_info,
+            store_errors: counter(def::STORE_ERRORS)?,
+            services: gauge_vec(def::SERVICES)?,
+            build_info: gauge_vec(def::BUILD_INFO)?,
             registry,
         };
-        for o in ["new", "sticky", "restored"] {
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for o in outcome::ALL {
             m.allocations.with_label_values(&[o]);
         }
-        for r in [
-            release::REMOVED,
-            release::LEAK,
-            release::API,
-            release::CONFLICT,
-        ] {
+        for r in release::ALL {
             m.releases.with_label_values(&[r]);
         }
-        for s in ["serving", "waiting", "quarantined", "pending", "rejected"] {
-            m.services.with_label_values(&[s]);
+        for s in ServiceState::ALL {
+            m.services.with_label_values(&[s.as_str()]);
         }
         Ok(m)
     }
@@ -227,7 +150,7 @@ impl Metrics {
     /// Counts one Docker event, with a bounded action label.
     pub fn docker_event(&self, action: &str) {
         let base = action.split(':').next().unwrap_or("").trim();
-        let label = if ACTIONS.contains(&base) {
+        let label = if DOCKER_ACTIONS.contains(&base) {
             base
         } else if base.starts_with("exec_") {
             "exec"
@@ -271,5 +194,53 @@ mod tests {
             assert!(text.contains(n), "{n} missing from\n{text}");
         }
         assert!(!text.contains("rm -rf"));
+    }
+
+    #[test]
+    fn the_registry_holds_exactly_the_contract_table() {
+        let m = Metrics::new().unwrap();
+        let f = crate::forward::ForwardMetrics::register(&m.registry).unwrap();
+        // A vector without a label value is not gathered: give each one.
+        f.connections.with_label_values(&["x"]);
+        f.active.with_label_values(&["x"]);
+        f.upstream_errors.with_label_values(&["x"]);
+        m.docker_event("start");
+        let mut registered: Vec<(String, prometheus::proto::MetricType, Vec<String>)> = m
+            .registry
+            .gather()
+            .into_iter()
+            .filter(|f| f.name().starts_with("mesh_bridge_"))
+            .map(|f| {
+                let labels = f
+                    .get_metric()
+                    .first()
+                    .map(|s| s.get_label().iter().map(|l| l.name().to_string()).collect())
+                    .unwrap_or_default();
+                (f.name().to_string(), f.get_field_type(), labels)
+            })
+            .collect();
+        registered.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut table: Vec<&def::Def> = def::ALL.iter().collect();
+        table.sort_by_key(|d| d.name);
+        let names: Vec<&str> = registered.iter().map(|r| r.0.as_str()).collect();
+        let want: Vec<&str> = table.iter().map(|d| d.name).collect();
+        assert_eq!(
+            names, want,
+            "registered metrics differ from contract::metric::ALL"
+        );
+        for ((_, kind, labels), d) in registered.iter().zip(&table) {
+            let k = match d.kind {
+                def::Kind::Counter => prometheus::proto::MetricType::COUNTER,
+                def::Kind::Gauge => prometheus::proto::MetricType::GAUGE,
+                def::Kind::Histogram => prometheus::proto::MetricType::HISTOGRAM,
+            };
+            assert_eq!(*kind, k, "{} has the wrong type", d.name);
+            assert_eq!(
+                labels,
+                &d.labels.to_vec(),
+                "{} has the wrong labels",
+                d.name
+            );
+        }
     }
 }

@@ -25,6 +25,7 @@
 //! Submodules: `ranges` parses and validates the configured port ranges;
 //! `services` holds the records, their interned names and the name index.
 
+use crate::contract::metric::outcome;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -65,9 +66,9 @@ impl Outcome {
     /// Label value for metrics.
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::New => "new",
-            Outcome::Sticky => "sticky",
-            Outcome::Restored => "restored",
+            Outcome::New => outcome::NEW,
+            Outcome::Sticky => outcome::STICKY,
+            Outcome::Restored => outcome::RESTORED,
         }
     }
 }

@@ -12,8 +12,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
-use serde::Serialize;
-
+use crate::contract::api::{
+    REPLICA_REJECTED, REPLICA_RUNNING, REPLICA_STOPPED, REPLICA_UNREACHABLE, ReplicaView,
+    ServiceState, ServiceView,
+};
 use crate::metrics::{Metrics, release};
 use crate::pool::{Millis, Outcome, Pool, PoolError, Reservation};
 use crate::registry::{Change, ContainerInfo, Registry};
@@ -59,34 +61,6 @@ pub enum ReserveError {
     /// Nothing held.
     #[error("service `{0}` holds no port")]
     NotHeld(String),
-}
-
-/// One replica as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReplicaView {
-    /// Container id.
-    pub container_id: String,
-    /// address:port dialled, or null.
-    pub address: Option<String>,
-    /// running, stopped, or unreachable with the reason.
-    pub state: String,
-}
-
-/// One service as the API shows it (`/v1/services`).
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceView {
-    /// Service name.
-    pub name: String,
-    /// Its port (null while pending or rejected).
-    pub port: Option<u16>,
-    /// serving, waiting, quarantined, pending or rejected.
-    pub state: &'static str,
-    /// Its containers.
-    pub replicas: Vec<ReplicaView>,
-    /// RFC 3339 time the service appeared (or the reservation was made).
-    pub since: Option<String>,
-    /// Why it is pending or rejected.
-    pub reason: Option<String>,
 }
 
 /// The reconciler's state.
@@ -453,9 +427,9 @@ impl Core {
                     container_id: c.id.clone(),
                     address: c.address.map(|a| SocketAddr::new(a, c.port).to_string()),
                     state: match (&c.problem, c.running) {
-                        (Some(p), _) => format!("unreachable: {p}"),
-                        (None, true) => "running".into(),
-                        (None, false) => "stopped".into(),
+                        (Some(p), _) => format!("{REPLICA_UNREACHABLE}{p}"),
+                        (None, true) => REPLICA_RUNNING.into(),
+                        (None, false) => REPLICA_STOPPED.into(),
                     },
                 })
                 .collect();
@@ -463,11 +437,14 @@ impl Core {
             let serving = !self.registry.endpoints(name).is_empty();
             let (state, reason) = match (port, serving) {
                 (None, _) => (
-                    "pending",
+                    ServiceState::Pending,
                     self.pending.get(name.as_str()).map(|(_, r)| r.clone()),
                 ),
-                (Some(_), true) => ("serving", None),
-                (Some(_), false) => ("waiting", Some("no running replica".to_string())),
+                (Some(_), true) => (ServiceState::Serving, None),
+                (Some(_), false) => (
+                    ServiceState::Waiting,
+                    Some("no running replica".to_string()),
+                ),
             };
             out.push(ServiceView {
                 name: name.clone(),
@@ -484,12 +461,15 @@ impl Core {
             }
             let (state, reason) = match (until, self.pinned.contains_key(service)) {
                 (Some(u), _) => (
-                    "quarantined",
+                    ServiceState::Quarantined,
                     Some(format!("kept for the service until {}", to_rfc3339(u))),
                 ),
-                (None, true) => ("serving", Some("reserved through the API".to_string())),
+                (None, true) => (
+                    ServiceState::Serving,
+                    Some("reserved through the API".to_string()),
+                ),
                 (None, false) => (
-                    "waiting",
+                    ServiceState::Waiting,
                     Some("no container seen since the reservation was restored".to_string()),
                 ),
             };
@@ -506,11 +486,11 @@ impl Core {
             out.push(ServiceView {
                 name: r.service.clone().unwrap_or_default(),
                 port: None,
-                state: "rejected",
+                state: ServiceState::Rejected,
                 replicas: vec![ReplicaView {
                     container_id: r.id.clone(),
                     address: None,
-                    state: "rejected".into(),
+                    state: REPLICA_REJECTED.into(),
                 }],
                 since: None,
                 reason: Some(r.reason.clone()),
@@ -529,11 +509,11 @@ impl Core {
     pub fn update_gauges(&self) -> Vec<ServiceView> {
         self.metrics.set_pool(&self.pool.counts());
         let views = self.views();
-        for state in ["serving", "waiting", "quarantined", "pending", "rejected"] {
+        for state in ServiceState::ALL {
             let n = views.iter().filter(|v| v.state == state).count();
             self.metrics
                 .services
-                .with_label_values(&[state])
+                .with_label_values(&[state.as_str()])
                 .set(n as i64);
         }
         views

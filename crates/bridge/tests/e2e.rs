@@ -17,6 +17,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use mesh_bridge::contract::metric;
 use serde_json::{Value, json};
 use support::*;
 
@@ -437,6 +438,71 @@ fn duplicates_are_counted_and_change_nothing() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// Refused mutations answer with the status of their cause (DESIGN 3.3):
+/// 400 a bad body, 409 an exhausted pool or a service Docker owns, 422 a
+/// port outside the ranges, 404 a release of nothing held; each with an
+/// `error` that says what to do, and none changes the pool.
+#[test]
+fn refused_mutations_answer_with_the_status_of_their_cause() {
+    let ctx = TestCtx::new("refuse");
+    let proxy = DockerProxy::start(&ctx);
+    let bridge = Bridge::start(BridgeOpts::new(2).via(&proxy));
+    let post = |body: Value| {
+        bridge
+            .request("POST", "/v1/reservations", Some(TOKEN), &body)
+            .unwrap()
+    };
+    let error_of = |r: &HttpResponse| -> String {
+        r.json()
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no error field: {}", r.text()))
+    };
+    assert_eq!(post(json!({"service": "r1"})).status, 201);
+    assert_eq!(post(json!({"service": "r2"})).status, 201);
+    let pool = bridge.get("/v1/pool").unwrap().json().unwrap();
+
+    let r = post(json!({"service": "r3"}));
+    assert_eq!(r.status, 409, "exhausted: {}", r.text());
+    assert!(error_of(&r).contains("widen --ports"), "{}", r.text());
+    let r = post(json!({"service": "r4", "port": 1}));
+    assert_eq!(r.status, 422, "outside the ranges: {}", r.text());
+    assert!(error_of(&r).contains("outside the configured ranges"));
+    let r = post(json!({"service": "r5", "colour": "red"}));
+    assert_eq!(r.status, 400, "unknown field: {}", r.text());
+    let r = post(json!({"service": "Not A Name"}));
+    assert_eq!(r.status, 400, "bad name: {}", r.text());
+
+    let del = |name: &str| {
+        bridge
+            .request(
+                "DELETE",
+                &format!("/v1/reservations/{name}"),
+                Some(TOKEN),
+                &Value::Null,
+            )
+            .unwrap()
+    };
+    let r = del("never-held");
+    assert_eq!(r.status, 404, "nothing held: {}", r.text());
+    assert!(error_of(&r).contains("holds no port"));
+    // A service with a container (pending here: the pool is full) follows Docker.
+    let _c = ctx.stub("owned", "owned");
+    wait_for("owned to be pending", REGISTER, || {
+        match state_of(&bridge, "owned") {
+            Ok(s) if s["state"] == "pending" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let r = del("owned");
+    assert_eq!(r.status, 409, "owned by Docker: {}", r.text());
+    assert!(error_of(&r).contains("remove its containers"));
+    let mut after = bridge.get("/v1/pool").unwrap().json().unwrap();
+    after["pending"] = pool["pending"].clone();
+    assert_eq!(after, pool, "refusals change nothing");
+    assert_eq!(del("r1").status, 200);
+}
+
 /// A resync that lists a container before its `start` event has been read
 /// registers it; the start event that follows is not a duplicate.
 #[test]
@@ -788,40 +854,11 @@ fn sigterm_exits_zero_within_5s_with_an_open_connection() {
     wait_serving(p, "term", SERVE);
 }
 
-/// Every metric name of docs/DESIGN.md section 3.
-const METRIC_NAMES: &[&str] = &[
-    "ports_capacity",
-    "ports_in_use",
-    "ports_quarantined",
-    "ports_conflicted",
-    "port_exhaustion_events_total",
-    "duplicate_registration_attempts_total",
-    "port_allocations_total",
-    "port_releases_total",
-    "port_conflicts_total",
-    "services",
-    "registration_latency_seconds",
-    "reconcile_duration_seconds",
-    "reconcile_leaks_total",
-    "docker_connected",
-    "docker_reconnects_total",
-    "docker_events_total",
-    "store_write_duration_seconds",
-    "store_errors_total",
-    "forward_connections_total",
-    "forward_active_connections",
-    "forward_upstream_errors_total",
-    "build_info",
-];
-
 /// Per-service (`{service}`) and per-action families have no series until a
 /// service or an event exists.
-const NEED_ACTIVITY: &[&str] = &[
-    "docker_events_total",
-    "forward_connections_total",
-    "forward_active_connections",
-    "forward_upstream_errors_total",
-];
+fn needs_activity(d: &metric::Def) -> bool {
+    d.labels.iter().any(|l| *l == "service" || *l == "action")
+}
 
 /// (11) /metrics exposes every metric name of docs/DESIGN.md section 3.
 #[test]
@@ -830,9 +867,10 @@ fn metrics_expose_every_contract_name() {
     let proxy = DockerProxy::start(&ctx);
     let bridge = Bridge::start(BridgeOpts::new(2).via(&proxy));
     let idle = family_names(&bridge.metrics());
-    let missing: Vec<&&str> = METRIC_NAMES
+    let missing: Vec<&str> = metric::ALL
         .iter()
-        .filter(|n| !NEED_ACTIVITY.contains(n) && !idle.contains(&format!("mesh_bridge_{n}")))
+        .filter(|d| !needs_activity(d) && !idle.contains(d.name))
+        .map(|d| d.name)
         .collect();
     assert!(
         missing.is_empty(),
@@ -844,9 +882,10 @@ fn metrics_expose_every_contract_name() {
     wait_serving(p, "metered", SERVE);
     let text = bridge.metrics();
     let names = family_names(&text);
-    let missing: Vec<&&str> = METRIC_NAMES
+    let missing: Vec<&str> = metric::ALL
         .iter()
-        .filter(|n| !names.contains(&format!("mesh_bridge_{n}")))
+        .filter(|d| !names.contains(d.name))
+        .map(|d| d.name)
         .collect();
     assert!(missing.is_empty(), "missing: {missing:?}\n{text}");
     assert!(

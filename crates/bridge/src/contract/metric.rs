@@ -1,0 +1,291 @@
+//! Every `mesh_bridge_*` metric: name, type, label names and help, and the
+//! values of the bounded labels. `crate::metrics` and the forwarder register
+//! exactly this table (a test checks it); the harness, the bench and the
+//! dashboards check read names from here.
+
+/// A metric's Prometheus type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (`_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Buckets, `_sum` and `_count`.
+    Histogram,
+}
+
+/// One metric of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Def {
+    /// Full name.
+    pub name: &'static str,
+    /// Type.
+    pub kind: Kind,
+    /// Label names (empty for none).
+    pub labels: &'static [&'static str],
+    /// HELP text.
+    pub help: &'static str,
+}
+
+impl Def {
+    /// `name_count` of a histogram.
+    pub fn count(&self) -> String {
+        format!("{}_count", self.name)
+    }
+
+    /// `name_sum` of a histogram.
+    pub fn sum(&self) -> String {
+        format!("{}_sum", self.name)
+    }
+
+    /// `name_bucket` of a histogram.
+    pub fn bucket(&self) -> String {
+        format!("{}_bucket", self.name)
+    }
+
+    /// The series `name{label="value"}` as the text format writes it.
+    pub fn with(&self, label: &str, value: &str) -> String {
+        format!("{}{{{label}=\"{value}\"}}", self.name)
+    }
+}
+
+const fn def(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> Def {
+    Def {
+        name,
+        kind,
+        labels,
+        help,
+    }
+}
+
+use Kind::{Counter, Gauge, Histogram};
+
+/// `ports_capacity`.
+pub const PORTS_CAPACITY: Def = def(
+    "mesh_bridge_ports_capacity",
+    Gauge,
+    &[],
+    "Ports in the configured ranges",
+);
+/// `ports_in_use`.
+pub const PORTS_IN_USE: Def = def(
+    "mesh_bridge_ports_in_use",
+    Gauge,
+    &[],
+    "Ports reserved by a service",
+);
+/// `ports_quarantined`.
+pub const PORTS_QUARANTINED: Def = def(
+    "mesh_bridge_ports_quarantined",
+    Gauge,
+    &[],
+    "Released ports kept for their service until grace ends",
+);
+/// `ports_conflicted`.
+pub const PORTS_CONFLICTED: Def = def(
+    "mesh_bridge_ports_conflicted",
+    Gauge,
+    &[],
+    "Ports of the range held by another process",
+);
+/// `port_exhaustion_events_total`.
+pub const EXHAUSTION_EVENTS: Def = def(
+    "mesh_bridge_port_exhaustion_events_total",
+    Counter,
+    &[],
+    "Allocations that found no free port (one per service that became pending)",
+);
+/// `duplicate_registration_attempts_total`.
+pub const DUPLICATE_REGISTRATIONS: Def = def(
+    "mesh_bridge_duplicate_registration_attempts_total",
+    Counter,
+    &[],
+    "Registrations of a container or reservation that was already registered",
+);
+/// `port_allocations_total{outcome}` ([`outcome`]).
+pub const ALLOCATIONS: Def = def(
+    "mesh_bridge_port_allocations_total",
+    Counter,
+    &["outcome"],
+    "Ports assigned, by outcome (new, sticky, restored)",
+);
+/// `port_releases_total{reason}` ([`release`]).
+pub const RELEASES: Def = def(
+    "mesh_bridge_port_releases_total",
+    Counter,
+    &["reason"],
+    "Ports released, by reason",
+);
+/// `port_conflicts_total`.
+pub const CONFLICTS: Def = def(
+    "mesh_bridge_port_conflicts_total",
+    Counter,
+    &[],
+    "Binds that failed because another process held the port",
+);
+/// `services{state}` (`super::api::ServiceState`).
+pub const SERVICES: Def = def(
+    "mesh_bridge_services",
+    Gauge,
+    &["state"],
+    "Services by state",
+);
+/// `registration_latency_seconds`.
+pub const REGISTRATION_LATENCY: Def = def(
+    "mesh_bridge_registration_latency_seconds",
+    Histogram,
+    &[],
+    "Docker start event to the service's port serving",
+);
+/// `reconcile_duration_seconds`.
+pub const RECONCILE_DURATION: Def = def(
+    "mesh_bridge_reconcile_duration_seconds",
+    Histogram,
+    &[],
+    "Duration of a full resync with Docker",
+);
+/// `reconcile_leaks_total`.
+pub const RECONCILE_LEAKS: Def = def(
+    "mesh_bridge_reconcile_leaks_total",
+    Counter,
+    &[],
+    "Reservations released because their service had no container for --leak-cycles resyncs",
+);
+/// `docker_connected`.
+pub const DOCKER_CONNECTED: Def = def(
+    "mesh_bridge_docker_connected",
+    Gauge,
+    &[],
+    "1 while the Docker event stream is connected",
+);
+/// `docker_reconnects_total`.
+pub const DOCKER_RECONNECTS: Def = def(
+    "mesh_bridge_docker_reconnects_total",
+    Counter,
+    &[],
+    "Reconnections to the Docker engine",
+);
+/// `docker_events_total{action}` ([`DOCKER_ACTIONS`], `exec`, `other`).
+pub const DOCKER_EVENTS: Def = def(
+    "mesh_bridge_docker_events_total",
+    Counter,
+    &["action"],
+    "Docker container events received, by action",
+);
+/// `store_write_duration_seconds`.
+pub const STORE_WRITE_DURATION: Def = def(
+    "mesh_bridge_store_write_duration_seconds",
+    Histogram,
+    &[],
+    "Duration of one store transaction",
+);
+/// `store_errors_total`.
+pub const STORE_ERRORS: Def = def(
+    "mesh_bridge_store_errors_total",
+    Counter,
+    &[],
+    "Failed store operations",
+);
+/// `build_info{version}`.
+pub const BUILD_INFO: Def = def(
+    "mesh_bridge_build_info",
+    Gauge,
+    &["version"],
+    "Build information; value is always 1",
+);
+/// `forward_connections_total{service}`.
+pub const FORWARD_CONNECTIONS: Def = def(
+    "mesh_bridge_forward_connections_total",
+    Counter,
+    &["service"],
+    "Client connections accepted by the forwarder, by service.",
+);
+/// `forward_active_connections{service}`.
+pub const FORWARD_ACTIVE: Def = def(
+    "mesh_bridge_forward_active_connections",
+    Gauge,
+    &["service"],
+    "Client connections currently open through the forwarder, by service.",
+);
+/// `forward_upstream_errors_total{service}`.
+pub const FORWARD_UPSTREAM_ERRORS: Def = def(
+    "mesh_bridge_forward_upstream_errors_total",
+    Counter,
+    &["service"],
+    "Failed attempts to reach a replica (refused, reset, timed out), by service.",
+);
+
+/// The whole table, in DESIGN's order.
+pub const ALL: [Def; 22] = [
+    PORTS_CAPACITY,
+    PORTS_IN_USE,
+    PORTS_QUARANTINED,
+    PORTS_CONFLICTED,
+    EXHAUSTION_EVENTS,
+    DUPLICATE_REGISTRATIONS,
+    ALLOCATIONS,
+    RELEASES,
+    CONFLICTS,
+    SERVICES,
+    REGISTRATION_LATENCY,
+    RECONCILE_DURATION,
+    RECONCILE_LEAKS,
+    DOCKER_CONNECTED,
+    DOCKER_RECONNECTS,
+    DOCKER_EVENTS,
+    STORE_WRITE_DURATION,
+    STORE_ERRORS,
+    BUILD_INFO,
+    FORWARD_CONNECTIONS,
+    FORWARD_ACTIVE,
+    FORWARD_UPSTREAM_ERRORS,
+];
+
+/// Values of `port_allocations_total{outcome}`.
+pub mod outcome {
+    /// A port never held by the service before.
+    pub const NEW: &str = "new";
+    /// The service's last port, handed back.
+    pub const STICKY: &str = "sticky";
+    /// Read back from the store at start-up.
+    pub const RESTORED: &str = "restored";
+    /// Every value.
+    pub const ALL: [&str; 3] = [NEW, STICKY, RESTORED];
+}
+
+/// Values of `port_releases_total{reason}`.
+pub mod release {
+    /// The service's last container was removed.
+    pub const REMOVED: &str = "removed";
+    /// The reconciler found no container for `--leak-cycles` resyncs.
+    pub const LEAK: &str = "leak";
+    /// An API client deleted the reservation.
+    pub const API: &str = "api";
+    /// Another process held the port.
+    pub const CONFLICT: &str = "conflict";
+    /// Every value.
+    pub const ALL: [&str; 4] = [REMOVED, LEAK, API, CONFLICT];
+}
+
+/// Docker event actions counted by name in `docker_events_total{action}`;
+/// `exec_*` is counted as `exec` and anything else as `other`, so the label
+/// stays bounded (exec actions carry the command line).
+pub const DOCKER_ACTIONS: &[&str] = &[
+    "create",
+    "start",
+    "restart",
+    "stop",
+    "die",
+    "kill",
+    "pause",
+    "unpause",
+    "destroy",
+    "oom",
+    "rename",
+    "health_status",
+];
