@@ -82,51 +82,14 @@ pub fn run(command: &Command) -> Result<()> {
 
 // ------------------------------------------------------------------ contract
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Gauge,
-    Counter,
-    Histogram,
+use mesh_bridge::contract::metric::{self, Kind};
+
+/// The bridge's metrics (`mesh_bridge::contract::metric`) and the harness's
+/// (`mesh_chaos::metrics`). A dashboard or rule that names a `mesh_bridge_`
+/// or `mesh_chaos_` series not in them fails the check.
+fn contract() -> impl Iterator<Item = &'static metric::Def> {
+    metric::ALL.iter().chain(mesh_chaos::metrics::ALL.iter())
 }
-
-/// The bridge's metrics, docs/DESIGN.md section 3 ("The contract"). A dashboard or
-/// rule that names a `mesh_bridge_` series not in this list fails the check.
-const CONTRACT: &[(&str, Kind)] = &[
-    ("mesh_bridge_ports_capacity", Kind::Gauge),
-    ("mesh_bridge_ports_in_use", Kind::Gauge),
-    ("mesh_bridge_ports_quarantined", Kind::Gauge),
-    ("mesh_bridge_ports_conflicted", Kind::Gauge),
-    ("mesh_bridge_port_exhaustion_events_total", Kind::Counter),
-    (
-        "mesh_bridge_duplicate_registration_attempts_total",
-        Kind::Counter,
-    ),
-    ("mesh_bridge_port_allocations_total", Kind::Counter),
-    ("mesh_bridge_port_releases_total", Kind::Counter),
-    ("mesh_bridge_port_conflicts_total", Kind::Counter),
-    ("mesh_bridge_services", Kind::Gauge),
-    ("mesh_bridge_registration_latency_seconds", Kind::Histogram),
-    ("mesh_bridge_reconcile_duration_seconds", Kind::Histogram),
-    ("mesh_bridge_reconcile_leaks_total", Kind::Counter),
-    ("mesh_bridge_docker_connected", Kind::Gauge),
-    ("mesh_bridge_docker_reconnects_total", Kind::Counter),
-    ("mesh_bridge_docker_events_total", Kind::Counter),
-    ("mesh_bridge_store_write_duration_seconds", Kind::Histogram),
-    ("mesh_bridge_store_errors_total", Kind::Counter),
-    ("mesh_bridge_forward_connections_total", Kind::Counter),
-    ("mesh_bridge_forward_active_connections", Kind::Gauge),
-    ("mesh_bridge_forward_upstream_errors_total", Kind::Counter),
-    ("mesh_bridge_build_info", Kind::Gauge),
-];
-
-/// The harness's metrics (docs/DESIGN.md section 4), served during a
-/// scenario run and read by the reliability dashboard.
-const HARNESS: &[(&str, Kind)] = &[
-    ("mesh_chaos_faults_injected_total", Kind::Counter),
-    ("mesh_chaos_probe_results_total", Kind::Counter),
-    ("mesh_chaos_probe_duration_seconds", Kind::Histogram),
-    ("mesh_chaos_invariant_violations_total", Kind::Counter),
-];
 
 /// Prefixes of the series names the check holds to a contract list.
 const CHECKED_PREFIXES: &[&str] = &["mesh_bridge_", "mesh_bridge:", "mesh_chaos_"];
@@ -575,7 +538,8 @@ fn metric_problems(expr: &str, recorded: &BTreeSet<String>, dashboard: bool) -> 
 
 /// Resolves a series name to its contract metric, kind and histogram suffix.
 fn contract_series(name: &str) -> Option<(&'static str, Kind, &'static str)> {
-    for &(metric, kind) in CONTRACT.iter().chain(HARNESS) {
+    for d in contract() {
+        let (metric, kind) = (d.name, d.kind);
         if name == metric {
             return Some((metric, kind, ""));
         }

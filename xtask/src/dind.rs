@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 /// Tag of the final image.
-pub const TAG: &str = "mesh-bridge/dind:dev";
+pub const TAG: &str = mesh_bridge::contract::images::DIND;
 /// Repository of the imported (unmodified) debootstrap rootfs.
 const ROOTFS_REPO: &str = "mesh-bridge/dind-rootfs";
 /// Label carrying the content hash on the final image.

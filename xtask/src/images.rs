@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
+use mesh_bridge::contract::images;
 
 /// Label holding the content hash of an image's inputs.
 pub const HASH_LABEL: &str = "mesh-bridge.content-hash";
@@ -64,14 +65,14 @@ struct ScratchImage {
 const SCRATCH_IMAGES: [ScratchImage; 2] = [
     ScratchImage {
         image: Image::Stub,
-        tag: "mesh-bridge/mcp-stub:dev",
+        tag: images::STUB,
         bin: "mcp-stub",
         dir: "mcp-stub",
         empty_dirs: &[],
     },
     ScratchImage {
         image: Image::Bridge,
-        tag: "mesh-bridge/bridge:dev",
+        tag: images::BRIDGE,
         bin: "mesh-bridge",
         dir: "bridge",
         empty_dirs: &["state"],
@@ -133,15 +134,18 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if wanted(Image::Dind) {
         let started = Instant::now();
-        progress(t0, "mesh-bridge/dind:dev: building (xtask/src/dind.rs)");
+        progress(
+            t0,
+            &format!("{}: building (xtask/src/dind.rs)", images::DIND),
+        );
         let result = crate::dind::build(args.force);
         if let Err(e) = &result {
-            progress(t0, &format!("mesh-bridge/dind:dev: FAILED: {e:#}"));
+            progress(t0, &format!("{}: FAILED: {e:#}", images::DIND));
         }
         outcomes.push(Outcome {
             tag: result
                 .as_ref()
-                .map_or_else(|_| "mesh-bridge/dind:dev".to_owned(), Clone::clone),
+                .map_or_else(|_| images::DIND.to_owned(), Clone::clone),
             result: result.map(|_| "done"),
             secs: started.elapsed().as_secs_f64(),
         });

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use mesh_bridge::contract::images;
 use mesh_chaos::faults::{self, Docker, FaultKind, StoreCheck, Target};
 use mesh_chaos::invariants::{self, Marks};
 use mesh_chaos::metrics::HarnessMetrics;
@@ -27,12 +28,17 @@ use testcontainers::core::{CgroupnsMode, ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
-/// Images the scenarios use (built by `cargo xtask images`).
-pub const DIND_IMAGE: (&str, &str) = ("mesh-bridge/dind", "dev");
-/// The bridge image.
-pub const BRIDGE_IMAGE: &str = "mesh-bridge/bridge:dev";
+/// The DinD image (built by `cargo xtask images`) as testcontainers names it: (repository, tag).
+fn dind_image() -> (&'static str, &'static str) {
+    images::DIND
+        .split_once(':')
+        .unwrap_or((images::DIND, "latest"))
+}
+
+/// The bridge image the scenarios run (`--bridge-image` overrides it).
+pub const BRIDGE_IMAGE: &str = images::BRIDGE;
 /// The MCP stub image.
-pub const STUB_IMAGE: &str = "mesh-bridge/mcp-stub:dev";
+pub const STUB_IMAGE: &str = images::STUB;
 /// Label value every harness container carries.
 pub const TEST_VALUE: &str = "reliability";
 
@@ -271,7 +277,8 @@ async fn start_dind(
 ) -> Result<(ContainerAsync<GenericImage>, String)> {
     let mut last_err = String::new();
     for privileged in [true, false] {
-        let mut img = GenericImage::new(DIND_IMAGE.0, DIND_IMAGE.1)
+        let (repo, tag) = dind_image();
+        let mut img = GenericImage::new(repo, tag)
             .with_entrypoint("/usr/bin/tini")
             .with_wait_for(WaitFor::Nothing)
             .with_exposed_port(ContainerPort::Tcp(2375))
@@ -479,7 +486,7 @@ async fn run_scenario(
     // --- engine and bridge ---------------------------------------------------
     let (inner, netns, engine_name, port_map, api, how) = match engine {
         Engine::Dind => {
-            require_image(&host, &format!("{}:{}", DIND_IMAGE.0, DIND_IMAGE.1)).await?;
+            require_image(&host, images::DIND).await?;
             say(&format!(
                 "starting DinD ({} mesh ports published to 127.0.0.1)",
                 mesh_ports.len()
@@ -695,9 +702,9 @@ async fn run_scenario(
         let serving = want
             .iter()
             .filter(|w| {
-                snap.services
-                    .iter()
-                    .any(|s| &s.name == *w && s.port.is_some() && s.state == "serving")
+                snap.services.iter().any(|s| {
+                    &s.name == *w && s.port.is_some() && s.state == probe::ServiceState::Serving
+                })
             })
             .count();
         if serving == want.len() {
@@ -977,7 +984,7 @@ fn progress(rec: &Recorder, start: Instant, total: Duration, say: &(dyn Fn(&str)
                 .filter(|s| s.outcome == probe::Outcome::Ok)
                 .count(),
             h.faults.len(),
-            h.snapshots.last().and_then(|s| s.pool_u64("in_use")),
+            h.snapshots.last().and_then(|s| s.pool_field(|p| p.in_use)),
         )
     });
     say(&format!(
@@ -1013,7 +1020,7 @@ async fn alert_fired(
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let last = match mesh_chaos::http::get_json(addr, &path).await {
+        let last = match mesh_chaos::http::get_json::<serde_json::Value>(addr, &path).await {
             Ok(v) => {
                 let n = v["data"]["result"].as_array().map_or(0, Vec::len);
                 if n > 0 {
@@ -1316,11 +1323,11 @@ async fn inject(
         FaultKind::StoreCorrupt | FaultKind::StoreTruncate => {
             t.stop_bridge().await?;
             let before = t.damaged_files().len();
-            if p.kind == FaultKind::StoreCorrupt {
-                t.corrupt_store(p.pick)?;
+            t.damage_store(if p.kind == FaultKind::StoreCorrupt {
+                faults::StoreDamage::Corrupt { seed: p.pick }
             } else {
-                t.truncate_store()?;
-            }
+                faults::StoreDamage::Truncate
+            })?;
             let (ok, detail) = t.check_store().await;
             rec.with(|h| {
                 h.store_checks.push(StoreCheck {
@@ -1442,7 +1449,7 @@ async fn inject(
         }
         FaultKind::RegistrationFlood => {
             let snap = probe::snapshot(t.api, 0).await;
-            let free = snap.pool_u64("free").unwrap_or(0);
+            let free = snap.pool_field(|p| p.free).unwrap_or(0);
             let over = u64::from(p.count.unwrap_or(3));
             let n = (free + over).min(64);
             let mut names = Vec::new();

@@ -23,7 +23,7 @@ use crate::interrupt;
 use crate::scenario::{self, Engine, RunArgs};
 
 /// The image a patched bridge is tested as.
-const TEETH_IMAGE: &str = "mesh-bridge/bridge:teeth";
+const TEETH_IMAGE: &str = mesh_bridge::contract::images::BRIDGE_TEETH;
 
 /// One text edit: `find` must occur exactly once in `file`.
 #[derive(Debug)]

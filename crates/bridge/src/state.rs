@@ -174,7 +174,7 @@ fn rfc3339(ms: u64) -> Result<String, StateError> {
 }
 
 fn export(dir: &Path, file: Option<&Path>) -> Result<ExitCode, StateError> {
-    let db = dir.join(store::FILE_NAME);
+    let db = dir.join(crate::contract::files::STORE);
     if !db.exists() {
         // Opening would create an empty store: say so instead.
         return Err(StoreError::NotFound { path: db }.into());

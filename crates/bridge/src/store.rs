@@ -34,11 +34,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use crate::contract::files::{DAMAGED_INFIX, LOCK as LOCK_NAME, STORE as FILE_NAME};
 use crate::labels::validate_service_name;
 use crate::pool::PortRanges;
 
-/// Name of the store file inside the state directory.
-pub const FILE_NAME: &str = "state.db";
 /// How many `last_ports` rows are kept (the newest by `seen_ms`).
 pub const LAST_PORTS_LIMIT: usize = 4096;
 /// Latest representable time: 9999-12-31T23:59:59.999Z (RFC 3339 cannot go further).
@@ -884,9 +883,9 @@ impl Store {
         let mut target = None;
         for n in 0..1000u32 {
             let name = if n == 0 {
-                format!("{FILE_NAME}.damaged-{stamp}")
+                format!("{FILE_NAME}{DAMAGED_INFIX}{stamp}")
             } else {
-                format!("{FILE_NAME}.damaged-{stamp}-{n}")
+                format!("{FILE_NAME}{DAMAGED_INFIX}{stamp}-{n}")
             };
             let t = dir.join(name);
             if !t.exists() && !sidecar(&t, "-wal").exists() && !sidecar(&t, "-shm").exists() {
@@ -1162,9 +1161,6 @@ fn check_conn(
         last_ports: history.len(),
     })
 }
-
-/// Name of the lock file a running daemon holds in its state directory.
-pub const LOCK_NAME: &str = "bridge.lock";
 
 /// An exclusive advisory lock on a state directory: one daemon per
 /// directory, and no import behind a running daemon's back. Released on drop

@@ -46,11 +46,17 @@ pub async fn request(
     .with_context(|| format!("{addr}{path}: no answer within {TIMEOUT:?}"))?
 }
 
-/// `GET path`, expecting 200 and JSON.
-pub async fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
+/// `GET path`, expecting 200 and JSON of type `T` (`serde_json::Value`
+/// for any).
+pub async fn get_json<T: serde::de::DeserializeOwned>(addr: SocketAddr, path: &str) -> Result<T> {
     let (status, body) = request(addr, hyper::Method::GET, path, String::new(), None).await?;
     anyhow::ensure!(status == 200, "GET {path}: HTTP {status}: {body}");
-    serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON"))
+    serde_json::from_str(&body).with_context(|| {
+        format!(
+            "GET {path}: not the expected JSON: {}",
+            body.chars().take(200).collect::<String>()
+        )
+    })
 }
 
 /// `GET path` as text, expecting 200.

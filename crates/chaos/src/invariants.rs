@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::faults::FaultKind;
-use crate::probe::{History, Outcome, Snapshot};
+use mesh_bridge::contract::metric;
+
+use crate::probe::{History, Outcome, PoolView, ServiceState, Snapshot};
 
 /// Every invariant [`check`] judges, in order.
 pub const IDS: [&str; 8] = ["I1", "I2", "I3", "I4", "I5", "I6", "I7", "I9"];
@@ -272,7 +274,7 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
     match fin {
         None => p3.push("no snapshot of /v1/pool at the end".to_string()),
         Some(s) => {
-            let in_use = s.pool_u64("in_use").unwrap_or(u64::MAX);
+            let in_use = s.pool_field(|p| p.in_use).unwrap_or(u64::MAX);
             let want = h.live.len() as u64;
             if in_use != want {
                 p3.push(format!(
@@ -283,7 +285,7 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
             let serving: BTreeSet<&str> = s
                 .services
                 .iter()
-                .filter(|x| x.port.is_some() && x.state == "serving")
+                .filter(|x| x.port.is_some() && x.state == ServiceState::Serving)
                 .map(|x| x.name.as_str())
                 .collect();
             for l in &h.live {
@@ -291,7 +293,7 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
                     p3.push(format!("live service {l} not serving at the end"));
                 }
             }
-            let q = s.pool_u64("quarantined").unwrap_or(0);
+            let q = s.pool_field(|p| p.quarantined).unwrap_or(0);
             if q > 0 && s.t_ms >= h.settle_from_ms + h.grace_ms + 2_000 {
                 p3.push(format!(
                     "{q} ports still quarantined {}ms after the last fault (grace {}ms)",
@@ -351,13 +353,15 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
     let mut compared = 0;
     for s in h.snapshots.iter().filter(|s| s.stable) {
         compared += 1;
-        for (k, m) in [
-            ("in_use", "mesh_bridge_ports_in_use"),
-            ("quarantined", "mesh_bridge_ports_quarantined"),
-            ("conflicted", "mesh_bridge_ports_conflicted"),
-            ("capacity", "mesh_bridge_ports_capacity"),
-        ] {
-            let a = s.pool_u64(k);
+        let fields: [(&str, metric::Def, fn(&PoolView) -> usize); 4] = [
+            ("in_use", metric::PORTS_IN_USE, |p| p.in_use),
+            ("quarantined", metric::PORTS_QUARANTINED, |p| p.quarantined),
+            ("conflicted", metric::PORTS_CONFLICTED, |p| p.conflicted),
+            ("capacity", metric::PORTS_CAPACITY, |p| p.capacity),
+        ];
+        for (k, d, field) in fields {
+            let m = d.name;
+            let a = s.pool_field(field);
             let b = s.metric(m).map(|x| x as u64);
             if a != b {
                 p5.push(format!("t={}ms /v1/pool {k}={a:?} but {m}={b:?}", s.t_ms));
@@ -378,8 +382,8 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
         }
         total as u64
     };
-    let dup = delta("mesh_bridge_duplicate_registration_attempts_total");
-    let exh = delta("mesh_bridge_port_exhaustion_events_total");
+    let dup = delta(metric::DUPLICATE_REGISTRATIONS.name);
+    let exh = delta(metric::EXHAUSTION_EVENTS.name);
     if let Some(want) = h.expect.duplicates
         && dup != want
     {
@@ -478,7 +482,7 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
 fn reserved(s: &Snapshot) -> BTreeMap<&str, u16> {
     s.services
         .iter()
-        .filter(|v| v.state == "serving" || v.state == "waiting")
+        .filter(|v| matches!(v.state, ServiceState::Serving | ServiceState::Waiting))
         .filter_map(|v| Some((v.name.as_str(), v.port?)))
         .collect()
 }
@@ -513,7 +517,7 @@ fn not_restored(h: &History) -> Vec<String> {
         };
         let held = reserved(before).len() as f64;
         let restored = after
-            .metric("mesh_bridge_port_allocations_total{outcome=\"restored\"}")
+            .metric(&metric::ALLOCATIONS.with("outcome", metric::outcome::RESTORED))
             .unwrap_or(0.0);
         if restored < held {
             problems.push(format!(
@@ -581,27 +585,35 @@ fn i9_catalog(h: &History) -> Verdict {
         );
     };
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for s in fin.services.iter().filter(|s| s.state != "rejected") {
+    for s in fin
+        .services
+        .iter()
+        .filter(|s| s.state != ServiceState::Rejected)
+    {
         *seen.entry(s.name.as_str()).or_default() += 1;
     }
     for (name, n) in seen.iter().filter(|(_, n)| **n > 1) {
         p.push(format!("{name} listed {n} times"));
     }
     let grace_over = fin.t_ms >= h.settle_from_ms + h.grace_ms + 2_000;
-    for s in fin.services.iter().filter(|s| s.state != "rejected") {
+    for s in fin
+        .services
+        .iter()
+        .filter(|s| s.state != ServiceState::Rejected)
+    {
         let live = truth.get(&s.name).copied().unwrap_or(0);
-        match s.state.as_str() {
-            "quarantined" if live > 0 => p.push(format!(
+        match s.state {
+            ServiceState::Quarantined if live > 0 => p.push(format!(
                 "{} listed quarantined while {live} of its containers run",
                 s.name
             )),
-            "quarantined" if grace_over => p.push(format!(
+            ServiceState::Quarantined if grace_over => p.push(format!(
                 "{} still listed (quarantined) {}ms after the faults ended, grace {}ms",
                 s.name,
                 fin.t_ms.saturating_sub(h.settle_from_ms),
                 h.grace_ms
             )),
-            "quarantined" => {}
+            ServiceState::Quarantined => {}
             _ if live == 0 => p.push(format!(
                 "{} listed {} but no container of it runs",
                 s.name, s.state
@@ -618,9 +630,9 @@ fn i9_catalog(h: &History) -> Verdict {
             p.push(format!("{name} runs {n} containers but is not listed"));
         }
     }
-    for state in ["serving", "waiting", "quarantined", "pending", "rejected"] {
+    for state in ServiceState::ALL {
         let listed = fin.services.iter().filter(|s| s.state == state).count() as f64;
-        let key = format!("mesh_bridge_services{{state=\"{state}\"}}");
+        let key = metric::SERVICES.with("state", state.as_str());
         match fin.metric(&key) {
             Some(g) if (g - listed).abs() < 0.5 => {}
             g => p.push(format!("{key} is {g:?} but {listed} listed {state}")),
@@ -643,47 +655,50 @@ fn i9_catalog(h: &History) -> Verdict {
 mod tests {
     use super::*;
     use crate::faults::StoreCheck;
-    use crate::probe::{FaultRecord, Sample, ServiceView, Snapshot};
+    use crate::probe::{FaultRecord, Sample, ServiceSample, Snapshot};
 
     const MARKS: Marks = Marks {
         availability: 0.9,
         recovery_ms: 3_000,
     };
 
+    fn pool(in_use: usize, quarantined: usize) -> PoolView {
+        PoolView {
+            ranges: vec![[11100, 11109]],
+            capacity: 10,
+            in_use,
+            quarantined,
+            conflicted: 0,
+            free: 10 - in_use - quarantined,
+            pending: 0,
+        }
+    }
+
     fn snap(t: u64, services: &[(&str, u16)], in_use: u64, gauge: f64) -> Snapshot {
         let mut metrics = BTreeMap::new();
-        metrics.insert("mesh_bridge_ports_in_use".into(), gauge);
-        metrics.insert("mesh_bridge_ports_quarantined".into(), 0.0);
-        metrics.insert("mesh_bridge_ports_conflicted".into(), 0.0);
-        metrics.insert("mesh_bridge_ports_capacity".into(), 10.0);
-        metrics.insert(
-            "mesh_bridge_duplicate_registration_attempts_total".into(),
-            0.0,
-        );
-        metrics.insert("mesh_bridge_port_exhaustion_events_total".into(), 0.0);
-        for (state, n) in [
-            ("serving", services.len()),
-            ("waiting", 0),
-            ("quarantined", 0),
-            ("pending", 0),
-            ("rejected", 0),
-        ] {
-            metrics.insert(
-                format!("mesh_bridge_services{{state=\"{state}\"}}"),
-                n as f64,
-            );
+        metrics.insert(metric::PORTS_IN_USE.name.into(), gauge);
+        metrics.insert(metric::PORTS_QUARANTINED.name.into(), 0.0);
+        metrics.insert(metric::PORTS_CONFLICTED.name.into(), 0.0);
+        metrics.insert(metric::PORTS_CAPACITY.name.into(), 10.0);
+        metrics.insert(metric::DUPLICATE_REGISTRATIONS.name.into(), 0.0);
+        metrics.insert(metric::EXHAUSTION_EVENTS.name.into(), 0.0);
+        for state in ServiceState::ALL {
+            let n = if state == ServiceState::Serving {
+                services.len()
+            } else {
+                0
+            };
+            metrics.insert(metric::SERVICES.with("state", state.as_str()), n as f64);
         }
         Snapshot {
             t_ms: t,
-            pool: Some(
-                serde_json::json!({"capacity":10,"in_use":in_use,"quarantined":0,"conflicted":0}),
-            ),
+            pool: Some(pool(in_use as usize, 0)),
             services: services
                 .iter()
-                .map(|(n, p)| ServiceView {
+                .map(|(n, p)| ServiceSample {
                     name: n.to_string(),
                     port: Some(*p),
-                    state: "serving".into(),
+                    state: ServiceState::Serving,
                     replicas: 1,
                     running: 1,
                 })
@@ -778,12 +793,10 @@ mod tests {
     fn i3_leaked_port_fails() {
         let mut h = good();
         let last = h.snapshots.last_mut().expect("snap");
-        last.pool =
-            Some(serde_json::json!({"capacity":10,"in_use":3,"quarantined":0,"conflicted":0}));
+        last.pool = Some(pool(3, 0));
         assert!(!held(&h, "I3"));
         let mut h = good();
-        h.snapshots.last_mut().expect("snap").pool =
-            Some(serde_json::json!({"capacity":10,"in_use":2,"quarantined":1,"conflicted":0}));
+        h.snapshots.last_mut().expect("snap").pool = Some(pool(2, 1));
         h.snapshots.last_mut().expect("snap").t_ms = 60_000;
         assert!(!held(&h, "I3"), "quarantine that never drains");
     }
@@ -829,19 +842,16 @@ mod tests {
         let mut h = good();
         h.snapshots[2]
             .metrics
-            .insert("mesh_bridge_ports_in_use".into(), 3.0);
+            .insert(metric::PORTS_IN_USE.name.into(), 3.0);
         assert!(!held(&h, "I5"));
         let mut h = good();
         h.expect.duplicates = Some(5);
-        h.snapshots[6].metrics.insert(
-            "mesh_bridge_duplicate_registration_attempts_total".into(),
-            4.0,
-        );
+        h.snapshots[6]
+            .metrics
+            .insert(metric::DUPLICATE_REGISTRATIONS.name.into(), 4.0);
         for s in &mut h.snapshots[7..] {
-            s.metrics.insert(
-                "mesh_bridge_duplicate_registration_attempts_total".into(),
-                4.0,
-            );
+            s.metrics
+                .insert(metric::DUPLICATE_REGISTRATIONS.name.into(), 4.0);
         }
         assert!(!held(&h, "I5"), "4 duplicates counted for 5 attempts");
         let mut h = good();
@@ -850,8 +860,7 @@ mod tests {
         let mut h = good();
         h.expect.exhaustion_events = Some(2);
         for s in &mut h.snapshots[4..] {
-            s.metrics
-                .insert("mesh_bridge_port_exhaustion_events_total".into(), 3.0);
+            s.metrics.insert(metric::EXHAUSTION_EVENTS.name.into(), 3.0);
         }
         assert!(
             !held(&h, "I5"),
@@ -956,7 +965,7 @@ mod tests {
     fn restored(h: &mut History, from: usize, n: f64) {
         for s in &mut h.snapshots[from..] {
             s.metrics.insert(
-                "mesh_bridge_port_allocations_total{outcome=\"restored\"}".into(),
+                metric::ALLOCATIONS.with("outcome", metric::outcome::RESTORED),
                 n,
             );
         }
@@ -993,7 +1002,7 @@ mod tests {
         let mut h = good();
         h.snapshots[9]
             .metrics
-            .insert("mesh_bridge_services{state=\"serving\"}".into(), 3.0);
+            .insert(metric::SERVICES.with("state", "serving"), 3.0);
         assert!(!held(&h, "I9"), "the gauge counts 3 serving for 2 listed");
         let mut h = good();
         h.truth = None;

@@ -7,7 +7,46 @@ use std::net::SocketAddr;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
+use mesh_bridge::contract::metric::{Def, Kind};
+
 use crate::probe::Outcome;
+
+/// `mesh_chaos_faults_injected_total{fault}`.
+pub const FAULTS_INJECTED: Def = Def {
+    name: "mesh_chaos_faults_injected_total",
+    kind: Kind::Counter,
+    labels: &["fault"],
+    help: "Faults injected, by kind.",
+};
+/// `mesh_chaos_probe_results_total{outcome}`.
+pub const PROBE_RESULTS: Def = Def {
+    name: "mesh_chaos_probe_results_total",
+    kind: Kind::Counter,
+    labels: &["outcome"],
+    help: "Probe results, by outcome.",
+};
+/// `mesh_chaos_probe_duration_seconds`.
+pub const PROBE_DURATION: Def = Def {
+    name: "mesh_chaos_probe_duration_seconds",
+    kind: Kind::Histogram,
+    labels: &[],
+    help: "Round trip of one probe through the mesh port.",
+};
+/// `mesh_chaos_invariant_violations_total{invariant}`.
+pub const INVARIANT_VIOLATIONS: Def = Def {
+    name: "mesh_chaos_invariant_violations_total",
+    kind: Kind::Counter,
+    labels: &["invariant"],
+    help: "Invariants found violated, by invariant.",
+};
+/// The harness's metrics, served during a scenario run and read by the
+/// reliability dashboard.
+pub const ALL: [Def; 4] = [
+    FAULTS_INJECTED,
+    PROBE_RESULTS,
+    PROBE_DURATION,
+    INVARIANT_VIOLATIONS,
+];
 
 /// The harness's metrics.
 #[derive(Debug, Clone)]
@@ -24,36 +63,15 @@ impl HarnessMetrics {
     /// Registers the metrics.
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let faults = IntCounterVec::new(
-            Opts::new(
-                "mesh_chaos_faults_injected_total",
-                "Faults injected, by kind.",
-            ),
-            &["fault"],
-        )?;
-        let probes = IntCounterVec::new(
-            Opts::new(
-                "mesh_chaos_probe_results_total",
-                "Probe results, by outcome.",
-            ),
-            &["outcome"],
-        )?;
+        let vec = |d: Def| IntCounterVec::new(Opts::new(d.name, d.help), d.labels);
+        let faults = vec(FAULTS_INJECTED)?;
+        let probes = vec(PROBE_RESULTS)?;
         let duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "mesh_chaos_probe_duration_seconds",
-                "Round trip of one probe through the mesh port.",
-            )
-            .buckets(vec![
+            HistogramOpts::new(PROBE_DURATION.name, PROBE_DURATION.help).buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
         )?;
-        let violations = IntCounterVec::new(
-            Opts::new(
-                "mesh_chaos_invariant_violations_total",
-                "Invariants found violated, by invariant.",
-            ),
-            &["invariant"],
-        )?;
+        let violations = vec(INVARIANT_VIOLATIONS)?;
         registry.register(Box::new(faults.clone()))?;
         registry.register(Box::new(probes.clone()))?;
         registry.register(Box::new(duration.clone()))?;

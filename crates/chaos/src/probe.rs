@@ -7,6 +7,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mesh_bridge::contract::api::{self, ServiceView};
+pub use mesh_bridge::contract::api::{PoolView, ServiceState};
+use mesh_bridge::contract::metric;
 use serde::{Deserialize, Serialize};
 
 use crate::faults::{FaultKind, StoreCheck};
@@ -65,15 +68,16 @@ pub struct Sample {
     pub latency_ms: f64,
 }
 
-/// A service as `/v1/services` shows it.
+/// What the history keeps of one service of `/v1/services`
+/// ([`ServiceView`], the bridge's own type): its replicas as counts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ServiceView {
+pub struct ServiceSample {
     /// Name.
     pub name: String,
     /// Port (null while pending).
     pub port: Option<u16>,
     /// State.
-    pub state: String,
+    pub state: ServiceState,
     /// Replica count.
     #[serde(default)]
     pub replicas: usize,
@@ -82,15 +86,27 @@ pub struct ServiceView {
     pub running: usize,
 }
 
+impl From<&ServiceView> for ServiceSample {
+    fn from(v: &ServiceView) -> Self {
+        ServiceSample {
+            name: v.name.clone(),
+            port: v.port,
+            state: v.state,
+            replicas: v.replicas.len(),
+            running: v.replicas.iter().filter(|r| r.is_running()).count(),
+        }
+    }
+}
+
 /// One poll of the bridge's API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Snapshot {
     /// ms from the start.
     pub t_ms: u64,
     /// `/v1/pool` (None when the bridge did not answer).
-    pub pool: Option<serde_json::Value>,
+    pub pool: Option<PoolView>,
     /// `/v1/services`.
-    pub services: Vec<ServiceView>,
+    pub services: Vec<ServiceSample>,
     /// `/metrics`, `name{labels}` -> value.
     pub metrics: BTreeMap<String, f64>,
     /// The pool gauges read the same before and after `/v1/pool` (so the
@@ -99,9 +115,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// A pool field.
-    pub fn pool_u64(&self, key: &str) -> Option<u64> {
-        self.pool.as_ref()?.get(key)?.as_u64()
+    /// A field of the pool view, when the bridge answered.
+    pub fn pool_field(&self, f: impl Fn(&PoolView) -> usize) -> Option<u64> {
+        self.pool.as_ref().map(|p| f(p) as u64)
     }
     /// A metric without labels.
     pub fn metric(&self, name: &str) -> Option<f64> {
@@ -312,49 +328,22 @@ pub async fn run_probes(
 pub async fn snapshot(api: SocketAddr, t_ms: u64) -> Snapshot {
     let gauges = |m: &BTreeMap<String, f64>| {
         [
-            "mesh_bridge_ports_in_use",
-            "mesh_bridge_ports_quarantined",
-            "mesh_bridge_ports_conflicted",
+            metric::PORTS_IN_USE,
+            metric::PORTS_QUARANTINED,
+            metric::PORTS_CONFLICTED,
         ]
-        .map(|k| m.get(k).copied())
+        .map(|d| m.get(d.name).copied())
     };
-    let m1 = crate::http::get_text(api, "/metrics")
+    let m1 = crate::http::get_text(api, api::METRICS)
         .await
         .map(|t| crate::http::parse_metrics(&t));
-    let pool = crate::http::get_json(api, "/v1/pool").await.ok();
-    let services: Vec<ServiceView> = match crate::http::get_json(api, "/v1/services").await {
-        Ok(v) => v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| {
-                        Some(ServiceView {
-                            name: s.get("name")?.as_str()?.to_string(),
-                            port: s.get("port").and_then(|p| p.as_u64()).map(|p| p as u16),
-                            state: s
-                                .get("state")
-                                .and_then(|x| x.as_str())
-                                .unwrap_or("")
-                                .to_string(),
-                            replicas: s
-                                .get("replicas")
-                                .and_then(|r| r.as_array())
-                                .map_or(0, |r| r.len()),
-                            running: s.get("replicas").and_then(|r| r.as_array()).map_or(0, |r| {
-                                r.iter()
-                                    .filter(|x| {
-                                        x.get("state").and_then(|s| s.as_str()) == Some("running")
-                                    })
-                                    .count()
-                            }),
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
-    let m2 = crate::http::get_text(api, "/metrics")
+    let pool: Option<PoolView> = crate::http::get_json(api, api::POOL).await.ok();
+    let services: Vec<ServiceSample> =
+        match crate::http::get_json::<Vec<ServiceView>>(api, api::SERVICES).await {
+            Ok(v) => v.iter().map(ServiceSample::from).collect(),
+            Err(_) => Vec::new(),
+        };
+    let m2 = crate::http::get_text(api, api::METRICS)
         .await
         .map(|t| crate::http::parse_metrics(&t));
     let (metrics, stable) = match (m1, m2) {

@@ -8,8 +8,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use mesh_bridge::contract::metric;
+
 use crate::invariants::{Figures, Verdict};
-use crate::probe::{History, Outcome};
+use crate::probe::{History, Outcome, PoolView};
 
 /// `report.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,7 +146,7 @@ pub fn notes(h: &History) -> Vec<String> {
             .snapshots
             .iter()
             .filter(|s| s.t_ms >= f.t_ms && s.t_ms <= f.until_ms + 3_000)
-            .filter_map(|s| s.metric("mesh_bridge_docker_connected"))
+            .filter_map(|s| s.metric(metric::DOCKER_CONNECTED.name))
             .any(|c| c < 0.5);
         out.push(format!(
             "{} at t={}ms for {}ms: the bridge {} (mesh_bridge_docker_connected {})",
@@ -319,7 +321,7 @@ pub fn timeline(h: &History, title: &str, path: &Path) -> Result<()> {
     let max_ports = h
         .snapshots
         .iter()
-        .filter_map(|s| s.pool_u64("in_use"))
+        .filter_map(|s| s.pool_field(|p| p.in_use))
         .max()
         .unwrap_or(1)
         .max(1) as f64
@@ -339,14 +341,14 @@ pub fn timeline(h: &History, title: &str, path: &Path) -> Result<()> {
     if text {
         ch1.configure_mesh().x_desc("s").draw()?;
     }
-    let pts = |k: &'static str| {
+    let pts = |k: fn(&PoolView) -> usize| {
         h.snapshots
             .iter()
-            .filter_map(move |s| Some((s.t_ms as f64 / 1000.0, s.pool_u64(k)? as f64)))
+            .filter_map(move |s| Some((s.t_ms as f64 / 1000.0, s.pool_field(k)? as f64)))
     };
-    ch1.draw_series(LineSeries::new(pts("in_use"), BLUE.stroke_width(2)))?;
+    ch1.draw_series(LineSeries::new(pts(|p| p.in_use), BLUE.stroke_width(2)))?;
     ch1.draw_series(LineSeries::new(
-        pts("quarantined"),
+        pts(|p| p.quarantined),
         RGBColor(150, 150, 150).stroke_width(1),
     ))?;
     for f in &h.faults {
@@ -447,7 +449,7 @@ mod tests {
             });
             h.snapshots.push(Snapshot {
                 t_ms: i * 500,
-                pool: Some(serde_json::json!({"in_use": 0, "quarantined": 0})),
+                pool: Some(PoolView::default()),
                 ..Snapshot::default()
             });
         }

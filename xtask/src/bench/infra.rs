@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use mesh_bridge::contract;
 
 /// The stub image every service container runs.
-pub const STUB_IMAGE: &str = "mesh-bridge/mcp-stub:dev";
+pub const STUB_IMAGE: &str = contract::images::STUB;
 /// Label on every container and network the bench starts: the pid of the
 /// bench process (the harness-wide owner label, see `owner`).
 pub const RUN_LABEL: &str = crate::owner::LABEL;
@@ -479,7 +480,9 @@ impl Bridge {
                 self.child = None;
                 bail!("the bridge exited ({st}); see {}", self.log_hint());
             }
-            if let Ok(v) = mesh_chaos::http::get_json(self.api, "/readyz").await
+            if let Ok(v) =
+                mesh_chaos::http::get_json::<serde_json::Value>(self.api, contract::api::READYZ)
+                    .await
                 && v.get("status").and_then(|s| s.as_str()) == Some("ready")
             {
                 return Ok(());
@@ -506,16 +509,10 @@ impl Bridge {
 
     /// service -> port, from `/v1/services`.
     pub async fn ports(&self) -> Result<BTreeMap<String, u16>> {
-        let v = mesh_chaos::http::get_json(self.api, "/v1/services").await?;
-        Ok(v.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| {
-                Some((
-                    s.get("name")?.as_str()?.to_string(),
-                    u16::try_from(s.get("port")?.as_u64()?).ok()?,
-                ))
-            })
+        let v: Vec<contract::api::ServiceView> =
+            mesh_chaos::http::get_json(self.api, contract::api::SERVICES).await?;
+        Ok(v.into_iter()
+            .filter_map(|s| Some((s.name, s.port?)))
             .collect())
     }
 }

@@ -33,7 +33,7 @@ use mesh_chaos::docker_query::add_label_filters;
 use serde_json::Value;
 
 /// The stub image the tests run.
-pub const STUB_IMAGE: &str = "mesh-bridge/mcp-stub:dev";
+pub const STUB_IMAGE: &str = mesh_bridge::contract::images::STUB;
 /// Label every test container carries: the test's name.
 pub const TEST_LABEL: &str = "mesh-bridge.test";
 /// Label every test container carries: the pid of the test process.

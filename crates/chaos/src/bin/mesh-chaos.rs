@@ -9,8 +9,6 @@
 //! do and changes nothing (it may still read: `docker ps` / `inspect`, the
 //! store's size, whether the state directory is locked).
 
-use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,14 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Parser, Subcommand};
-use mesh_chaos::faults::{self, Docker, FaultKind, SERVICE_LABEL};
+use mesh_bridge::contract::files;
+use mesh_chaos::faults::store::Said;
+use mesh_chaos::faults::{self, Docker, FaultKind, SERVICE_LABEL, StoreDamage};
 use mesh_chaos::schedule;
 
 /// Label on every container `registration-flood` starts.
 const FLOOD_LABEL: &str = "mesh-chaos.flood=1";
-/// Store and lock file names in the bridge's state directory.
-const STORE_FILE: &str = "state.db";
-const LOCK_FILE: &str = "bridge.lock";
 /// Limit of one docker call that should return at once (kill, start, inspect, run -d).
 const QUICK: Duration = Duration::from_secs(20);
 /// Seconds `docker restart` / `stop` give a container before SIGKILL.
@@ -436,8 +433,12 @@ async fn run(cli: Cli) -> Result<()> {
         Fault::BridgeKill(a) => bridge_kill(&ctx, a).await,
         Fault::BridgeRestart(a) => bridge_restart(&ctx, a).await,
         Fault::EngineRestart(a) => engine_restart(&ctx, a).await,
-        Fault::StoreCorrupt(a) => store_corrupt(&ctx, &a.store.state_dir, a.seed),
-        Fault::StoreTruncate(a) => store_truncate(&ctx, &a.state_dir),
+        Fault::StoreCorrupt(a) => store_damage(
+            &ctx,
+            &a.store.state_dir,
+            StoreDamage::Corrupt { seed: a.seed },
+        ),
+        Fault::StoreTruncate(a) => store_damage(&ctx, &a.state_dir, StoreDamage::Truncate),
         Fault::PortSquat(a) => port_squat(&ctx, a).await,
         Fault::RegistrationFlood(a) => flood(&ctx, a).await,
         Fault::NetLoss(a) => net(&ctx, FaultKind::NetLoss, a).await,
@@ -887,162 +888,22 @@ async fn engine_restart(ctx: &Ctx, a: EngineRestartArgs) -> Result<()> {
     Ok(())
 }
 
-/// Checks the state directory and takes the bridge's lock (held while the
-/// store is damaged, so a bridge cannot start meanwhile). Refuses while a
-/// bridge holds it. Returns the lock (None when there is no lock file) and
-/// the store's path.
-fn lock_state_dir(dir: &Path) -> Result<(Option<File>, PathBuf)> {
-    let meta = std::fs::metadata(dir).map_err(|e| {
-        let what = if e.kind() == std::io::ErrorKind::NotFound {
-            "does not exist".to_string()
-        } else {
-            format!("cannot be read ({e})")
-        };
-        anyhow::anyhow!(
-            "state dir {} {what}; pass the bridge's --state-dir \
-             (the host path of its state volume)",
-            dir.display()
-        )
-    })?;
-    ensure!(
-        meta.is_dir(),
-        "state dir {} is not a directory; pass the bridge's --state-dir",
-        dir.display()
-    );
-    let store = dir.join(STORE_FILE);
-    ensure!(
-        store.is_file(),
-        "no store at {}; is {} the bridge's state directory?",
-        store.display(),
-        dir.display()
-    );
-    let lock_path = dir.join(LOCK_FILE);
-    let lock = match OpenOptions::new().write(true).open(&lock_path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, store)),
-        Err(e) => bail!(
-            "cannot open {} ({e}); run mesh-chaos as a user who may write the state directory",
-            lock_path.display()
-        ),
+/// `store-corrupt` / `store-truncate`: [`faults::store::damage`], its
+/// findings and steps printed (steps as "would ..." in a dry run).
+fn store_damage(ctx: &Ctx, dir: &Path, how: StoreDamage) -> Result<()> {
+    let (kind, what) = match how {
+        StoreDamage::Corrupt { seed } => (FaultKind::StoreCorrupt, format!("damage (seed {seed})")),
+        StoreDamage::Truncate => (FaultKind::StoreTruncate, "cut inside its first page".into()),
     };
-    match lock.try_lock() {
-        Ok(()) => Ok((Some(lock), store)),
-        Err(TryLockError::WouldBlock) => bail!(
-            "the bridge is running: {} is locked by a live process; stop the bridge first \
-             (docker stop NAME, or mesh-chaos bridge-kill --bridge-container NAME --hold 0) \
-             and retry",
-            lock_path.display()
-        ),
-        Err(TryLockError::Error(e)) => {
-            bail!("cannot lock {} ({e})", lock_path.display())
-        }
-    }
-}
-
-/// Says why the store may be touched: the bridge does not hold its lock.
-fn say_bridge_down(lock_file_exists: bool) {
-    println!(
-        "  {}: the bridge is down",
-        if lock_file_exists {
-            "bridge.lock is free"
-        } else {
-            "no bridge.lock"
-        }
-    );
-}
-
-fn store_corrupt(ctx: &Ctx, dir: &Path, seed: u64) -> Result<()> {
     header(
         ctx,
-        FaultKind::StoreCorrupt,
-        &format!("damage {} (seed {seed})", dir.join(STORE_FILE).display()),
+        kind,
+        &format!("{what} {}", dir.join(files::STORE).display()),
     );
-    let (lock, store) = lock_state_dir(dir)?;
-    say_bridge_down(lock.is_some());
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(!ctx.dry)
-        .open(&store)
-        .with_context(|| format!("opening {}", store.display()))?;
-    let len = f.metadata()?.len();
-    ensure!(
-        len > 0,
-        "{} is empty: nothing to corrupt (start the bridge once to create it)",
-        store.display()
-    );
-    let patches = faults::corruption_patches(len, seed);
-    for (off, masks) in &patches {
-        ctx.step(&format!(
-            "overwrite {} bytes at offset {off} of {} ({len} bytes)",
-            masks.len(),
-            store.display()
-        ));
-        if ctx.dry {
-            continue;
-        }
-        let mut buf = vec![0u8; masks.len()];
-        f.seek(SeekFrom::Start(*off))?;
-        f.read_exact(&mut buf)?;
-        for (b, m) in buf.iter_mut().zip(masks) {
-            *b ^= m;
-        }
-        f.seek(SeekFrom::Start(*off))?;
-        f.write_all(&buf)?;
-    }
-    if !ctx.dry {
-        f.sync_all()
-            .with_context(|| format!("syncing {}", store.display()))?;
-    }
-    note_wal(dir);
-    drop(lock);
-    Ok(())
-}
-
-fn store_truncate(ctx: &Ctx, dir: &Path) -> Result<()> {
-    header(
-        ctx,
-        FaultKind::StoreTruncate,
-        &format!("cut {} to half", dir.join(STORE_FILE).display()),
-    );
-    let (lock, store) = lock_state_dir(dir)?;
-    say_bridge_down(lock.is_some());
-    let f = OpenOptions::new()
-        .write(!ctx.dry)
-        .read(true)
-        .open(&store)
-        .with_context(|| format!("opening {}", store.display()))?;
-    let len = f.metadata()?.len();
-    ensure!(
-        len > 0,
-        "{} is empty: nothing to truncate (start the bridge once to create it)",
-        store.display()
-    );
-    ctx.step(&format!(
-        "truncate {} from {len} to {} bytes",
-        store.display(),
-        len / 2
-    ));
-    if !ctx.dry {
-        f.set_len(len / 2)
-            .with_context(|| format!("truncating {}", store.display()))?;
-        f.sync_all()?;
-    }
-    note_wal(dir);
-    drop(lock);
-    Ok(())
-}
-
-fn note_wal(dir: &Path) {
-    let wal = dir.join(format!("{STORE_FILE}-wal"));
-    if let Ok(m) = std::fs::metadata(&wal)
-        && m.len() > 0
-    {
-        println!(
-            "  note: {} ({} bytes) is left as it is",
-            wal.display(),
-            m.len()
-        );
-    }
+    faults::store::damage(dir, how, ctx.dry, &mut |said| match said {
+        Said::Found(f) => println!("  {f}"),
+        Said::Does(d) => ctx.step(&d),
+    })
 }
 
 async fn port_squat(ctx: &Ctx, a: PortSquatArgs) -> Result<()> {

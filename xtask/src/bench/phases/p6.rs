@@ -4,6 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use mesh_bridge::contract;
 
 use crate::bench::infra::Bridge;
 use crate::bench::relay::Relay;
@@ -41,9 +42,10 @@ pub async fn p6(ctx: &Ctx) -> Result<Vec<Row>> {
         "POST /v1/reservations statuses: {post_st:?} (see {})",
         b.log_hint()
     );
-    let pool = mesh_chaos::http::get_json(b.api, "/v1/pool").await?;
-    let in_use = pool.get("in_use").and_then(|v| v.as_u64()).unwrap_or(0);
-    let metrics = mesh_chaos::http::get_text(b.api, "/metrics").await?;
+    let pool: contract::api::PoolView =
+        mesh_chaos::http::get_json(b.api, contract::api::POOL).await?;
+    let in_use = pool.in_use as u64;
+    let metrics = mesh_chaos::http::get_text(b.api, contract::api::METRICS).await?;
     let m = mesh_chaos::http::parse_metrics(&metrics);
     let txs = m
         .get("mesh_bridge_store_write_duration_seconds_count")

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
+use mesh_bridge::contract;
 use tokio::task::JoinSet;
 
 use crate::bench::infra::{self, Bridge, Proc, RUN_LABEL};
@@ -151,11 +152,15 @@ async fn first_answer(
             && Instant::now() >= next_lookup
         {
             next_lookup = Instant::now() + Duration::from_millis(250);
-            if let Ok(v) = mesh_chaos::http::get_json(api, &format!("/v1/services/{service}")).await
-                && let Some(p) = v.get("port").and_then(|p| p.as_u64())
-                && p as u16 != addr.port()
+            if let Ok(v) = mesh_chaos::http::get_json::<contract::api::ServiceView>(
+                api,
+                &format!("{}{service}", contract::api::SERVICE_PREFIX),
+            )
+            .await
+                && let Some(p) = v.port
+                && p != addr.port()
             {
-                addr.set_port(p as u16);
+                addr.set_port(p);
                 looked_up = true;
             }
         }
