@@ -142,7 +142,7 @@ impl Daemon {
         // Taken even without a store, so the change lists stay bounded.
         let incremental = self.store.is_some() && !self.compare_all;
         let persisted = &self.persisted;
-        self.core.pool.take_changed(|name, held| {
+        self.core.take_changed(|name, held| {
             if incremental {
                 diff_holding(persisted, name, held, now, &mut removes, &mut writes);
             }
@@ -155,14 +155,14 @@ impl Daemon {
         if self.compare_all {
             let names: Vec<String> = self
                 .core
-                .pool
+                .pool()
                 .holdings()
                 .map(|(s, _, _)| s.to_string())
                 .chain(self.persisted.keys().cloned())
                 .collect();
             for name in &names {
                 if seen.insert(name.as_str()) {
-                    let held = self.core.pool.holding_of(name);
+                    let held = self.core.pool().holding_of(name);
                     diff_holding(&self.persisted, name, held, now, &mut removes, &mut writes);
                 }
             }
@@ -296,20 +296,15 @@ impl Daemon {
     /// thousands of changes does not rebuild thousands of views each batch.
     fn publish(&mut self) {
         // Pool gauges always move with /v1/pool (the harness checks they agree).
-        self.metrics.set_pool(&self.core.pool.counts());
+        let pool = self.core.pool_view();
         if self.views_at.is_none_or(|at| at.elapsed() >= VIEWS_EVERY) {
-            self.views = Arc::new(self.core.update_gauges());
+            self.views = Arc::new(self.core.service_views());
             self.views_at = Some(Instant::now());
             self.views_stale = false;
         } else {
             self.views_stale = true;
         }
         let services = Arc::clone(&self.views);
-        let pool = PoolView::new(
-            self.core.pool.ranges().as_pairs(),
-            self.core.pool.counts(),
-            self.core.pending(),
-        );
         let ready = self.ready.clone();
         self.snapshot.send_replace(Arc::new(Snapshot {
             pool,
@@ -330,18 +325,12 @@ impl Daemon {
                 }
             }
             Event::EngineDown => {
-                // The engine process is gone: when it returns, containers
-                // come back with other addresses, and an old address of one
-                // service can be another's (the reliability run caught docs'
-                // port answered by search). New connections wait up to --hold
-                // for the resync after the reconnect; spliced ones carry on.
-                // A mere cut (engine alive) keeps serving what is known.
-                for service in self.core.registry.services().keys() {
-                    batch.effects.push(Effect::Endpoints {
-                        service: service.clone(),
-                        endpoints: Vec::new(),
-                    });
-                }
+                // Routing, views and gauges change together in the core (the
+                // reliability run once caught docs' port answered by search
+                // after an engine restart). A mere cut (engine alive) keeps
+                // serving what is known.
+                batch.effects.extend(self.core.engine_down());
+                self.views_at = None;
                 tracing::warn!(
                     "engine refuses connections: new connections wait for the resync after it returns (up to --hold)"
                 );
@@ -351,7 +340,7 @@ impl Daemon {
                 batch.effects.extend(fx);
                 if fresh
                     && info.running
-                    && let Some(c) = self.core.registry.container(&info.id)
+                    && let Some(c) = self.core.registry().container(&info.id)
                 {
                     batch.latencies.push((c.service.clone(), at));
                 }
@@ -437,7 +426,7 @@ impl Daemon {
         if !batch.resyncs.is_empty() && self.ready.is_err() {
             self.ready = Ok(());
             tracing::info!(
-                services = self.core.registry.services().len(),
+                services = self.core.registry().services().len(),
                 "first resync applied; ready"
             );
             self.publish();
@@ -551,7 +540,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let mut persisted_pins = BTreeMap::new();
     if let Some(s) = &store {
         for (service, since) in s.load()?.pinned {
-            if core.pool.port_of(&service).is_some() {
+            if core.pool().port_of(&service).is_some() {
                 core.pin(&service, since);
                 persisted_pins.insert(service, since);
             }
@@ -624,7 +613,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     d.perform(fx).await;
 
     loop {
-        let deadline = d.core.pool.next_deadline();
+        let deadline = d.core.pool().next_deadline();
         let sleep = async {
             match deadline {
                 Some(ms) => {

@@ -353,7 +353,7 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
     let mut compared = 0;
     for s in h.snapshots.iter().filter(|s| s.stable) {
         compared += 1;
-        let fields: [(&str, metric::Def, fn(&PoolView) -> usize); 4] = [
+        let fields: [PoolGauge; 4] = [
             ("in_use", metric::PORTS_IN_USE, |p| p.in_use),
             ("quarantined", metric::PORTS_QUARANTINED, |p| p.quarantined),
             ("conflicted", metric::PORTS_CONFLICTED, |p| p.conflicted),
@@ -476,6 +476,9 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
     out.push(i9_catalog(h));
     (out, fig)
 }
+
+/// A field of `/v1/pool`, the gauge that must agree with it, and its reader.
+type PoolGauge = (&'static str, metric::Def, fn(&PoolView) -> usize);
 
 /// The services holding a port in a snapshot (reserved: serving or
 /// waiting; quarantined ones may expire while the bridge is down).

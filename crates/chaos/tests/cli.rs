@@ -505,8 +505,14 @@ fn store_dry_runs_print_the_plan_and_leave_files_identical() {
     );
     assert!(out.contains("would truncate"), "{out}");
     assert!(out.contains("from 20000 to 700 bytes"), "{out}");
-    assert!(out.contains("bridge.lock is free: the bridge is down"), "{out}");
-    assert!(out.contains("state.db-wal (3 bytes) is left as it is"), "{out}");
+    assert!(
+        out.contains("bridge.lock is free: the bridge is down"),
+        "{out}"
+    );
+    assert!(
+        out.contains("state.db-wal (3 bytes) is left as it is"),
+        "{out}"
+    );
     assert_eq!(before, snapshot(dir.path()), "a dry run changed files");
 }
 

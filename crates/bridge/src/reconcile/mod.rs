@@ -12,13 +12,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
-use crate::contract::api::{
-    REPLICA_REJECTED, REPLICA_RUNNING, REPLICA_STOPPED, REPLICA_UNREACHABLE, ReplicaView,
-    ServiceState, ServiceView,
-};
 use crate::metrics::{Metrics, release};
 use crate::pool::{Millis, Outcome, Pool, PoolError, Reservation};
 use crate::registry::{Change, ContainerInfo, Registry};
+
+mod views;
+pub use views::ENGINE_LOST;
 
 /// How long a port another process held stays out of use.
 pub const CONFLICT_HOLD_MS: Millis = 60_000;
@@ -67,9 +66,12 @@ pub enum ReserveError {
 #[derive(Debug)]
 pub struct Core {
     /// The port pool.
-    pub pool: Pool,
+    pool: Pool,
     /// Containers and services.
-    pub registry: Registry,
+    registry: Registry,
+    /// The engine process went away ([`Core::engine_down`]): its containers'
+    /// addresses are not trusted until the next resync.
+    engine_lost: bool,
     /// Reserved services without containers: resyncs seen so.
     missing: HashMap<String, u32>,
     /// Services with containers but no port: (arrival order, reason). Served FIFO.
@@ -95,6 +97,7 @@ impl Core {
         Core {
             pool,
             registry: Registry::new(),
+            engine_lost: false,
             missing: HashMap::new(),
             pending: HashMap::new(),
             pending_seq: 0,
@@ -146,15 +149,49 @@ impl Core {
             .collect()
     }
 
+    /// The pool (read-only: every change goes through the core).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Containers and services (read-only).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Hands every service whose holding changed since the last call to
+    /// `f` (see [`Pool::take_changed`]).
+    pub fn take_changed(&mut self, f: impl FnMut(&str, Option<(u16, Option<Millis>)>)) {
+        self.pool.take_changed(f);
+    }
+
+    /// The engine process is gone (it refuses connections). When it
+    /// returns, containers come back with other addresses, and an old
+    /// address of one service can be another's; so until the next resync
+    /// no service is routed by the old addresses, and the views say so
+    /// (`waiting`, [`ENGINE_LOST`]). Connections already spliced carry on.
+    pub fn engine_down(&mut self) -> Vec<Effect> {
+        self.engine_lost = true;
+        self.registry
+            .services()
+            .keys()
+            .map(|s| self.endpoints(s))
+            .collect()
+    }
+
     fn endpoints(&self, service: &str) -> Effect {
-        Effect::Endpoints {
-            service: service.to_string(),
-            endpoints: self
-                .registry
+        let endpoints = if self.engine_lost {
+            Vec::new()
+        } else {
+            self.registry
                 .endpoints(service)
                 .into_iter()
                 .map(|(ip, port)| SocketAddr::new(ip, port))
-                .collect(),
+                .collect()
+        };
+        Effect::Endpoints {
+            service: service.to_string(),
+            endpoints,
         }
     }
 
@@ -270,6 +307,9 @@ impl Core {
 
     /// A full list from Docker.
     pub fn resync(&mut self, containers: &[ContainerInfo], now: Millis) -> Vec<Effect> {
+        // The list is the engine's truth again: its addresses are trusted,
+        // and `ensure` below routes every service by them.
+        self.engine_lost = false;
         let mut out = Vec::new();
         let seen: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
         for id in self.registry.known_ids() {
@@ -413,116 +453,16 @@ impl Core {
             .inc();
     }
 
-    /// Every service as the API shows it.
-    pub fn views(&self) -> Vec<ServiceView> {
-        let mut out = Vec::new();
-        let mut named: BTreeSet<&str> = BTreeSet::new();
-        for (name, svc) in self.registry.services() {
-            named.insert(name);
-            let replicas: Vec<ReplicaView> = self
-                .registry
-                .replicas(name)
-                .into_iter()
-                .map(|c| ReplicaView {
-                    container_id: c.id.clone(),
-                    address: c.address.map(|a| SocketAddr::new(a, c.port).to_string()),
-                    state: match (&c.problem, c.running) {
-                        (Some(p), _) => format!("{REPLICA_UNREACHABLE}{p}"),
-                        (None, true) => REPLICA_RUNNING.into(),
-                        (None, false) => REPLICA_STOPPED.into(),
-                    },
-                })
-                .collect();
-            let port = self.pool.port_of(name);
-            let serving = !self.registry.endpoints(name).is_empty();
-            let (state, reason) = match (port, serving) {
-                (None, _) => (
-                    ServiceState::Pending,
-                    self.pending.get(name.as_str()).map(|(_, r)| r.clone()),
-                ),
-                (Some(_), true) => (ServiceState::Serving, None),
-                (Some(_), false) => (
-                    ServiceState::Waiting,
-                    Some("no running replica".to_string()),
-                ),
-            };
-            out.push(ServiceView {
-                name: name.clone(),
-                port,
-                state,
-                replicas,
-                since: Some(to_rfc3339(svc.since)),
-                reason,
-            });
-        }
-        for (service, port, until) in self.pool.holdings() {
-            if named.contains(service) {
-                continue;
-            }
-            let (state, reason) = match (until, self.pinned.contains_key(service)) {
-                (Some(u), _) => (
-                    ServiceState::Quarantined,
-                    Some(format!("kept for the service until {}", to_rfc3339(u))),
-                ),
-                (None, true) => (
-                    ServiceState::Serving,
-                    Some("reserved through the API".to_string()),
-                ),
-                (None, false) => (
-                    ServiceState::Waiting,
-                    Some("no container seen since the reservation was restored".to_string()),
-                ),
-            };
-            out.push(ServiceView {
-                name: service.to_string(),
-                port: Some(port),
-                state,
-                replicas: Vec::new(),
-                since: self.pinned.get(service).map(|ms| to_rfc3339(*ms)),
-                reason,
-            });
-        }
-        for r in self.registry.rejected() {
-            out.push(ServiceView {
-                name: r.service.clone().unwrap_or_default(),
-                port: None,
-                state: ServiceState::Rejected,
-                replicas: vec![ReplicaView {
-                    container_id: r.id.clone(),
-                    address: None,
-                    state: REPLICA_REJECTED.into(),
-                }],
-                since: None,
-                reason: Some(r.reason.clone()),
-            });
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    }
-
     /// Pending services (with containers, without a port).
     pub fn pending(&self) -> usize {
         self.pending.len()
-    }
-
-    /// Updates the pool and services gauges.
-    pub fn update_gauges(&self) -> Vec<ServiceView> {
-        self.metrics.set_pool(&self.pool.counts());
-        let views = self.views();
-        for state in ServiceState::ALL {
-            let n = views.iter().filter(|v| v.state == state).count();
-            self.metrics
-                .services
-                .with_label_values(&[state.as_str()])
-                .set(n as i64);
-        }
-        views
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::api::ServiceState;
     use crate::registry::sample as info;
 
     fn core(ports: &str, leak: u32) -> Core {
@@ -531,6 +471,52 @@ mod tests {
             leak,
             Metrics::new().unwrap(),
         )
+    }
+
+    fn routed(fx: &[Effect], service: &str) -> Option<usize> {
+        fx.iter().rev().find_map(|e| match e {
+            Effect::Endpoints {
+                service: s,
+                endpoints,
+            } if s == service => Some(endpoints.len()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn engine_loss_stops_routing_views_and_gauges_together_until_the_resync() {
+        let mut c = core("100-101", 3);
+        let a = info("a", "docs", true);
+        let (fx, _) = c.started(&a, false, 0);
+        assert_eq!(routed(&fx, "docs"), Some(1));
+        let serving = |c: &Core| {
+            let v = c.service_views();
+            let docs = v.iter().find(|v| v.name == "docs").expect("listed");
+            let gauge = c
+                .metrics
+                .services
+                .with_label_values(&[ServiceState::Serving.as_str()])
+                .get();
+            (docs.state, docs.reason.clone(), gauge)
+        };
+        assert_eq!(serving(&c), (ServiceState::Serving, None, 1));
+
+        let fx = c.engine_down();
+        assert_eq!(routed(&fx, "docs"), Some(0), "no routing by old addresses");
+        assert_eq!(
+            serving(&c),
+            (ServiceState::Waiting, Some(ENGINE_LOST.to_string()), 0),
+            "the catalog and the gauge say what routing does"
+        );
+        // An event before the resync does not route by addresses yet either.
+        assert_eq!(routed(&c.stopped("a"), "docs"), Some(0));
+        let (fx, _) = c.started(&a, false, 10);
+        assert_eq!(routed(&fx, "docs"), Some(0));
+        assert_eq!(c.pool().port_of("docs"), Some(100), "the port stays");
+
+        let fx = c.resync(&[a], 20);
+        assert_eq!(routed(&fx, "docs"), Some(1), "the resync routes again");
+        assert_eq!(serving(&c), (ServiceState::Serving, None, 1));
     }
 
     #[test]
