@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState, Command, PoolView, Snapshot};
-use crate::config::Config;
+use crate::config::{Config, RunArgs};
 use crate::docker::{Event, Watcher};
 use crate::forward::{ForwardError, ForwardMetrics, Forwarder};
 use crate::metrics::Metrics;
@@ -434,6 +434,75 @@ impl Daemon {
     }
 }
 
+/// The settings a reload compares, by name (Debug forms), beyond `ports`.
+fn restart_only(c: &Config) -> [(&'static str, String); 10] {
+    [
+        ("docker-host", format!("{:?}", c.docker_host)),
+        ("bind-ip", c.bind_ip.to_string()),
+        ("listen", c.listen.to_string()),
+        ("state-dir", c.state_dir.display().to_string()),
+        ("grace", format!("{:?}", c.grace)),
+        ("resync", format!("{:?}", c.resync)),
+        ("leak-cycles", c.leak_cycles.to_string()),
+        ("hold", format!("{:?}", c.hold)),
+        ("api-token-file", format!("{:?}", c.api_token_file)),
+        ("log-format", format!("{:?}", c.log_format)),
+    ]
+}
+
+impl Daemon {
+    /// SIGHUP: resolves the configuration again (the flags and environment
+    /// given at start, the file as it is now) and applies what can change
+    /// while running, the port ranges; the listeners of held ports are not
+    /// touched, so no connection drops. A refused change (invalid file, or
+    /// a narrowing that drops a port in use) keeps the running
+    /// configuration. One log line per reload, one counter per result.
+    fn reload(&mut self, args: &RunArgs, running: &mut Config, batch: &mut Batch) {
+        use crate::contract::metric::reload;
+        let refuse = |d: &Self, why: String| {
+            d.metrics
+                .config_reloads
+                .with_label_values(&[reload::REFUSED])
+                .inc();
+            tracing::warn!(error = %why, ports = %running.ports, "SIGHUP: configuration reload refused; running as before");
+        };
+        let next = match Config::resolve(args) {
+            Ok(c) => c,
+            Err(e) => return refuse(self, e.to_string()),
+        };
+        let ports_changed = next.ports != running.ports;
+        if ports_changed {
+            match self.core.set_ranges(next.ports.clone(), now_ms()) {
+                Ok(fx) => batch.effects.extend(fx),
+                Err(e) => return refuse(self, e.to_string()),
+            }
+        }
+        let old = restart_only(running);
+        let ignored: Vec<&str> = restart_only(&next)
+            .iter()
+            .zip(&old)
+            .filter(|(n, o)| n.1 != o.1)
+            .map(|(n, _)| n.0)
+            .collect();
+        self.metrics
+            .config_reloads
+            .with_label_values(&[reload::APPLIED])
+            .inc();
+        tracing::info!(
+            ports = %next.ports,
+            ports_changed,
+            needs_restart = %ignored.join(","),
+            "SIGHUP: configuration reloaded{}",
+            if ignored.is_empty() {
+                ""
+            } else {
+                "; the keys in needs_restart keep their running values until a restart"
+            }
+        );
+        running.ports = next.ports;
+    }
+}
+
 /// An answer owed to an API client once its batch is durable.
 enum Reply {
     Reserve(oneshot::Sender<api::ReserveReply>, api::ReserveReply),
@@ -480,7 +549,20 @@ fn open_store(config: &Config, metrics: &Metrics) -> Result<Option<Store>, Start
 }
 
 /// Runs the daemon until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+pub async fn run(
+    args: &RunArgs,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let mut running = config.clone();
+    // Installed first: SIGHUP's default action would end the process.
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload by restarting");
+            None
+        }
+    };
     let metrics = Metrics::new()?;
     let forward_metrics = ForwardMetrics::register(&metrics.registry)?;
     let token = match &config.api_token_file {
@@ -629,6 +711,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             Some(ev) = ev_rx.recv() => d.on_event(ev, &mut batch),
             Some(cmd) = cmd_rx.recv() => d.on_command(cmd, &mut batch),
             () = sleep => batch.effects.extend(d.core.expire(now_ms())),
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => d.reload(args, &mut running, &mut batch),
             () = tokio::time::sleep(VIEWS_EVERY), if d.views_stale => {
                 d.publish();
                 continue;

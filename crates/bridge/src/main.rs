@@ -78,7 +78,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             }
             signals.cancel();
         });
-        mesh_bridge::app::run(config, shutdown).await
+        mesh_bridge::app::run(args, config, shutdown).await
     })?;
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
     Ok(ExitCode::SUCCESS)

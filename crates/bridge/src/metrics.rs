@@ -56,6 +56,8 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     /// `build_info{version}`.
     pub build_info: IntGaugeVec,
+    /// `config_reloads_total{result}`.
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -122,6 +124,7 @@ impl Metrics {
             store_errors: counter(def::STORE_ERRORS)?,
             services: gauge_vec(def::SERVICES)?,
             build_info: gauge_vec(def::BUILD_INFO)?,
+            config_reloads: counter_vec(def::CONFIG_RELOADS)?,
             registry,
         };
         m.build_info
@@ -129,6 +132,9 @@ impl Metrics {
             .set(1);
         for o in outcome::ALL {
             m.allocations.with_label_values(&[o]);
+        }
+        for r in def::reload::ALL {
+            m.config_reloads.with_label_values(&[r]);
         }
         for r in release::ALL {
             m.releases.with_label_values(&[r]);

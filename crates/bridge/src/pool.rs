@@ -152,15 +152,18 @@ pub enum PoolError {
         /// Port asked for.
         port: u16,
     },
-    /// New ranges that drop ports.
+    /// New ranges that would drop ports still in use.
     #[error(
-        "new ranges {new} do not contain the current ranges {old}; ranges can only be widened while running"
+        "new ranges {new} drop ports still in use under {old}: {held}; \
+         remove those services (or wait for the quarantine to end) first, or keep their ports in the ranges"
     )]
     Narrowing {
         /// Current ranges.
         old: String,
         /// Proposed ranges.
         new: String,
+        /// What holds ports outside the new ranges (`docs holds 20005`, ...).
+        held: String,
     },
 }
 
@@ -735,12 +738,38 @@ impl Pool {
         }
     }
 
-    /// Replaces the ranges with a superset (widening while running).
-    pub fn widen(&mut self, ranges: PortRanges) -> Result<(), PoolError> {
-        if !self.ranges.is_subset_of(&ranges) {
+    /// Replaces the ranges while running (a configuration reload). Widening
+    /// always works; narrowing works while no port outside the new ranges
+    /// is reserved, quarantined or conflicted (the error names each). Every
+    /// holding, quarantine, conflict, deadline and the history are kept.
+    pub fn set_ranges(&mut self, ranges: PortRanges) -> Result<(), PoolError> {
+        let mut held = Vec::new();
+        for (off, &slot) in self.slots.iter().enumerate() {
+            let port = self.port_at(off);
+            if ranges.contains(port) {
+                continue;
+            }
+            match slot.get() {
+                SlotState::Free => {}
+                SlotState::Reserved(i) => held.push(format!("{} holds {port}", self.name_of(i))),
+                SlotState::Quarantined(i) => {
+                    held.push(format!("{port} is quarantined for {}", self.name_of(i)))
+                }
+                SlotState::Conflicted => held.push(format!("{port} is held by another process")),
+            }
+        }
+        if !held.is_empty() {
+            const SHOWN: usize = 10;
+            let more = held.len().saturating_sub(SHOWN);
+            held.truncate(SHOWN);
+            let mut held = held.join(", ");
+            if more > 0 {
+                held.push_str(&format!(" and {more} more"));
+            }
             return Err(PoolError::Narrowing {
                 old: self.ranges.to_string(),
                 new: ranges.to_string(),
+                held,
             });
         }
         let mut next = Pool::new(ranges, self.grace_ms);
@@ -748,7 +777,7 @@ impl Pool {
             if slot != Slot::FREE {
                 let noff = next
                     .offset_of(self.port_at(off))
-                    .expect("subset checked above");
+                    .expect("every used port lies in the new ranges (checked above)");
                 next.set_slot(noff, slot);
             }
         }
@@ -1059,13 +1088,36 @@ mod tests {
         p.reserve("a", 0).unwrap();
         p.reserve("b", 0).unwrap();
         p.release("b", 0);
-        p.widen("100-101,200-201".parse().unwrap()).unwrap();
+        p.set_ranges("100-101,200-201".parse().unwrap()).unwrap();
         assert_eq!(p.port_of("a"), Some(100));
         assert_eq!(p.quarantined_port_of("b"), Some(101));
         assert_eq!(p.reserve("c", 0).unwrap().port(), 200);
+        let e = p.set_ranges("100-100".parse().unwrap()).unwrap_err();
+        assert!(matches!(e, PoolError::Narrowing { .. }));
+        assert!(
+            e.to_string().contains("101 is quarantined for b"),
+            "names what holds the dropped port: {e}"
+        );
+    }
+
+    #[test]
+    fn narrowing_drops_only_unused_ports_and_names_what_blocks_it() {
+        let mut p = pool("100-109", 1000);
+        p.reserve("a", 0).unwrap();
+        p.reserve("b", 0).unwrap();
+        let e = p.set_ranges("100-100".parse().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("b holds 101"), "{e}");
+        assert_eq!(p.counts().capacity, 10, "a refused change changes nothing");
+        p.set_ranges("100-104".parse().unwrap()).unwrap();
+        assert_eq!(p.counts().capacity, 5);
+        assert_eq!((p.port_of("a"), p.port_of("b")), (Some(100), Some(101)));
+        assert!(p.reserve_port("c", 107, 0).is_err(), "107 left the ranges");
+        for s in ["c", "d", "e"] {
+            p.reserve(s, 0).unwrap();
+        }
         assert!(matches!(
-            p.widen("100-100".parse().unwrap()),
-            Err(PoolError::Narrowing { .. })
+            p.reserve("f", 0),
+            Err(PoolError::Exhausted { .. })
         ));
     }
 }

@@ -503,6 +503,103 @@ fn refused_mutations_answer_with_the_status_of_their_cause() {
     assert_eq!(del("r1").status, 200);
 }
 
+/// SIGHUP reloads the config file: a widened range takes effect at once
+/// (the pending service gets a new port) without dropping an open
+/// connection; a narrowing that would drop a held port is refused, naming
+/// the service, and changes nothing; an invalid file is refused too.
+#[test]
+fn sighup_widens_at_once_and_refuses_a_narrowing_that_drops_a_held_port() {
+    let ctx = TestCtx::new("reload");
+    let proxy = DockerProxy::start(&ctx);
+    let mut opts = BridgeOpts::new(4).via(&proxy);
+    opts.ports_in_file = true;
+    let (lo, hi) = opts.ports;
+    opts.ports = (lo, lo + 1);
+    let bridge = Bridge::start(opts);
+    let reloads =
+        |result: &str| bridge.metric("mesh_bridge_config_reloads_total", &[("result", result)]);
+    let _cs = ctx.stubs(&[
+        ("rl-a".into(), "rl-a".into()),
+        ("rl-b".into(), "rl-b".into()),
+    ]);
+    let pa = bridge.wait_port("rl-a", 1, REGISTER);
+    wait_serving(pa, "rl-a", SERVE);
+    bridge.wait_port("rl-b", 1, REGISTER);
+    let _c = ctx.stub("rl-c", "rl-c");
+    wait_for("rl-c to be pending", REGISTER, || {
+        match state_of(&bridge, "rl-c") {
+            Ok(s) if s["state"] == "pending" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+
+    // A request under way through rl-a: its head now, its body after the reload.
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "reload", "version": "0"}}})
+    .to_string();
+    let mut open = std::net::TcpStream::connect(local(pa)).unwrap();
+    open.set_read_timeout(Some(SERVE)).unwrap();
+    write!(
+        open,
+        "POST /mcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+
+    bridge.set_file_ports(&format!("{lo}-{hi}"));
+    bridge.sighup();
+    wait_for("the widened pool", READY, || {
+        match bridge.get("/v1/pool").and_then(|r| r.json()) {
+            Ok(p) if p["capacity"] == 4 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let pc = bridge.wait_port("rl-c", 1, REGISTER);
+    assert!((lo + 2..=hi).contains(&pc), "rl-c got a new port: {pc}");
+    wait_serving(pc, "rl-c", SERVE);
+    assert_eq!(reloads("applied"), 1.0);
+    assert_eq!(bridge.metric("mesh_bridge_ports_capacity", &[]), 4.0);
+    open.write_all(body.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut open, &mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("\"rl-a\""),
+        "the open connection survived the reload: {answer}"
+    );
+
+    // Narrowing to the first port would drop rl-b's and rl-c's: refused.
+    let pool = bridge.get("/v1/pool").unwrap().json().unwrap();
+    bridge.set_file_ports(&format!("{lo}-{lo}"));
+    bridge.sighup();
+    wait_for(
+        "the refused narrowing to be counted",
+        READY,
+        || match reloads("refused") {
+            1.0 => Ok(()),
+            v => Err(format!("{v}")),
+        },
+    );
+    assert_eq!(bridge.get("/v1/pool").unwrap().json().unwrap(), pool);
+    let log = bridge.log();
+    assert!(
+        log.contains("configuration reload refused") && log.contains("rl-c holds"),
+        "the refusal names what holds the dropped ports:\n{log}"
+    );
+    // An invalid file is refused the same way.
+    bridge.set_file_ports("not-a-range");
+    bridge.sighup();
+    wait_for("the invalid file to be refused", READY, || {
+        match reloads("refused") {
+            2.0 => Ok(()),
+            v => Err(format!("{v}")),
+        }
+    });
+    wait_serving(pa, "rl-a", SERVE);
+    assert_eq!(bridge.get("/v1/pool").unwrap().json().unwrap(), pool);
+}
+
 /// A resync that lists a container before its `start` event has been read
 /// registers it; the start event that follows is not a duplicate.
 #[test]

@@ -208,7 +208,7 @@ fn step(
             let end = model.ranges.last().expect("non-empty").1;
             if end < 60_000 {
                 model.ranges.push((end + 10, end + 13));
-                pool.widen(model.ranges())
+                pool.set_ranges(model.ranges())
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
             }
         }

@@ -198,6 +198,13 @@ pub const BUILD_INFO: Def = def(
     &["version"],
     "Build information; value is always 1",
 );
+/// `config_reloads_total{result}` ([`reload`]).
+pub const CONFIG_RELOADS: Def = def(
+    "mesh_bridge_config_reloads_total",
+    Counter,
+    &["result"],
+    "Configuration reloads on SIGHUP, by result (applied, refused)",
+);
 /// `forward_connections_total{service}`.
 pub const FORWARD_CONNECTIONS: Def = def(
     "mesh_bridge_forward_connections_total",
@@ -221,7 +228,7 @@ pub const FORWARD_UPSTREAM_ERRORS: Def = def(
 );
 
 /// The whole table, in DESIGN's order.
-pub const ALL: [Def; 22] = [
+pub const ALL: [Def; 23] = [
     PORTS_CAPACITY,
     PORTS_IN_USE,
     PORTS_QUARANTINED,
@@ -241,6 +248,7 @@ pub const ALL: [Def; 22] = [
     STORE_WRITE_DURATION,
     STORE_ERRORS,
     BUILD_INFO,
+    CONFIG_RELOADS,
     FORWARD_CONNECTIONS,
     FORWARD_ACTIVE,
     FORWARD_UPSTREAM_ERRORS,
@@ -270,6 +278,16 @@ pub mod release {
     pub const CONFLICT: &str = "conflict";
     /// Every value.
     pub const ALL: [&str; 4] = [REMOVED, LEAK, API, CONFLICT];
+}
+
+/// Values of `config_reloads_total{result}`.
+pub mod reload {
+    /// The new configuration is in effect (possibly with keys that need a restart).
+    pub const APPLIED: &str = "applied";
+    /// The file was invalid or a change was refused; the old configuration stays.
+    pub const REFUSED: &str = "refused";
+    /// Every value.
+    pub const ALL: [&str; 2] = [APPLIED, REFUSED];
 }
 
 /// Docker event actions counted by name in `docker_events_total{action}`;

@@ -358,6 +358,19 @@ impl Core {
         out
     }
 
+    /// New port ranges (a configuration reload): see [`Pool::set_ranges`].
+    /// Ports a widening adds go to pending services at once, in arrival order.
+    pub fn set_ranges(
+        &mut self,
+        ranges: crate::pool::PortRanges,
+        now: Millis,
+    ) -> Result<Vec<Effect>, PoolError> {
+        self.pool.set_ranges(ranges)?;
+        let mut out = Vec::new();
+        self.retry_pending(now, &mut out);
+        Ok(out)
+    }
+
     fn retry_pending(&mut self, now: Millis, out: &mut Vec<Effect>) {
         let mut waiting: Vec<(u64, String)> = self
             .pending

@@ -707,6 +707,9 @@ pub struct BridgeOpts {
     pub leak_cycles: u32,
     /// `--docker-host`; None: the local socket.
     pub docker_host: Option<String>,
+    /// Give the ports in a `--config` file (which [`Bridge::set_file_ports`]
+    /// rewrites for a reload) instead of `--ports`.
+    pub ports_in_file: bool,
 }
 
 impl BridgeOpts {
@@ -719,6 +722,7 @@ impl BridgeOpts {
             hold: "2s".into(),
             leak_cycles: 3,
             docker_host: None,
+            ports_in_file: false,
         }
     }
 
@@ -801,10 +805,17 @@ impl Bridge {
         let log = fs::File::create(self.log_path(self.runs)).unwrap();
         let o = &self.opts;
         let mut cmd = Command::new(bridge_bin());
-        cmd.arg("run")
-            .arg("--ports")
-            .arg(format!("{}-{}", o.ports.0, o.ports.1))
-            .arg("--bind-ip")
+        cmd.arg("run");
+        let ports = format!("{}-{}", o.ports.0, o.ports.1);
+        if o.ports_in_file {
+            if !self.config_file().exists() {
+                self.set_file_ports(&ports);
+            }
+            cmd.arg("--config").arg(self.config_file());
+        } else {
+            cmd.arg("--ports").arg(ports);
+        }
+        cmd.arg("--bind-ip")
             .arg("127.0.0.1")
             .arg("--listen")
             .arg(self.api.to_string())
@@ -836,6 +847,25 @@ impl Bridge {
         }
         self.spawned_at = Instant::now();
         self.child = Some(cmd.spawn().expect("spawn mesh-bridge"));
+    }
+
+    /// The `--config` file of [`BridgeOpts::ports_in_file`].
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("bridge.toml")
+    }
+
+    /// Writes `ports = "<spec>"` as the whole config file.
+    pub fn set_file_ports(&self, spec: &str) {
+        fs::write(self.config_file(), format!("ports = \"{spec}\"\n")).unwrap();
+    }
+
+    /// Sends SIGHUP (via `kill -HUP`): reload the configuration.
+    pub fn sighup(&self) {
+        let st = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -HUP failed");
     }
 
     /// The process id.
