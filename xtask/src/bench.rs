@@ -22,7 +22,6 @@
 
 mod infra;
 mod phases;
-mod relay;
 mod sink;
 
 use std::fmt::Write as _;

@@ -2,6 +2,7 @@
 //! invariants, reports). See docs/DESIGN.md section 4.
 
 pub mod docker_query;
+pub mod docker_relay;
 pub mod faults;
 pub mod http;
 pub mod invariants;

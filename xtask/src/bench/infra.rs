@@ -23,8 +23,6 @@ pub const RUN_LABEL: &str = crate::owner::LABEL;
 pub const PHASE_LABEL: &str = "mesh-bridge.bench.phase";
 /// Bearer token handed to the bridges (at least 16 characters).
 pub const TOKEN: &str = "bench-token-0123456789abcdef";
-/// The engine socket.
-pub const DOCKER_SOCK: &str = "/var/run/docker.sock";
 
 /// The workspace root.
 pub use crate::paths::workspace_root;

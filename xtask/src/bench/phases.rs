@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::bench::infra::{BridgeSpec, PHASE_LABEL, RUN_LABEL, progress};
-use crate::bench::relay::Relay;
+use mesh_chaos::docker_relay::Relay;
 
 pub use p1::p1;
 pub use p4::p4;

@@ -25,11 +25,11 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use mesh_chaos::docker_query::add_label_filters;
+use mesh_chaos::docker_relay::Relay;
 use serde_json::Value;
 
 /// The stub image the tests run.
@@ -39,7 +39,7 @@ pub const TEST_LABEL: &str = "mesh-bridge.test";
 /// Label every test container carries: the pid of the test process.
 pub const RUN_LABEL: &str = "mesh-bridge.test.run";
 /// The engine socket.
-pub const DOCKER_SOCK: &str = "/var/run/docker.sock";
+pub use mesh_chaos::docker_relay::DOCKER_SOCK;
 /// A bearer token for the API (at least 16 characters).
 pub const TOKEN: &str = "e2e-token-0123456789abcdef";
 
@@ -1080,33 +1080,14 @@ impl Drop for Bridge {
 
 // ------------------------------------------------------- docker relay ----
 
-struct ProxyShared {
-    cut: AtomicBool,
-    /// Cancelled to drop every current connection; replaced on restore.
-    kill: Mutex<tokio_util::sync::CancellationToken>,
-    labels: Vec<String>,
-    connections: std::sync::atomic::AtomicUsize,
-    /// Deliver every container `start` event twice (a replayed event).
-    replay_starts: AtomicBool,
-}
-
-/// An HTTP relay from `127.0.0.1:<port>` to the engine socket that limits a
-/// bridge's view to one test's containers and can be cut and restored.
+/// The shared Docker API relay (`mesh_chaos::docker_relay`) on a runtime of
+/// its own, limited to one test's containers; it can be cut and restored.
 #[derive(Debug)]
 pub struct DockerProxy {
     /// Loopback port the relay listens on.
     pub port: u16,
-    shared: Arc<ProxyShared>,
+    relay: Option<Relay>,
     rt: Option<tokio::runtime::Runtime>,
-}
-
-impl std::fmt::Debug for ProxyShared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxyShared")
-            .field("cut", &self.cut)
-            .field("labels", &self.labels)
-            .finish()
-    }
 }
 
 impl DockerProxy {
@@ -1117,142 +1098,52 @@ impl DockerProxy {
             .enable_all()
             .build()
             .unwrap();
-        let shared = Arc::new(ProxyShared {
-            cut: AtomicBool::new(false),
-            kill: Mutex::new(tokio_util::sync::CancellationToken::new()),
-            labels: ctx.label_filters(),
-            connections: std::sync::atomic::AtomicUsize::new(0),
-            replay_starts: AtomicBool::new(false),
-        });
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        rt.spawn(accept_loop(listener, Arc::clone(&shared)));
+        let relay = rt
+            .block_on(Relay::start(ctx.label_filters()))
+            .expect("start the docker relay");
         DockerProxy {
-            port,
-            shared,
+            port: relay.addr.port(),
+            relay: Some(relay),
             rt: Some(rt),
         }
     }
 
+    fn relay(&self) -> &Relay {
+        self.relay.as_ref().expect("running")
+    }
+
     /// `tcp://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.port)
+        self.relay().url()
     }
 
     /// Drops every relayed connection and closes new ones at once.
     pub fn cut(&self) {
-        self.shared.cut.store(true, Ordering::SeqCst);
-        self.shared.kill.lock().unwrap().cancel();
+        self.relay().cut();
     }
 
     /// Relays again.
     pub fn restore(&self) {
-        *self.shared.kill.lock().unwrap() = tokio_util::sync::CancellationToken::new();
-        self.shared.cut.store(false, Ordering::SeqCst);
+        self.relay().restore();
     }
 
     /// From now on, every container `start` event on the event streams is
     /// delivered twice, as an engine replaying it would.
     pub fn replay_start_events(&self, on: bool) {
-        self.shared.replay_starts.store(on, Ordering::SeqCst);
+        self.relay().replay_start_events(on);
     }
 
     /// Connections currently relayed.
     pub fn connections(&self) -> usize {
-        self.shared.connections.load(Ordering::SeqCst)
+        self.relay().connections()
     }
 }
 
 impl Drop for DockerProxy {
     fn drop(&mut self) {
-        self.cut();
+        drop(self.relay.take());
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
-    }
-}
-
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<ProxyShared>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        if shared.cut.load(Ordering::SeqCst) {
-            drop(stream); // closed at once: the engine is "gone"
-            continue;
-        }
-        let kill = shared.kill.lock().unwrap().clone();
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            shared.connections.fetch_add(1, Ordering::SeqCst);
-            tokio::select! {
-                () = kill.cancelled() => {}
-                () = relay(stream, Arc::clone(&shared)) => {}
-            }
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
-        });
-    }
-}
-
-async fn relay(stream: tokio::net::TcpStream, shared: Arc<ProxyShared>) {
-    use hyper_util::rt::TokioIo;
-    let Ok(upstream) = tokio::net::UnixStream::connect(DOCKER_SOCK).await else {
-        return;
-    };
-    let Ok((sender, conn)) =
-        hyper::client::conn::http1::handshake::<_, hyper::body::Incoming>(TokioIo::new(upstream))
-            .await
-    else {
-        return;
-    };
-    let sender = Arc::new(tokio::sync::Mutex::new(sender));
-    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let sender = Arc::clone(&sender);
-        let shared = Arc::clone(&shared);
-        async move {
-            use http_body_util::BodyExt;
-            let (mut parts, body) = req.into_parts();
-            let path = parts.uri.path().to_string();
-            let events = path.ends_with("/events");
-            if path.ends_with("/containers/json") || events {
-                let q = add_label_filters(parts.uri.query(), &shared.labels);
-                parts.uri = format!("{path}?{q}").parse().expect("valid uri");
-            }
-            let req = hyper::Request::from_parts(parts, body);
-            let resp = {
-                let mut s = sender.lock().await;
-                s.ready().await?;
-                s.send_request(req).await?
-            };
-            Ok::<_, hyper::Error>(resp.map(move |b| {
-                if !events {
-                    return b.boxed();
-                }
-                b.map_frame(move |frame| match frame.into_data() {
-                    Ok(data) => {
-                        let pat: &[u8] = b"\"Action\":\"start\"";
-                        let start = data.windows(pat.len()).any(|w| w == pat);
-                        if start && shared.replay_starts.load(Ordering::SeqCst) {
-                            // Docker sends one JSON event a chunk, newline-terminated.
-                            let mut twice = data.to_vec();
-                            twice.extend_from_slice(&data);
-                            hyper::body::Frame::data(bytes::Bytes::from(twice))
-                        } else {
-                            hyper::body::Frame::data(data)
-                        }
-                    }
-                    Err(frame) => frame,
-                })
-                .boxed()
-            }))
-        }
-    });
-    let server =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-    tokio::select! {
-        _ = conn => {}
-        _ = server => {}
     }
 }

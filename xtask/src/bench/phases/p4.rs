@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 
 use crate::bench::infra::{self, Bridge, Proc};
-use crate::bench::relay::Relay;
 use crate::bench::{Row, ratio, sink};
+use mesh_chaos::docker_relay::Relay;
 
 use super::{Ctx, median, pct, sorted};
 

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 
 use crate::bench::infra::{self, Bridge};
-use crate::bench::relay::Relay;
 use crate::bench::{Row, ratio};
+use mesh_chaos::docker_relay::Relay;
 
 use super::Ctx;
 use super::api::{Call, burst, connect_api};

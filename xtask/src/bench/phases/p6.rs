@@ -7,8 +7,8 @@ use anyhow::{Result, ensure};
 use mesh_bridge::contract;
 
 use crate::bench::infra::Bridge;
-use crate::bench::relay::Relay;
 use crate::bench::{Row, ratio};
+use mesh_chaos::docker_relay::Relay;
 
 use super::Ctx;
 use super::api::{Call, burst, connect_api};

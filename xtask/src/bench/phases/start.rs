@@ -12,8 +12,8 @@ use mesh_bridge::contract;
 use tokio::task::JoinSet;
 
 use crate::bench::infra::{self, Bridge, Proc, RUN_LABEL};
-use crate::bench::relay::Relay;
 use crate::bench::{Row, ratio};
+use mesh_chaos::docker_relay::Relay;
 
 use super::{Ctx, median, pct, sorted};
 
