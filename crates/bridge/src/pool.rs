@@ -941,11 +941,10 @@ mod tests {
         // and in bulk (history pruning); every lookup must agree with a model.
         let mut p = pool("100-163", 10);
         let mut model: HashMap<String, u16> = HashMap::new();
-        let mut x = 12345u64;
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12345);
         for step in 0..200_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x: u64 = rng.random();
             let name = format!("svc-{}", x % 3000);
             match x % 7 {
                 0..=2 => {

@@ -481,18 +481,12 @@ async fn cancelling_the_shutdown_token_stops_listeners() {
     eventually_refused(port).await;
 }
 
-/// `len` bytes of a xorshift stream: the same seed gives the same bytes and no
-/// two chunks look alike, so a dropped, doubled or reordered chunk shows.
+/// `len` seeded pseudo-random bytes: the same seed gives the same bytes and
+/// no two chunks look alike, so a dropped, doubled or reordered chunk shows.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
+    use rand::{RngCore, SeedableRng};
+    let mut out = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut out);
     out
 }
 

@@ -438,15 +438,11 @@ fn restart_dry_runs_print_the_plan_and_only_inspect() {
 /// A state directory as a stopped bridge leaves it.
 fn state_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut x = 0x1234_5678_u64;
-    let bytes: Vec<u8> = (0..20_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let mut bytes = vec![0u8; 20_000];
+    rand::RngCore::fill_bytes(
+        &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0x1234_5678),
+        &mut bytes,
+    );
     std::fs::write(dir.path().join("state.db"), bytes).expect("store");
     std::fs::write(dir.path().join("state.db-wal"), b"wal").expect("wal");
     std::fs::write(dir.path().join("bridge.lock"), b"").expect("lock");

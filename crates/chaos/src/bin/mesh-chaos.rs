@@ -743,15 +743,9 @@ async fn latency(ctx: &Ctx, a: LatencyArgs) -> Result<()> {
 
 /// One victim seed a round, from the run's seed.
 fn rand_seeds(seed: u64, rounds: u32) -> Vec<u64> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..rounds)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        })
-        .collect()
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..rounds).map(|_| rng.random()).collect()
 }
 
 async fn bridge_kill(ctx: &Ctx, a: BridgeKillArgs) -> Result<()> {
