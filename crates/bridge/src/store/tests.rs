@@ -1,0 +1,479 @@
+//! The store's unit tests: open, load, apply, check, move aside, lock.
+
+use super::*;
+use std::collections::BTreeMap;
+
+fn reserve(service: &str, port: u16, since_ms: u64) -> Change {
+    Change::Reserve {
+        service: service.into(),
+        port,
+        since_ms,
+    }
+}
+
+/// Length and hash of every file under `dir`, by name.
+fn files(dir: &Path) -> BTreeMap<String, (usize, u64)> {
+    use std::hash::{Hash, Hasher};
+    let mut out = BTreeMap::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd {
+            let e = e.expect("dir entry");
+            let bytes = fs::read(e.path()).expect("read");
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            out.insert(
+                e.file_name().to_string_lossy().into_owned(),
+                (bytes.len(), h.finish()),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn round_trip_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(dir.path()).expect("open");
+    assert_eq!(s.load().expect("load"), Snapshot::default());
+    s.apply(&[
+        reserve("docs", 11117, 5),
+        Change::Quarantine {
+            service: "old".into(),
+            port: 11100,
+            until_ms: 99,
+        },
+        Change::LastPort {
+            service: "docs".into(),
+            port: 11117,
+            seen_ms: 5,
+        },
+    ])
+    .expect("apply");
+    drop(s);
+    let s = Store::open(dir.path()).expect("reopen");
+    let snap = s.load().expect("load");
+    assert_eq!(
+        snap.reservations,
+        vec![
+            Record {
+                service: "old".into(),
+                port: 11100,
+                state: RecordState::Quarantined { until_ms: 99 },
+                since_ms: 0,
+            },
+            Record {
+                service: "docs".into(),
+                port: 11117,
+                state: RecordState::Reserved,
+                since_ms: 5,
+            },
+        ]
+    );
+    assert_eq!(snap.last_ports, vec![("docs".to_string(), 11117)]);
+    let report =
+        Store::check(dir.path(), Some(&"11100-11199".parse().expect("ranges"))).expect("check");
+    assert_eq!((report.reservations, report.quarantined), (2, 1));
+}
+
+#[test]
+fn quarantine_keeps_since_and_reserve_replaces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(dir.path()).expect("open");
+    s.apply(&[reserve("a", 1000, 7)]).expect("apply");
+    s.apply(&[Change::Quarantine {
+        service: "a".into(),
+        port: 1000,
+        until_ms: 50,
+    }])
+    .expect("apply");
+    let r = &s.load().expect("load").reservations[0];
+    assert_eq!(
+        (r.state, r.since_ms),
+        (RecordState::Quarantined { until_ms: 50 }, 7)
+    );
+    s.apply(&[reserve("a", 1001, 60)]).expect("apply");
+    let r = &s.load().expect("load").reservations[0];
+    assert_eq!(
+        (r.port, r.state, r.since_ms),
+        (1001, RecordState::Reserved, 60)
+    );
+    s.apply(&[Change::Remove {
+        service: "a".into(),
+    }])
+    .expect("apply");
+    assert!(s.load().expect("load").reservations.is_empty());
+}
+
+#[test]
+fn burst_is_atomic_and_port_is_never_stolen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(dir.path()).expect("open");
+    s.apply(&[reserve("a", 1000, 1)]).expect("apply");
+    let before = s.load().expect("load");
+    let err = s
+        .apply(&[
+            reserve("b", 1001, 2),
+            Change::Remove {
+                service: "zzz".into(),
+            },
+            reserve("c", 1000, 2),
+            reserve("d", 1002, 2),
+        ])
+        .expect_err("port 1000 is a's");
+    assert!(
+        matches!(&err, StoreError::PortTaken { port: 1000, holder, service, .. } if holder == "a" && service == "c"),
+        "{err}"
+    );
+    assert_eq!(
+        s.load().expect("load"),
+        before,
+        "nothing of the burst landed"
+    );
+    // A bad name is refused before anything is written.
+    let err = s
+        .apply(&[reserve("b", 1001, 2), reserve("../x", 1003, 2)])
+        .expect_err("bad name");
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+    let err = s.apply(&[reserve("b", 0, 2)]).expect_err("port 0");
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+    assert_eq!(s.load().expect("load"), before);
+    // Moving within one burst is fine: free first, then take.
+    s.apply(&[
+        Change::Remove {
+            service: "a".into(),
+        },
+        reserve("c", 1000, 3),
+    ])
+    .expect("apply");
+    assert_eq!(s.load().expect("load").reservations[0].service, "c");
+}
+
+#[test]
+fn last_ports_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(dir.path()).expect("open");
+    let burst: Vec<Change> = (0..LAST_PORTS_LIMIT as u64 + 10)
+        .map(|i| Change::LastPort {
+            service: format!("s{i}"),
+            port: 1 + (i % 60000) as u16,
+            seen_ms: i,
+        })
+        .collect();
+    s.apply(&burst).expect("apply");
+    let snap = s.load().expect("load");
+    assert_eq!(snap.last_ports.len(), LAST_PORTS_LIMIT);
+    assert_eq!(snap.last_ports[0].0, format!("s{}", LAST_PORTS_LIMIT + 9));
+    assert!(
+        !snap.last_ports.iter().any(|(n, _)| n == "s9"),
+        "oldest trimmed"
+    );
+    assert!(snap.last_ports.iter().any(|(n, _)| n == "s10"));
+}
+
+#[test]
+fn last_ports_stay_bounded_over_small_writes_and_reopens() {
+    // The trim runs only when the history may be over the limit: the
+    // bound must survive updates of known services and a reopen.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let last = |i: u64, seen_ms: u64| Change::LastPort {
+        service: format!("s{i}"),
+        port: 1 + (i % 60000) as u16,
+        seen_ms,
+    };
+    let mut s = Store::open(dir.path()).expect("open");
+    let limit = LAST_PORTS_LIMIT as u64;
+    for chunk in 0..limit / 64 {
+        let burst: Vec<Change> = (chunk * 64..chunk * 64 + 64).map(|i| last(i, i)).collect();
+        s.apply(&burst).expect("apply");
+    }
+    // Updates of known services add no rows.
+    s.apply(&[last(0, limit), last(1, limit)]).expect("apply");
+    assert_eq!(s.load().expect("load").last_ports.len(), LAST_PORTS_LIMIT);
+    drop(s);
+    let mut s = Store::open(dir.path()).expect("reopen");
+    s.apply(&[last(limit, limit + 1), last(limit + 1, limit + 2)])
+        .expect("apply");
+    let snap = s.load().expect("load");
+    assert_eq!(snap.last_ports.len(), LAST_PORTS_LIMIT);
+    let has = |n: &str| snap.last_ports.iter().any(|(s, _)| s == n);
+    assert!(has("s0") && has("s1"), "refreshed entries kept");
+    assert!(!has("s2") && !has("s3"), "the two oldest trimmed");
+    assert!(has(&format!("s{}", limit + 1)));
+}
+
+#[test]
+fn migrations_run_in_order_and_keep_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A store written by a release that knew only v1.
+    let mut s = Store::open_with(dir.path(), &MIGRATIONS[..1]).expect("open v1");
+    s.apply(&[reserve("docs", 11117, 1)]).expect("apply");
+    assert_eq!(user_version(&s.conn, &s.path).expect("version"), 1);
+    drop(s);
+    // This release adds v2; a later one adds v3 and v4: all run, in order, once.
+    let v3 = "CREATE TABLE extra (n INTEGER NOT NULL) STRICT; INSERT INTO extra VALUES (2);";
+    let v4 = "INSERT INTO extra SELECT n + 1 FROM extra;";
+    let all = [MIGRATIONS[0], MIGRATIONS[1], v3, v4];
+    let s = Store::open_with(dir.path(), &all).expect("migrate");
+    assert_eq!(user_version(&s.conn, &s.path).expect("version"), 4);
+    let ns: Vec<i64> = s
+        .conn
+        .prepare("SELECT n FROM extra ORDER BY n")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(ns, vec![2, 3]);
+    assert_eq!(s.load().expect("load").reservations.len(), 1);
+    drop(s);
+    let s = Store::open_with(dir.path(), &all).expect("reopen");
+    assert_eq!(user_version(&s.conn, &s.path).expect("version"), 4);
+}
+
+#[test]
+fn one_lock_holder_per_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(DirLock::probe(dir.path()).expect("probe").is_none());
+    assert!(
+        !dir.path().join(LOCK_NAME).exists(),
+        "probe creates nothing"
+    );
+    let held = DirLock::acquire(dir.path()).expect("first");
+    assert!(matches!(
+        DirLock::acquire(dir.path()),
+        Err(StoreError::Locked { .. })
+    ));
+    assert!(matches!(
+        DirLock::probe(dir.path()),
+        Err(StoreError::Locked { .. })
+    ));
+    drop(held);
+    assert!(DirLock::probe(dir.path()).expect("probe").is_some());
+}
+
+#[test]
+fn pinned_reservations_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(dir.path()).expect("open");
+    s.apply(&[
+        reserve("ext", 11117, 1),
+        Change::Pin {
+            service: "ext".into(),
+            since_ms: 5,
+        },
+    ])
+    .expect("apply");
+    drop(s);
+    let s = Store::open(dir.path()).expect("reopen");
+    assert_eq!(s.load().expect("load").pinned, vec![("ext".to_string(), 5)]);
+    drop(s);
+    let mut s = Store::open(dir.path()).expect("reopen");
+    s.apply(&[Change::Unpin {
+        service: "ext".into(),
+    }])
+    .expect("unpin");
+    assert!(s.load().expect("load").pinned.is_empty());
+}
+
+#[test]
+fn newer_schema_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(dir.path()).expect("open");
+    s.apply(&[reserve("docs", 11117, 1)]).expect("apply");
+    s.conn
+        .pragma_update(None, "user_version", 7)
+        .expect("bump version");
+    drop(s);
+    let before = files(dir.path());
+    let err = Store::open(dir.path()).expect_err("too new");
+    assert!(
+        matches!(
+            err,
+            StoreError::TooNew {
+                found: 7,
+                known: SCHEMA_VERSION,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("refusing to downgrade"), "{err}");
+    let err = Store::check(dir.path(), None).expect_err("too new");
+    assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+    assert_eq!(files(dir.path()), before, "nothing was modified");
+}
+
+#[test]
+fn damaged_file_is_refused_and_moved_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(FILE_NAME);
+    fs::write(&path, vec![0xA5u8; 8192]).expect("write garbage");
+    let before = files(dir.path());
+    let err = Store::open(dir.path()).expect_err("damaged");
+    assert!(err.is_damaged(), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    let err = Store::check(dir.path(), None).expect_err("damaged");
+    assert!(err.is_damaged(), "{err}");
+    assert_eq!(files(dir.path()), before, "refusal modifies nothing");
+
+    // 2024-02-29T12:34:56Z
+    let now = UNIX_EPOCH + Duration::from_secs(1_709_210_096);
+    let moved = Store::move_aside(dir.path(), now).expect("move aside");
+    assert_eq!(
+        moved.file_name().and_then(|n| n.to_str()),
+        Some("state.db.damaged-20240229T123456Z")
+    );
+    assert_eq!(fs::read(&moved).expect("kept"), vec![0xA5u8; 8192]);
+    assert!(!path.exists());
+    // A second one in the same second gets its own name.
+    fs::write(&path, b"junk").expect("write");
+    let moved2 = Store::move_aside(dir.path(), now).expect("move aside");
+    assert_ne!(moved, moved2);
+    assert!(moved.exists() && moved2.exists());
+    // And a fresh store opens in its place.
+    let s = Store::open(dir.path()).expect("fresh");
+    assert!(s.load().expect("load").reservations.is_empty());
+}
+
+#[test]
+fn move_aside_takes_wal_and_shm_along() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(dir.path()).expect("open");
+    s.apply(&[reserve("docs", 11117, 1)]).expect("apply");
+    // Simulate a crash: the connection's files stay as they are.
+    std::mem::forget(s);
+    assert!(dir.path().join("state.db-wal").exists());
+    let moved = Store::move_aside(dir.path(), SystemTime::now()).expect("move");
+    assert!(sidecar(&moved, "-wal").exists());
+    assert!(!dir.path().join("state.db-wal").exists());
+    assert!(!dir.path().join("state.db-shm").exists());
+    assert!(matches!(
+        Store::move_aside(dir.path(), SystemTime::now()),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn orphaned_wal_is_not_replayed_into_a_new_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("state.db-wal"), b"x").expect("write");
+    let err = Store::open(dir.path()).expect_err("orphan");
+    assert!(err.is_damaged(), "{err}");
+    assert!(!dir.path().join(FILE_NAME).exists());
+}
+
+#[test]
+fn foreign_database_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conn = Connection::open(dir.path().join(FILE_NAME)).expect("open");
+    conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .expect("create");
+    drop(conn);
+    let err = Store::open(dir.path()).expect_err("foreign");
+    assert!(err.is_damaged(), "{err}");
+}
+
+#[test]
+fn check_never_writes() {
+    let ranges: PortRanges = "11100-11199".parse().expect("ranges");
+    // Missing directory: not created.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope");
+    assert!(matches!(
+        Store::check(&missing, None),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(!missing.exists());
+    // Empty directory: no file created.
+    assert!(matches!(
+        Store::check(dir.path(), None),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(files(dir.path()).is_empty());
+
+    // Closed, checkpointed store (no WAL).
+    let mut s = Store::open(dir.path()).expect("open");
+    s.apply(&[reserve("docs", 11117, 1)]).expect("apply");
+    drop(s);
+    let before = files(dir.path());
+    assert_eq!(before.len(), 1, "{:?}", before.keys());
+    Store::check(dir.path(), Some(&ranges)).expect("check");
+    assert_eq!(files(dir.path()), before);
+
+    // Live store with a WAL and an index, writer still connected.
+    let mut s = Store::open(dir.path()).expect("open");
+    s.apply(&[reserve("more", 11118, 1)]).expect("apply");
+    let before = files(dir.path());
+    assert_eq!(before.len(), 3, "{:?}", before.keys());
+    let r = Store::check(dir.path(), Some(&ranges)).expect("check");
+    assert_eq!(r.reservations, 2, "sees the WAL's commits");
+    // Within one process SQLite shares the writer's (writable) mapping of
+    // the -shm index with the checker, so only the durable files are
+    // compared here; tests/store_crash.rs compares all of them with the
+    // writer in another process, where `readonly_shm` holds.
+    let durable = |m: BTreeMap<String, (usize, u64)>| {
+        m.into_iter()
+            .filter(|(k, _)| !k.ends_with("-shm"))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(durable(files(dir.path())), durable(before));
+
+    // Crashed writer: WAL and index left behind (same caveat).
+    std::mem::forget(s);
+    let before = files(dir.path());
+    let r = Store::check(dir.path(), Some(&ranges)).expect("check");
+    assert_eq!(r.reservations, 2);
+    assert_eq!(durable(files(dir.path())), durable(before));
+
+    // WAL without its index: checked through a copy.
+    fs::remove_file(dir.path().join("state.db-shm")).expect("rm shm");
+    let before = files(dir.path());
+    let r = Store::check(dir.path(), Some(&ranges)).expect("check");
+    assert_eq!(r.reservations, 2);
+    assert_eq!(files(dir.path()), before);
+
+    // Out of range is inconsistent.
+    let err = Store::check(dir.path(), Some(&"11200-11299".parse().expect("ranges")))
+        .expect_err("out of range");
+    assert!(matches!(err, StoreError::Inconsistent { .. }), "{err}");
+    assert_eq!(files(dir.path()), before);
+}
+
+#[test]
+fn check_finds_truncation_and_bad_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(dir.path()).expect("open");
+    let burst: Vec<Change> = (0..400u16)
+        .map(|i| reserve(&format!("service-{i}"), 20000 + i, 1))
+        .collect();
+    s.apply(&burst).expect("apply");
+    drop(s);
+    let path = dir.path().join(FILE_NAME);
+    let full = fs::read(&path).expect("read");
+    fs::write(&path, &full[..full.len() / 2]).expect("truncate");
+    let before = files(dir.path());
+    let err = Store::check(dir.path(), None).expect_err("truncated");
+    assert!(err.is_damaged(), "{err}");
+    assert_eq!(files(dir.path()), before);
+    let err = Store::open(dir.path()).expect_err("truncated");
+    assert!(err.is_damaged(), "{err}");
+    assert_eq!(files(dir.path()), before);
+
+    // Rows written behind the store's back are caught by check.
+    fs::write(&path, &full).expect("restore");
+    let conn = Connection::open(&path).expect("open");
+    conn.execute(
+        "UPDATE reservations SET service = 'Bad Name' WHERE port = 20000",
+        [],
+    )
+    .expect("update");
+    drop(conn);
+    let err = Store::check(dir.path(), None).expect_err("bad name");
+    assert!(
+        matches!(&err, StoreError::Inconsistent { problems, .. } if problems.len() == 1),
+        "{err}"
+    );
+}
