@@ -1,0 +1,176 @@
+//! `cargo xtask scenario list|run NAME [--seed N] [--duration D] [--engine dind|host]`.
+//!
+//! Topology (docs/DESIGN.md section 5): a DinD container started with testcontainers
+//! (`--privileged` is refused by this engine, so the privileged-equivalent flags
+//! of `xtask/images/dind/README.md` are used when it is), the bridge container in
+//! the DinD container's network namespace, stub services inside the inner
+//! engine, the mesh range and the bridge API published by the DinD container to
+//! host loopback. `--engine host` keeps the same code path with the services on
+//! the host engine (the bridge then mounts the host's docker socket).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mesh_bridge::contract::images;
+use mesh_chaos::faults::{self, Docker, FaultKind, StoreCheck, Target};
+use mesh_chaos::invariants::{self, Marks};
+use mesh_chaos::metrics::HarnessMetrics;
+use mesh_chaos::probe::{self, FaultRecord, PortMap, Recorder};
+use mesh_chaos::report;
+use mesh_chaos::scenario::{Scenario, dur};
+use mesh_chaos::schedule::{self, Planned};
+use testcontainers::bollard::models::{HostConfig, PortBinding};
+use testcontainers::core::{CgroupnsMode, ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+mod cleanup;
+mod heal;
+mod inject;
+mod prometheus;
+mod run;
+mod topology;
+
+use cleanup::*;
+use heal::*;
+use inject::*;
+use prometheus::*;
+use run::*;
+use topology::*;
+
+/// The DinD image (built by `cargo xtask images`) as testcontainers names it: (repository, tag).
+fn dind_image() -> (&'static str, &'static str) {
+    images::DIND
+        .split_once(':')
+        .unwrap_or((images::DIND, "latest"))
+}
+
+/// The bridge image the scenarios run (`--bridge-image` overrides it).
+pub const BRIDGE_IMAGE: &str = images::BRIDGE;
+/// The MCP stub image.
+pub const STUB_IMAGE: &str = images::STUB;
+/// Label value every harness container carries.
+pub const TEST_VALUE: &str = "reliability";
+
+/// Which engine runs the services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// Inside a DinD container (the design's topology).
+    Dind,
+    /// The host engine itself (fallback; engine faults are skipped).
+    Host,
+}
+
+/// `scenario` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// List the scenarios of tests/scenarios.
+    List,
+    /// Run one scenario.
+    Run(RunArgs),
+}
+
+/// `scenario run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Scenario name (file stem in tests/scenarios).
+    pub name: String,
+    /// Seed (default: the scenario's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override the duration (humantime, e.g. 20m).
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Where the services run.
+    #[arg(long, value_enum, default_value_t = Engine::Dind)]
+    pub engine: Engine,
+    /// The bridge image to test (default: the one `cargo xtask images` builds).
+    #[arg(long, default_value = BRIDGE_IMAGE)]
+    pub bridge_image: String,
+}
+
+/// `tests/scenarios`.
+pub fn scenario_dir() -> PathBuf {
+    workspace().join("tests").join("scenarios")
+}
+
+use crate::paths::workspace_root as workspace;
+
+/// `target/reliability`.
+pub fn out_root() -> PathBuf {
+    crate::paths::target_dir().join("reliability")
+}
+
+/// Entry point of `cargo xtask scenario`.
+pub fn run(cmd: &Command) -> Result<()> {
+    match cmd {
+        Command::List => {
+            for s in Scenario::load_dir(&scenario_dir())? {
+                println!(
+                    "{:<18} {:>6} {:>3} services {:>2} faults{}  {}",
+                    s.name,
+                    s.duration,
+                    s.services.len(),
+                    s.faults.len(),
+                    if s.ci { "  [ci]" } else { "      " },
+                    s.description
+                );
+            }
+            Ok(())
+        }
+        Command::Run(args) => {
+            crate::provision::run(&crate::provision::Args { no_images: false })?;
+            let rt = runtime()?;
+            let out = rt.block_on(run_named(args, &|m| println!("{m}")))?;
+            println!("\n{}", std::fs::read_to_string(out.dir.join("summary.md"))?);
+            println!("reports in {}", out.dir.display());
+            if out.report.verdict != "pass" {
+                bail!("scenario {} failed", args.name);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A tokio runtime for the harness.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The report.
+    pub report: report::Report,
+}
+
+/// Loads `name` and runs it, with cleanup on ctrl-c.
+pub async fn run_named(args: &RunArgs, say: &(dyn Fn(&str) + Sync)) -> Result<RunOutput> {
+    let path = scenario_dir().join(format!("{}.toml", args.name));
+    let mut scn = Scenario::load(&path)?;
+    if let Some(d) = &args.duration {
+        dur("--duration", d)?;
+        scn.duration = d.clone();
+    }
+    let seed = args.seed.unwrap_or(scn.seed);
+    crate::interrupt::check()?;
+    crate::owner::sweep_dead(&out_root(), &|m| say(m));
+    let run_id = format!("{}-{}-{}", scn.name, seed, std::process::id());
+    let mut cleanup = Cleanup::new(&run_id);
+    let result = tokio::select! {
+        r = run_scenario(&scn, seed, args, &run_id, &mut cleanup, say) => r,
+        sig = crate::interrupt::wait() => Err(anyhow::anyhow!("interrupted by {sig}")),
+    };
+    say("cleaning up");
+    cleanup.run().await;
+    result
+}
