@@ -199,12 +199,24 @@ fn broken_promises(h: &History) -> Vec<String> {
     out
 }
 
-/// Checks I1-I7 and I9.
+/// Checks I1-I7 and I9, one function each.
 pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
     let fig = figures(h, marks);
-    let mut out = Vec::new();
+    let out = vec![
+        i1_unique_ports(h),
+        i2_ports_kept(h),
+        i3_settled(h),
+        i4_availability(h, marks, &fig),
+        i5_metrics_agree(h),
+        i6_nothing_lost(h),
+        i7_right_service(h),
+        i9_catalog(h),
+    ];
+    (out, fig)
+}
 
-    // I1: no two services share a port, in any snapshot.
+/// I1: no two services share a port, in any snapshot.
+fn i1_unique_ports(h: &History) -> Verdict {
     let mut p1 = Vec::new();
     for s in &h.snapshots {
         let mut seen: BTreeMap<u16, &str> = BTreeMap::new();
@@ -220,14 +232,16 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
         }
     }
     let n = h.snapshots.len();
-    out.push(v(
+    v(
         "I1",
         "no two services ever share a port",
         p1,
         format!("{n} snapshots, no shared port"),
-    ));
+    )
+}
 
-    // I2: a live service keeps its port (unless a fault allows it to move).
+/// I2: a live service keeps its port (unless a fault allows it to move), and every held port comes back `restored` after a kill -9.
+fn i2_ports_kept(h: &History) -> Verdict {
     let mut p2 = Vec::new();
     let mut last: BTreeMap<&str, (u16, u64)> = BTreeMap::new();
     let live: BTreeSet<&str> = h.probed.iter().map(String::as_str).collect();
@@ -257,7 +271,7 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
     }
     p2.extend(not_restored(h));
     let restarts = h.faults.iter().filter(|f| f.kind.is_global()).count();
-    out.push(v(
+    v(
         "I2",
         "a live service keeps its port across bridge and container restarts",
         p2,
@@ -266,9 +280,11 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
             last.len(),
             restarts
         ),
-    ));
+    )
+}
 
-    // I3: after settling, ports_in_use == live services; quarantine drained.
+/// I3: after settling, ports_in_use equals the live services; quarantine drained.
+fn i3_settled(h: &History) -> Verdict {
     let mut p3 = Vec::new();
     let fin = h.snapshots.iter().rev().find(|s| s.pool.is_some());
     match fin {
@@ -303,14 +319,16 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
             }
         }
     }
-    out.push(v(
+    v(
         "I3",
         "after settling, ports_in_use equals the live services and quarantine drains",
         p3,
         format!("{} live services, each serving on one port", h.live.len()),
-    ));
+    )
+}
 
-    // I4: availability and recovery.
+/// I4: availability and recovery, and what DESIGN promises under each network fault.
+fn i4_availability(h: &History, marks: Marks, fig: &Figures) -> Verdict {
     let mut p4 = Vec::new();
     if fig.availability < marks.availability {
         p4.push(format!(
@@ -331,7 +349,7 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
             });
         }
     }
-    out.push(v(
+    v(
         "I4",
         "availability of services not under fault >= threshold; recovery <= bound",
         p4,
@@ -346,9 +364,11 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
                     marks.recovery_ms
                 ))
         ),
-    ));
+    )
+}
 
-    // I5: /metrics agrees with /v1/pool; counters move exactly as expected.
+/// I5: /metrics agrees with /v1/pool; counters move exactly as expected.
+fn i5_metrics_agree(h: &History) -> Verdict {
     let mut p5 = Vec::new();
     let mut compared = 0;
     for s in h.snapshots.iter().filter(|s| s.stable) {
@@ -407,14 +427,16 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
             "port_exhaustion_events_total rose by {exh}, expected exactly {want} (one per service left without a port)"
         ));
     }
-    out.push(v(
+    v(
         "I5",
         "/metrics agrees with /v1/pool; exhaustion and duplicate counters move exactly when they should",
         p5,
         format!("{compared} snapshots agree; duplicates +{dup}, exhaustion +{exh}"),
-    ));
+    )
+}
 
-    // I6: the store is consistent after every kill -9.
+/// I6: the store is consistent and complete after every kill -9.
+fn i6_nothing_lost(h: &History) -> Verdict {
     let mut p6 = Vec::new();
     for c in &h.store_checks {
         if !c.ok && !c.damaged_on_purpose {
@@ -437,7 +459,7 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
         .iter()
         .filter(|c| c.exported.is_some())
         .count();
-    out.push(v(
+    v(
         "I6",
         "nothing is lost: the store is consistent and complete after any kill -9",
         p6,
@@ -445,9 +467,11 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
             "{} store checks after kills, {exported} exports held every reservation shown before the kill",
             h.store_checks.len()
         ),
-    ));
+    )
+}
 
-    // I7: X's port is answered by X.
+/// I7: X's port is answered by X.
+fn i7_right_service(h: &History) -> Verdict {
     let wrong: Vec<String> = h
         .samples
         .iter()
@@ -467,14 +491,12 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
         .iter()
         .filter(|s| s.outcome == Outcome::Ok)
         .count();
-    out.push(v(
+    v(
         "I7",
         "a request to service X's port is answered by a replica of X",
         wrong,
         format!("{answered} answers, all from the right service"),
-    ));
-    out.push(i9_catalog(h));
-    (out, fig)
+    )
 }
 
 /// A field of `/v1/pool`, the gauge that must agree with it, and its reader.
