@@ -138,7 +138,7 @@ pub const BUGS: &[Bug] = &[
         what: "the catalog adds every held port's service again from the pool: the incident's catalog of 19 entries for 15 services",
         expected: "I9",
         edits: &[Edit {
-            file: "crates/bridge/src/reconcile.rs",
+            file: "crates/bridge/src/reconcile/views.rs",
             find: "            if named.contains(service) {\n                continue;\n            }",
             replace: "",
         }],
@@ -149,7 +149,7 @@ pub const BUGS: &[Bug] = &[
         what: "the repair loop never releases the port of a service whose containers vanished unseen",
         expected: "I3, I9",
         edits: &[Edit {
-            file: "crates/bridge/src/reconcile.rs",
+            file: "crates/bridge/src/reconcile/mod.rs",
             find: "if *n >= self.leak_cycles {",
             replace: "if *n >= u32::MAX {",
         }],
