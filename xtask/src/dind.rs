@@ -14,6 +14,9 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::docker::{
+    capture, docker, image_exists, image_id, image_label, image_size, quietly, run,
+};
 use crate::images::sha256_hex;
 use std::time::{Duration, Instant};
 
@@ -76,9 +79,7 @@ pub fn build(force: bool) -> Result<String> {
     if fresh_tarball || !image_exists(&rootfs_image)? {
         let previous_rootfs = image_id(&rootfs_image)?;
         progress(t0, &format!("docker import -> {rootfs_image}"));
-        run(Command::new("docker")
-            .arg("import")
-            .arg("--change")
+        run(docker(["import", "--change"])
             .arg(format!("LABEL mesh-bridge.rootfs-hash={rootfs_hash}"))
             .arg(&tarball)
             .arg(&rootfs_image)
@@ -91,9 +92,8 @@ pub fn build(force: bool) -> Result<String> {
     let previous = image_id(TAG)?;
     progress(t0, &format!("docker build -> {TAG}"));
     capture(
-        Command::new("docker")
+        docker(["build", "--quiet", "--rm", "--force-rm"])
             .env("DOCKER_BUILDKIT", "0")
-            .args(["build", "--quiet", "--rm", "--force-rm"])
             .arg("--build-arg")
             .arg(format!("ROOTFS={rootfs_image}"))
             .arg("--label")
@@ -107,8 +107,7 @@ pub fn build(force: bool) -> Result<String> {
 
     remove_if_replaced(TAG, previous);
 
-    let size = capture(Command::new("docker").args(["image", "inspect", "-f", "{{.Size}}", TAG]))?;
-    let size_mb = size.trim().parse::<u64>().unwrap_or(0) / 1_000_000;
+    let size_mb = image_size(TAG).unwrap_or(0) / 1_000_000;
     progress(t0, &format!("built {TAG} ({size_mb} MB)"));
     Ok(TAG.to_string())
 }
@@ -257,65 +256,12 @@ fn parse_deb822(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// A label of a local image, `None` when the image is absent.
-fn image_label(image: &str, label: &str) -> Result<Option<String>> {
-    if !image_exists(image)? {
-        return Ok(None);
-    }
-    let fmt = format!("{{{{index .Config.Labels \"{label}\"}}}}");
-    let v = capture(Command::new("docker").args(["image", "inspect", "-f", &fmt, image]))?;
-    let v = v.trim();
-    Ok((!v.is_empty() && v != "<no value>").then(|| v.to_string()))
-}
-
 /// After `tag` was rebuilt: removes the image it used to name (`previous`), now untagged,
 /// unless a container (or a child image) still uses it; failures are ignored.
 fn remove_if_replaced(tag: &str, previous: Option<String>) {
     if let Some(old) = previous.filter(|old| image_id(tag).ok().flatten().as_ref() != Some(old)) {
-        let _ = Command::new("docker")
-            .args(["image", "rm", &old])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        quietly(&mut docker(["image", "rm", &old]));
     }
-}
-
-/// The id of a local image, `None` when absent.
-fn image_id(image: &str) -> Result<Option<String>> {
-    if !image_exists(image)? {
-        return Ok(None);
-    }
-    let id = capture(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", image]))?;
-    Ok(Some(id.trim().to_string()))
-}
-
-fn image_exists(image: &str) -> Result<bool> {
-    let status = Command::new("docker")
-        .args(["image", "inspect", image])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("running docker (is the docker CLI installed?)")?;
-    Ok(status.success())
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("running {shown}"))?;
-    ensure!(status.success(), "{shown} failed ({status})");
-    Ok(())
-}
-
-fn capture(cmd: &mut Command) -> Result<String> {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("running {shown}"))?;
-    ensure!(
-        out.status.success(),
-        "{shown} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs `cmd` with stdout+stderr appended to `log`, printing a heartbeat with the last log

@@ -17,11 +17,13 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use mesh_bridge::contract::images;
+
+use crate::docker::{docker, image_label, image_size};
 
 /// Label holding the content hash of an image's inputs.
 pub const HASH_LABEL: &str = "mesh-bridge.content-hash";
@@ -265,9 +267,8 @@ fn build_scratch_image(
             t0,
             &format!("{}: docker build (--network none, no pull)", tag),
         );
-        let mut cmd = Command::new("docker");
+        let mut cmd = docker(["build", "--network", "none", "--pull=false", "--quiet"]);
         cmd.env("DOCKER_BUILDKIT", "0")
-            .args(["build", "--network", "none", "--pull=false", "--quiet"])
             .args(force.then_some("--no-cache"))
             .args(["--label", &format!("{HASH_LABEL}={hash}")])
             .args(["--label", &format!("mesh-bridge.image={}", spec.dir)])
@@ -298,8 +299,7 @@ fn build_scratch_image(
     );
     // Earlier builds of this image that lost the tag: drop those that no
     // container uses (prune only touches untagged images).
-    let _ = Command::new("docker")
-        .args(["image", "prune", "--force", "--filter"])
+    let _ = docker(["image", "prune", "--force", "--filter"])
         .arg(format!("label=mesh-bridge.image={}", spec.dir))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -345,9 +345,7 @@ fn elf_has_interpreter(b: &[u8]) -> Option<bool> {
 }
 
 fn docker_available() -> Result<()> {
-    let out = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdin(Stdio::null())
+    let out = docker(["version", "--format", "{{.Server.Version}}"])
         .output()
         .context("running docker (is the docker CLI installed?)")?;
     ensure!(
@@ -356,33 +354,6 @@ fn docker_available() -> Result<()> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
-}
-
-/// A label of a local image, `None` when the image or the label is absent.
-fn image_label(tag: &str, label: &str) -> Result<Option<String>> {
-    let format = format!("{{{{index .Config.Labels \"{label}\"}}}}");
-    let out = Command::new("docker")
-        .args(["image", "inspect", "--format", &format, tag])
-        .stdin(Stdio::null())
-        .output()
-        .context("running docker image inspect")?;
-    if !out.status.success() {
-        return Ok(None);
-    }
-    let value = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    Ok((!value.is_empty() && value != "<no value>").then_some(value))
-}
-
-fn image_size(tag: &str) -> Option<u64> {
-    let out = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Size}}", tag])
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 /// sha256 (hex) of the length-prefixed parts, so part boundaries matter.

@@ -5,6 +5,7 @@
 mod bench;
 mod dashboards;
 mod dind;
+mod docker;
 mod images;
 mod interrupt;
 mod owner;

@@ -78,8 +78,7 @@ impl Kind {
 /// `(id, owner pid)` of every object of `kind` carrying the owner label.
 pub fn list(kind: Kind) -> Vec<(String, String)> {
     let format = format!("{} {{{{.Label \"{LABEL}\"}}}}", kind.id_format());
-    let out = Command::new("docker")
-        .args(kind.list_args())
+    let out = crate::docker::docker(kind.list_args())
         .args(["--filter", &format!("label={LABEL}"), "--format", &format])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -107,8 +106,7 @@ pub fn pid_alive(pid: &str) -> bool {
 /// an object already gone is what we wanted).
 fn remove(kind: Kind, ids: &[String]) {
     for chunk in ids.chunks(50) {
-        let _ = Command::new("docker")
-            .args(kind.rm_args())
+        let _ = crate::docker::docker(kind.rm_args())
             .args(chunk)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

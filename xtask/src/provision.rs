@@ -215,9 +215,7 @@ fn stop_packaged_prometheus() {
 }
 
 fn engine_answers() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .stdin(Stdio::null())
+    crate::docker::docker(["info", "--format", "{{.ServerVersion}}"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -295,9 +293,7 @@ pub fn engine(t0: Instant) -> Result<()> {
             return Ok(());
         }
     }
-    let info = Command::new("docker")
-        .arg("info")
-        .stdin(Stdio::null())
+    let info = crate::docker::docker(["info"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
         .unwrap_or_default();

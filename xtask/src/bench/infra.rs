@@ -63,22 +63,9 @@ pub fn copy_bridge(src: &Path) -> Result<PathBuf> {
 
 // ------------------------------------------------------------- docker ----
 
-/// Runs the docker CLI; stdout trimmed, or the error with stderr.
+/// Runs the docker CLI (`crate::docker`); stdout trimmed, or the error with stderr.
 pub fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run `docker {}`", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "`docker {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    crate::docker::capture(&mut crate::docker::docker(args)).map(|s| s.trim().to_string())
 }
 
 /// Builds the stub image when it is missing (`cargo xtask images --only stub`).

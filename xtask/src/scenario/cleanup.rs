@@ -3,6 +3,7 @@
 //! what a killed run left.
 
 use super::*;
+use crate::docker::{capture, docker, quietly};
 
 /// Everything started, removed at the end whatever happens.
 pub(super) struct Cleanup {
@@ -38,11 +39,7 @@ impl Cleanup {
         }
         sweep(&self.run_label);
         for n in self.networks.drain(..) {
-            let _ = std::process::Command::new("docker")
-                .args(["network", "rm", &n])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
+            quietly(&mut docker(["network", "rm", &n]));
         }
         for m in self.mounts.drain(..) {
             let _ = std::process::Command::new("umount").arg(&m).status();
@@ -56,9 +53,7 @@ impl Drop for Cleanup {
         if !self.done {
             sweep(&self.run_label);
             for n in &self.networks {
-                let _ = std::process::Command::new("docker")
-                    .args(["network", "rm", n])
-                    .status();
+                quietly(&mut docker(["network", "rm", n]));
             }
             for m in &self.mounts {
                 let _ = std::process::Command::new("umount").arg(m).status();
@@ -69,22 +64,16 @@ impl Drop for Cleanup {
 
 /// `docker rm -f` of every host container with the run's label.
 pub(super) fn sweep(label: &str) {
-    let Ok(out) = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label={label}")])
-        .output()
-    else {
+    let Ok(out) = capture(&mut docker([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label={label}"),
+    ])) else {
         return;
     };
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let ids: Vec<String> = out.split_whitespace().map(str::to_string).collect();
     if !ids.is_empty() {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-fv"])
-            .args(&ids)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        quietly(docker(["rm", "-fv"]).args(&ids));
     }
 }
