@@ -6,7 +6,9 @@
 use std::io::Read;
 use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use mesh_chaos::wait;
 
 mod local;
 
@@ -49,6 +51,15 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// Waits until the API port accepts connections.
+fn listening(api: u16) -> Result<(), wait::TimedOut> {
+    wait::until("the bridge to listen", Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", api))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+}
+
 #[test]
 fn a_running_daemon_locks_its_state_directory() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -57,24 +68,19 @@ fn a_running_daemon_locks_its_state_directory() {
     let api = free_port();
     let first = Bridge(start(&state, api, engine));
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", api)).is_err() {
-        assert!(Instant::now() < deadline, "first bridge never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    listening(api).expect("first bridge");
 
     // A second daemon on the same directory refuses to start, naming the lock.
     let mut second = start(&state, free_port(), engine);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = second.try_wait().expect("poll second") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            panic!("second bridge kept running on a locked state dir");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let exited = wait::until("the second bridge to exit", Duration::from_secs(20), || {
+        second
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "still running".to_string())
+    });
+    let Ok(status) = exited else {
+        let _ = second.kill();
+        panic!("second bridge kept running on a locked state dir");
     };
     let mut err = String::new();
     second
@@ -106,13 +112,9 @@ fn text_logs_to_a_pipe_carry_no_colour_codes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let api = free_port();
     let mut child = start(&dir.path().join("state"), api, free_port());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", api)).is_err() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("bridge never listened");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if let Err(e) = listening(api) {
+        let _ = child.kill();
+        panic!("{e}");
     }
     let _ = child.kill();
     let out = child.wait_with_output().expect("collect stderr");

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mesh_bridge::forward::{ForwardError, ForwardMetrics, Forwarder};
+use mesh_chaos::wait;
 use prometheus::Registry;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -100,10 +101,18 @@ async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
 
 /// Polls `cond` every few milliseconds until it holds; panics after `PROMPT`.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + PROMPT;
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let check = || {
+        let held = cond();
+        async move {
+            if held {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        }
+    };
+    if let Err(e) = wait::until_every_async(what, PROMPT, Duration::from_millis(5), check).await {
+        panic!("{e}");
     }
 }
 
@@ -145,10 +154,16 @@ async fn refused(port: u16) -> bool {
 }
 
 async fn eventually_refused(port: u16) {
-    let until = Instant::now() + PROMPT;
-    while !refused(port).await {
-        assert!(Instant::now() < until, "port {port} still accepts");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let what = format!("port {port} to refuse");
+    let check = || async move {
+        if refused(port).await {
+            Ok(())
+        } else {
+            Err("still accepts".to_string())
+        }
+    };
+    if let Err(e) = wait::until_every_async(&what, PROMPT, Duration::from_millis(5), check).await {
+        panic!("{e}");
     }
 }
 

@@ -3,32 +3,26 @@
 //! `/readyz` 503 with the reason. promtool comes from Debian's `prometheus`
 //! package (`cargo xtask test` installs it); a missing promtool fails the test.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::Method;
+use mesh_chaos::wait;
 
 mod local;
 
 use local::{Bridge, free_port};
 
-/// Plain HTTP/1.0 GET; returns (status, body).
-fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+/// A GET to the API through the harness' one client: (status, body).
+fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let t = Duration::from_secs(5);
+    let r = mesh_chaos::http::send_blocking(addr, Method::GET, path, &[], Bytes::new(), t)
+        .map_err(|e| e.to_string())?;
+    Ok((r.status, r.text()))
 }
 
 #[test]
@@ -50,14 +44,10 @@ fn exposition_passes_promtool_while_the_engine_is_unreachable() {
         .expect("start mesh-bridge");
     let _bridge = Bridge(child);
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let health = loop {
-        match get(api, "/healthz") {
-            Ok(r) => break r,
-            Err(e) if Instant::now() > deadline => panic!("bridge never answered: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
+    let health = wait::until("the bridge to answer", Duration::from_secs(20), || {
+        get(api, "/healthz")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(health.0, 200);
 
     let (status, body) = get(api, "/readyz").expect("readyz");
@@ -65,16 +55,16 @@ fn exposition_passes_promtool_while_the_engine_is_unreachable() {
     assert!(body.contains("reason"), "{body}");
 
     // Wait until the watcher has reported the engine as down.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let metrics = loop {
-        let (status, body) = get(api, "/metrics").expect("metrics");
-        assert_eq!(status, 200);
-        if body.contains("mesh_bridge_docker_connected 0") || Instant::now() > deadline {
-            break body;
+    let what = "mesh_bridge_docker_connected 0";
+    let metrics = wait::until(what, Duration::from_secs(20), || {
+        let (status, body) = get(api, "/metrics")?;
+        if status == 200 && body.contains(what) {
+            Ok(body)
+        } else {
+            Err(format!("HTTP {status}"))
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(metrics.contains("mesh_bridge_docker_connected 0"));
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
 
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])

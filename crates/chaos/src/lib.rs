@@ -12,3 +12,4 @@ pub mod report;
 pub mod scenario;
 pub mod schedule;
 pub mod stub;
+pub mod wait;

@@ -13,7 +13,9 @@ use mesh_bridge::contract::metric;
 use serde::{Deserialize, Serialize};
 
 use crate::faults::{FaultKind, StoreCheck};
+use crate::http::HttpError;
 use crate::metrics::HarnessMetrics;
+use crate::stub::StubError;
 
 /// How long one probe (an `initialize`, and on some rounds a `ping` after it)
 /// may take before it counts as [`Outcome::Timeout`].
@@ -264,8 +266,8 @@ pub async fn probe_once(
     let mut out = match r {
         Ok(name) if name == service => (Outcome::Ok, Some(name)),
         Ok(name) => (Outcome::Wrong, Some(name)),
-        Err(crate::stub::StubError::Timeout { .. }) => (Outcome::Timeout, None),
-        Err(crate::stub::StubError::Io { .. }) | Err(crate::stub::StubError::Http { .. }) => {
+        Err(StubError::Transport(HttpError::Timeout { .. })) => (Outcome::Timeout, None),
+        Err(StubError::Transport(HttpError::Io { .. } | HttpError::Http { .. })) => {
             (Outcome::Refused, None)
         }
         Err(_) => (Outcome::Error, None),

@@ -12,9 +12,9 @@
 //! loopback peer may set it, i.e. `docker exec <replica> mcp-stub --delay MS`
 //! ([`set_delay`]); clients coming through the bridge get 403.
 //!
-//! Client side: [`initialize`], [`ping`], [`rpc`], [`healthz`] and the raw
-//! [`http_request`], each one HTTP/1.1 request on a fresh connection, bounded
-//! by a timeout.
+//! Client side: [`initialize`] (the one MCP `initialize` the harness and the
+//! tests send), [`ping`], [`rpc`] and [`healthz`], each one request through
+//! [`crate::http::send`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,12 +25,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+
+use crate::http::HttpError;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -121,32 +123,9 @@ pub enum StubError {
     /// Bad configuration (environment).
     #[error("{0}")]
     Config(String),
-    /// The whole exchange did not finish in time.
-    #[error("no answer from {addr} within {timeout:?}")]
-    Timeout {
-        /// Where the request went.
-        addr: SocketAddr,
-        /// The limit that passed.
-        timeout: Duration,
-    },
-    /// Connecting, reading or writing failed.
-    #[error("i/o with {addr}: {source}")]
-    Io {
-        /// Where the request went.
-        addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// HTTP-level failure (handshake, malformed response).
-    #[error("http with {addr}: {source}")]
-    Http {
-        /// Where the request went.
-        addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: hyper::Error,
-    },
+    /// No HTTP answer at all (timeout, connect, reset).
+    #[error(transparent)]
+    Transport(#[from] HttpError),
     /// The server answered with an unexpected HTTP status.
     #[error("{addr} answered HTTP {status}: {body}")]
     Status {
@@ -626,60 +605,26 @@ pub async fn rpc(
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection; returns the status and the
-/// whole body. The timeout bounds connect, send and the full read.
-pub async fn http_request(
+/// One request through [`crate::http::send`]; the status and the body. A
+/// body is sent as JSON with the MCP `Accept` header.
+async fn http_request(
     addr: SocketAddr,
     method: Method,
     path: &str,
     body: Bytes,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), StubError> {
-    let exchange = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| StubError::Io { addr, source })?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| StubError::Http { addr, source })?;
-        let driver = tokio::spawn(conn);
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, addr.to_string());
-        if !body.is_empty() {
-            builder = builder
-                .header(CONTENT_TYPE, "application/json")
-                .header(hyper::header::ACCEPT, "application/json, text/event-stream");
-        }
-        let request = builder
-            .body(Full::new(body))
-            .map_err(|e| StubError::Protocol {
-                addr,
-                reason: format!("cannot build request: {e}"),
-            })?;
-        let result = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|source| StubError::Http { addr, source })?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|source| StubError::Http { addr, source })?
-                .to_bytes();
-            Ok((status, body))
-        }
-        .await;
-        driver.abort();
-        result
+    let headers: &[(&str, &str)] = if body.is_empty() {
+        &[]
+    } else {
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ]
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| StubError::Timeout { addr, timeout })?
+    let reply = crate::http::send(addr, method, path, headers, body, timeout).await?;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    Ok((status, reply.body))
 }
 
 fn status_error(addr: SocketAddr, status: StatusCode, body: &[u8]) -> StubError {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
+use mesh_chaos::http::HttpError;
 use mesh_chaos::stub::{self, StubConfig, StubError, codes};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -16,6 +17,22 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 const T: Duration = Duration::from_secs(5);
+
+/// One raw request to the stub: its status and body.
+async fn http_request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), HttpError> {
+    let headers = [("Content-Type", "application/json")];
+    let r = mesh_chaos::http::send(addr, method, path, &headers, body, timeout).await?;
+    Ok((
+        StatusCode::from_u16(r.status).expect("a valid status"),
+        r.body,
+    ))
+}
 
 /// A stub served in process on 127.0.0.1 with an ephemeral port.
 struct InProcess {
@@ -40,7 +57,7 @@ impl InProcess {
     }
 
     async fn post(&self, body: impl Into<Bytes>) -> (StatusCode, Value) {
-        let (status, body) = stub::http_request(self.addr, Method::POST, "/mcp", body.into(), T)
+        let (status, body) = http_request(self.addr, Method::POST, "/mcp", body.into(), T)
             .await
             .unwrap();
         let value = if body.is_empty() {
@@ -83,7 +100,7 @@ async fn ping_and_healthz() {
         json!({})
     );
     stub::healthz(s.addr, T).await.unwrap();
-    let (status, body) = stub::http_request(s.addr, Method::GET, "/healthz", Bytes::new(), T)
+    let (status, body) = http_request(s.addr, Method::GET, "/healthz", Bytes::new(), T)
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -114,11 +131,14 @@ async fn delay_mode_slows_mcp_answers_until_set_to_zero() {
     let err = stub::ping(s.addr, Duration::from_millis(100))
         .await
         .unwrap_err();
-    assert!(matches!(err, StubError::Timeout { .. }), "{err}");
+    assert!(
+        matches!(err, StubError::Transport(HttpError::Timeout { .. })),
+        "{err}"
+    );
 
     for bad in ["", "abc", "-5", "60001"] {
         let (status, body) =
-            stub::http_request(s.addr, Method::PUT, stub::DELAY_PATH, Bytes::from(bad), T)
+            http_request(s.addr, Method::PUT, stub::DELAY_PATH, Bytes::from(bad), T)
                 .await
                 .unwrap();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}");
@@ -127,7 +147,7 @@ async fn delay_mode_slows_mcp_answers_until_set_to_zero() {
             "{bad:?}: {body:?}"
         );
     }
-    let (status, _) = stub::http_request(s.addr, Method::GET, stub::DELAY_PATH, Bytes::new(), T)
+    let (status, _) = http_request(s.addr, Method::GET, stub::DELAY_PATH, Bytes::new(), T)
         .await
         .unwrap();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
@@ -262,7 +282,7 @@ async fn json_rpc_errors() {
         (Method::GET, "/", StatusCode::NOT_FOUND),
         (Method::POST, "/mcp/extra", StatusCode::NOT_FOUND),
     ] {
-        let (status, _) = stub::http_request(s.addr, method.clone(), path, Bytes::new(), T)
+        let (status, _) = http_request(s.addr, method.clone(), path, Bytes::new(), T)
             .await
             .unwrap();
         assert_eq!(status, want, "{method} {path}");
@@ -275,7 +295,9 @@ async fn client_errors_name_the_address() {
     // Nothing listens on a port we bound and released.
     let addr = free_port_addr();
     match stub::initialize(addr, T).await {
-        Err(e @ StubError::Io { .. }) => assert!(e.to_string().contains(&addr.to_string())),
+        Err(e @ StubError::Transport(HttpError::Io { .. })) => {
+            assert!(e.to_string().contains(&addr.to_string()))
+        }
         other => panic!("expected a connect error, got {other:?}"),
     }
     // A listener that never answers: the timeout fires.
@@ -289,7 +311,7 @@ async fn client_errors_name_the_address() {
     });
     let started = Instant::now();
     match stub::ping(silent_addr, Duration::from_millis(300)).await {
-        Err(StubError::Timeout { .. }) => {}
+        Err(StubError::Transport(HttpError::Timeout { .. })) => {}
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -323,16 +345,14 @@ impl Drop for ChildGuard {
 }
 
 async fn wait_for_initialize(addr: SocketAddr, deadline: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        match stub::initialize(addr, Duration::from_secs(1)).await {
-            Ok(name) => return name,
-            Err(e) if start.elapsed() > deadline => {
-                panic!("stub at {addr} not answering after {deadline:?}: {e}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    let what = format!("the stub at {addr} to answer");
+    mesh_chaos::wait::until_async(&what, deadline, || async {
+        stub::initialize(addr, Duration::from_secs(1))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn probe(port: u16) -> std::process::ExitStatus {
@@ -474,7 +494,7 @@ async fn image_serves_the_name_and_becomes_healthy() {
 
     // Delay mode: only from inside the container (`docker exec`); a client
     // from outside (the published port's proxy) is refused.
-    let (status, _) = stub::http_request(addr, Method::PUT, stub::DELAY_PATH, Bytes::from("50"), T)
+    let (status, _) = http_request(addr, Method::PUT, stub::DELAY_PATH, Bytes::from("50"), T)
         .await
         .unwrap();
     assert_eq!(status, StatusCode::FORBIDDEN);

@@ -68,25 +68,21 @@ fn connect(addr: SocketAddr) -> Result<TcpStream> {
 
 /// Waits until `addr` answers an echo.
 pub fn wait_echo(addr: SocketAddr, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let r = (|| -> Result<()> {
-            let mut s = connect(addr)?;
-            s.set_read_timeout(Some(Duration::from_millis(500)))?;
-            s.write_all(b"Eping")?;
-            let mut b = [0u8; 4];
-            s.read_exact(&mut b)?;
-            ensure!(&b == b"ping", "bad echo");
-            Ok(())
-        })();
-        match r {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!("{addr} did not echo within {timeout:?}")));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
+    let echo = || -> Result<()> {
+        let mut s = connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        s.write_all(b"Eping")?;
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b)?;
+        ensure!(&b == b"ping", "bad echo");
+        Ok(())
+    };
+    let what = format!("{addr} to echo");
+    let every = Duration::from_millis(20);
+    mesh_chaos::wait::until_every(&what, timeout, every, || {
+        echo().map_err(|e| format!("{e:#}"))
+    })?;
+    Ok(())
 }
 
 /// Sends `bytes` to the sink at `addr`; returns MiB/s (connect to the sink's

@@ -40,32 +40,23 @@ impl Prom {
         format!("http://{}:{}{}", self.host, self.port, self.prefix)
     }
 
-    /// A GET over HTTP/1.0 (so the body is neither chunked nor kept alive).
+    /// A GET through the harness' one HTTP client.
     pub(super) fn get(&self, path: &str, timeout: Duration) -> Result<(u16, String)> {
         let addr = (self.host.as_str(), self.port)
             .to_socket_addrs()?
             .next()
             .with_context(|| format!("resolving {}", self.host))?;
-        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        write!(
-            stream,
-            "GET {}{} HTTP/1.0\r\nHost: {}:{}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
-            self.prefix, path, self.host, self.port
+        let path = format!("{}{path}", self.prefix);
+        let accept = [("Accept", "application/json")];
+        let reply = mesh_chaos::http::send_blocking(
+            addr,
+            hyper::Method::GET,
+            &path,
+            &accept,
+            bytes::Bytes::new(),
+            timeout,
         )?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .context("malformed HTTP response")?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("malformed HTTP status line")?;
-        Ok((status, body.to_string()))
+        Ok((reply.status, reply.text()))
     }
 
     /// A Prometheus API call: the `data` of a `"status":"success"` answer.

@@ -114,11 +114,23 @@ pub(super) async fn inject(
             });
             t.start_bridge().await?;
             // The bridge must move the damaged store aside, never delete it.
-            let tw = Instant::now();
-            while t.damaged_files().len() <= before && tw.elapsed() < Duration::from_secs(15) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            if t.damaged_files().len() <= before {
+            let moved = mesh_chaos::wait::until_every_async(
+                "the damaged store to be moved aside",
+                Duration::from_secs(15),
+                Duration::from_millis(200),
+                || {
+                    let n = t.damaged_files().len();
+                    async move {
+                        if n > before {
+                            Ok(())
+                        } else {
+                            Err(format!("{n} damaged files"))
+                        }
+                    }
+                },
+            )
+            .await;
+            if moved.is_err() {
                 record.error = Some(format!(
                     "damaged store was not moved aside within 15s (state check said: {detail})"
                 ));

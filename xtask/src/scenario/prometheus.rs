@@ -26,33 +26,32 @@ pub(super) async fn alert_fired(
         "/api/v1/query?query={}",
         mesh_chaos::docker_query::encode(&query)
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let last = match mesh_chaos::http::get_json::<serde_json::Value>(addr, &path).await {
-            Ok(v) => {
-                let n = v["data"]["result"].as_array().map_or(0, Vec::len);
-                if n > 0 {
-                    say(&format!("prometheus: {alert} fired"));
-                    return invariants::Verdict {
-                        id,
-                        title,
-                        held: true,
-                        detail: format!("{n} firing series seen through /api/v1/query"),
-                    };
-                }
-                "no firing series".to_string()
-            }
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() > deadline {
-            return invariants::Verdict {
+    let check = || async {
+        let v = mesh_chaos::http::get_json::<serde_json::Value>(addr, &path)
+            .await
+            .map_err(|e| e.to_string())?;
+        match v["data"]["result"].as_array().map_or(0, Vec::len) {
+            0 => Err("no firing series".to_string()),
+            n => Ok(n),
+        }
+    };
+    let every = Duration::from_millis(500);
+    match mesh_chaos::wait::until_every_async(alert, Duration::from_secs(20), every, check).await {
+        Ok(n) => {
+            say(&format!("prometheus: {alert} fired"));
+            invariants::Verdict {
                 id,
                 title,
-                held: false,
-                detail: format!("not fired within the run + 20 s: {last}"),
-            };
+                held: true,
+                detail: format!("{n} firing series seen through /api/v1/query"),
+            }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        Err(e) => invariants::Verdict {
+            id,
+            title,
+            held: false,
+            detail: format!("not fired within the run + 20 s: {}", e.last),
+        },
     }
 }
 

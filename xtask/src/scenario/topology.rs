@@ -104,21 +104,18 @@ pub(super) async fn start_dind(
 
 /// Polls until `docker info` answers on `docker` (bounded).
 pub(super) async fn wait_engine(docker: &Docker, limit: Duration) -> Result<()> {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if docker
-            .run_timeout(
-                &["info", "--format", "{{.ServerVersion}}"],
-                Duration::from_secs(5),
-            )
+    let what = format!("engine {:?} to answer `docker info`", docker.host);
+    let info = || async {
+        let args = ["info", "--format", "{{.ServerVersion}}"];
+        docker
+            .run_timeout(&args, Duration::from_secs(5))
             .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    bail!("engine {:?} did not answer within {limit:?}", docker.host)
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+    };
+    let every = Duration::from_millis(500);
+    mesh_chaos::wait::until_every_async(&what, limit, every, info).await?;
+    Ok(())
 }
 
 /// The running topology.

@@ -21,8 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -45,21 +44,13 @@ pub const TOKEN: &str = "e2e-token-0123456789abcdef";
 
 // ------------------------------------------------------------ polling ----
 
-/// Polls `f` every 25 ms until it returns `Ok`, or panics after `timeout`
-/// naming `what` and the last error.
+/// Polls `f` (through [`mesh_chaos::wait::until`]) until it returns `Ok`,
+/// or panics after `timeout` naming `what` and the last error.
 #[track_caller]
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) => {
-                if Instant::now() >= deadline {
-                    panic!("timed out after {timeout:?} waiting for {what}; last: {e}");
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(25));
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Result<T, String>) -> T {
+    match mesh_chaos::wait::until(what, timeout, f) {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
     }
 }
 

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 
 use crate::bench::infra::{self, Bridge, Proc};
 use crate::bench::{Row, ratio, sink};
@@ -87,14 +87,18 @@ pub async fn p4(ctx: &Ctx) -> Result<Vec<Row>> {
     let (lo, hi) = infra::free_range(4)?;
     let mut b = Bridge::start(&ctx.bin, ctx.spec("p4", format!("{lo}-{hi}"), &relay))?;
     b.wait_ready(Duration::from_secs(30)).await?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mesh_port = loop {
-        if let Some(p) = b.ports().await?.get("bulk") {
-            break *p;
-        }
-        ensure!(Instant::now() < deadline, "no port for `bulk`");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mesh_port =
+        mesh_chaos::wait::until_async("a port for `bulk`", Duration::from_secs(15), || {
+            let ports = b.ports();
+            async move {
+                let ports = ports.await.map_err(|e| e.to_string())?;
+                ports
+                    .get("bulk")
+                    .copied()
+                    .ok_or_else(|| "none yet".to_string())
+            }
+        })
+        .await?;
     let mesh = SocketAddr::from((Ipv4Addr::LOCALHOST, mesh_port));
     tokio::task::spawn_blocking(move || sink::wait_echo(mesh, Duration::from_secs(10))).await??;
 

@@ -142,7 +142,9 @@ async fn first_answer(
                     .map_or(0.0, |d| d.as_secs_f64() * 1e3);
                 return Ok((ms, looked_up, timeouts));
             }
-            Err(mesh_chaos::stub::StubError::Timeout { .. }) => timeouts += 1,
+            Err(mesh_chaos::stub::StubError::Transport(mesh_chaos::http::HttpError::Timeout {
+                ..
+            })) => timeouts += 1,
             _ => {}
         }
         if Instant::now() >= deadline {

@@ -108,23 +108,29 @@ impl Ctx {
             return Ok(());
         }
         let start = Instant::now();
-        loop {
-            let state = self.container_state(name, flag).await?;
-            if state == "running" {
-                println!(
-                    "  {name} is running after {} ms",
-                    start.elapsed().as_millis()
-                );
-                return Ok(());
+        let what = format!("{name} to be running");
+        let every = Duration::from_millis(250);
+        let running = mesh_chaos::wait::until_every_async(&what, limit, every, || async {
+            // An error (no such container) ends the wait at once, as a value.
+            match self.container_state(name, flag).await {
+                Ok(state) if state == "running" => Ok(Ok(())),
+                Ok(state) => Err(format!("still {state:?}")),
+                Err(e) => Ok(Err(e)),
             }
-            if start.elapsed() >= limit {
-                bail!(
-                    "{name} is still {state:?} {} after the start; see `docker logs {name}` \
-                     (or raise --timeout)",
-                    humantime::format_duration(limit)
-                );
+        })
+        .await;
+        match running {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => {
+                let ms = start.elapsed().as_millis();
+                println!("  {name} is running after {ms} ms");
+                Ok(())
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            Err(e) => bail!(
+                "{name} is {} {} after the start; see `docker logs {name}` (or raise --timeout)",
+                e.last,
+                humantime::format_duration(limit)
+            ),
         }
     }
 }
