@@ -1,4 +1,4 @@
-//! `cargo xtask scenario list|run NAME [--seed N] [--duration D] [--engine dind|host]`.
+//! `cargo xtask scenario list|plan NAME|run NAME [--seed N] [--duration D] [--engine dind|host]`.
 //!
 //! Topology (docs/DESIGN.md section 5): a DinD container started with testcontainers
 //! (`--privileged` is refused by this engine, so the privileged-equivalent flags
@@ -31,6 +31,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 mod cleanup;
 mod heal;
 mod inject;
+mod plan;
 mod prometheus;
 mod run;
 mod topology;
@@ -72,6 +73,9 @@ pub enum Command {
     List,
     /// Run one scenario.
     Run(RunArgs),
+    /// The dry run: print the topology and the seeded schedule with what
+    /// each fault will do, starting nothing.
+    Plan(plan::PlanArgs),
 }
 
 /// `scenario run`.
@@ -122,6 +126,7 @@ pub fn run(cmd: &Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Plan(args) => plan::print(args),
         Command::Run(args) => {
             crate::provision::run(&crate::provision::Args { no_images: false })?;
             let rt = runtime()?;

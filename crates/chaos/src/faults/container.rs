@@ -54,8 +54,7 @@ pub fn container_heal_commands(kind: FaultKind, ids: &[String]) -> Vec<Vec<Strin
 /// Runs command lines against an engine.
 pub async fn run_all(docker: &Docker, cmds: &[Vec<String>]) -> Result<()> {
     for c in cmds {
-        let argv: Vec<&str> = c.iter().map(String::as_str).collect();
-        docker.run(&argv).await?;
+        docker.run_line(c).await?;
     }
     Ok(())
 }

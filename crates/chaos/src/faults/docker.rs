@@ -49,6 +49,12 @@ impl Docker {
         self.run_timeout(args, Duration::from_secs(60)).await
     }
 
+    /// Runs one command line built by a fault module (its output dropped).
+    pub async fn run_line(&self, line: &[String]) -> Result<()> {
+        let argv: Vec<&str> = line.iter().map(String::as_str).collect();
+        self.run(&argv).await.map(drop)
+    }
+
     /// Runs `docker <args>` with a time limit and returns stdout.
     pub async fn run_timeout(&self, args: &[&str], limit: Duration) -> Result<String> {
         let mut c = self.command();

@@ -6,6 +6,7 @@
 //! - [`network`]: iptables rules between the bridge and replicas, and the
 //!   stub's delay mode for `net-latency`;
 //! - [`store`]: damage to the bridge's store (`store-corrupt`, `store-truncate`);
+//! - [`deploy`]: the deployment faults' docker command lines;
 //! - [`target`]: the deployment the deployment faults act on (bridge kill,
 //!   engine restart or cut, squats, reservations).
 
@@ -14,6 +15,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod container;
+pub mod deploy;
 pub mod docker;
 pub mod network;
 pub mod store;

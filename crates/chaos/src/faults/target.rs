@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::Docker;
 use super::store::{self, StoreDamage};
+use super::{Docker, deploy};
 
 /// A deployment the deployment faults act on.
 #[derive(Debug, Clone)]
@@ -69,23 +69,17 @@ impl Target {
 
     /// SIGKILL the bridge container.
     pub async fn kill_bridge(&self) -> Result<()> {
-        self.outer
-            .run(&["kill", "--signal", "KILL", &self.bridge])
-            .await
-            .map(drop)
+        self.outer.run_line(&deploy::kill(&self.bridge)).await
     }
 
     /// SIGTERM the bridge container and wait for it to exit.
     pub async fn stop_bridge(&self) -> Result<()> {
-        self.outer
-            .run(&["stop", "--time", "6", &self.bridge])
-            .await
-            .map(drop)
+        self.outer.run_line(&deploy::stop(&self.bridge)).await
     }
 
     /// Starts the (stopped) bridge container.
     pub async fn start_bridge(&self) -> Result<()> {
-        self.outer.run(&["start", &self.bridge]).await.map(drop)
+        self.outer.run_line(&deploy::start(&self.bridge)).await
     }
 
     /// `mesh-bridge state check` on the state directory while the bridge is down.
@@ -195,16 +189,7 @@ impl Target {
         let Some(engine) = &self.engine else {
             bail!("no engine container: engine faults need the DinD topology");
         };
-        self.outer
-            .run(&[
-                "exec",
-                engine,
-                "sh",
-                "-c",
-                "kill -TERM \"$(cat /var/run/docker.pid)\"",
-            ])
-            .await
-            .map(drop)
+        self.outer.run_line(&deploy::term_dockerd(engine)).await
     }
 
     /// Cuts (or restores) the bridge's tcp :2375 connection (loopback) inside

@@ -6,8 +6,9 @@ use crate::*;
 pub(crate) const FLOOD_LABEL: &str = "mesh-chaos.flood=1";
 /// Limit of one docker call that should return at once (kill, start, inspect, run -d).
 pub(crate) const QUICK: Duration = Duration::from_secs(20);
-/// Seconds `docker restart` / `stop` give a container before SIGKILL.
-pub(crate) const STOP_GRACE_S: u32 = 10;
+/// Limit of a `docker restart`: its stop grace, then the start.
+pub(crate) const RESTART: Duration =
+    Duration::from_secs(QUICK.as_secs() + mesh_chaos::faults::deploy::STOP_GRACE_S as u64);
 /// Most containers one flood starts.
 pub(crate) const MAX_FLOOD: u32 = 1000;
 

@@ -41,6 +41,12 @@ impl Ctx {
         self.docker.run_timeout(args, limit).await
     }
 
+    /// [`Ctx::act`] for a command line built by a fault module.
+    pub(crate) async fn act_line(&self, line: &[String], limit: Duration) -> Result<String> {
+        let argv: Vec<&str> = line.iter().map(String::as_str).collect();
+        self.act(&argv, limit).await
+    }
+
     /// A plan line that is not a docker command.
     pub(crate) fn step(&self, what: &str) {
         if self.dry {

@@ -13,7 +13,7 @@ pub(crate) async fn bridge_kill(ctx: &Ctx, a: BridgeKillArgs) -> Result<()> {
         "bridge container {name} is {state}, not running: nothing to kill \
          (start it with `docker start {name}`)"
     );
-    ctx.act(&["kill", "--signal", "KILL", name], QUICK).await?;
+    ctx.act_line(&faults::deploy::kill(name), QUICK).await?;
     if a.hold.is_zero() {
         println!(
             "  hold 0: {name} stays down; start it with `{}`",
@@ -30,7 +30,7 @@ pub(crate) async fn bridge_kill(ctx: &Ctx, a: BridgeKillArgs) -> Result<()> {
         );
         hold_for(a.hold).await;
     }
-    ctx.act(&["start", name], QUICK).await?;
+    ctx.act_line(&faults::deploy::start(name), QUICK).await?;
     ctx.wait_running(name, flag, a.timeout).await
 }
 
@@ -43,12 +43,8 @@ pub(crate) async fn bridge_restart(ctx: &Ctx, a: BridgeRestartArgs) -> Result<()
         &format!("restart {name} (SIGTERM, then start)"),
     );
     ctx.container_state(name, flag).await?;
-    let grace = STOP_GRACE_S.to_string();
-    ctx.act(
-        &["restart", "--time", &grace, name],
-        QUICK + Duration::from_secs(STOP_GRACE_S.into()),
-    )
-    .await?;
+    ctx.act_line(&faults::deploy::restart(name), RESTART)
+        .await?;
     ctx.wait_running(name, flag, a.timeout).await
 }
 
@@ -68,27 +64,17 @@ pub(crate) async fn engine_restart(ctx: &Ctx, a: EngineRestartArgs) -> Result<()
             "engine container {name} is {state}, not running: no dockerd to restart \
              (start it with `docker start {name}`, or drop --dockerd-only)"
         );
-        ctx.act(
-            &[
-                "exec",
-                name,
-                "sh",
-                "-c",
-                "kill -TERM \"$(cat /var/run/docker.pid)\"",
-            ],
-            QUICK,
-        )
-        .await
-        .with_context(|| {
-            format!("is {name} a DinD container with dockerd's pid in /var/run/docker.pid?")
-        })?;
+        ctx.act_line(&faults::deploy::term_dockerd(name), QUICK)
+            .await
+            .with_context(|| {
+                format!(
+                    "is {name} a DinD container with dockerd's pid in {}?",
+                    faults::deploy::DOCKERD_PID_FILE
+                )
+            })?;
     } else {
-        let grace = STOP_GRACE_S.to_string();
-        ctx.act(
-            &["restart", "--time", &grace, name],
-            QUICK + Duration::from_secs(STOP_GRACE_S.into()),
-        )
-        .await?;
+        ctx.act_line(&faults::deploy::restart(name), RESTART)
+            .await?;
     }
     let start = Instant::now();
     ctx.wait_running(name, flag, a.timeout).await?;
