@@ -23,7 +23,9 @@
 //! dropped and reused.
 //!
 //! Submodules: `ranges` parses and validates the configured port ranges;
-//! `services` holds the records, their interned names and the name index.
+//! `services` holds the records, their interned names and the name index;
+//! `slot` the packed per-port slot; `error` the refusals; `restore` the
+//! store's holdings put back and ranges replaced on a reload.
 
 use crate::contract::metric::outcome;
 use std::collections::{BTreeMap, HashMap};
@@ -32,11 +34,17 @@ use std::sync::Arc;
 /// Milliseconds since the Unix epoch. The pool never reads a clock itself.
 pub type Millis = u64;
 
+mod error;
 mod ranges;
+mod restore;
 mod services;
+mod slot;
 
+pub use error::PoolError;
 pub use ranges::{PortRange, PortRanges, RangeError};
+pub use restore::RestoreState;
 use services::{Held, Service, Services};
+use slot::{Slot, SlotState};
 
 /// The state of one port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,103 +117,6 @@ pub struct PoolCounts {
     pub conflicted: usize,
     /// Free.
     pub free: usize,
-}
-
-/// Why the pool refused a call.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PoolError {
-    /// No free port in any range.
-    #[error(
-        "port pool exhausted: no free port in {ranges} (capacity {}, in use {}, quarantined {}, conflicted {}); \
-         widen --ports, shorten --grace so released ports return sooner, or remove unused services",
-        counts.capacity, counts.in_use, counts.quarantined, counts.conflicted
-    )]
-    Exhausted {
-        /// The configured ranges, for the message.
-        ranges: String,
-        /// The counts when it happened.
-        counts: PoolCounts,
-    },
-    /// A port outside the configured ranges.
-    #[error("port {port} is outside the configured ranges {ranges}; widen --ports to include it")]
-    OutsideRanges {
-        /// The port.
-        port: u16,
-        /// The ranges.
-        ranges: String,
-    },
-    /// A port that is not free.
-    #[error("port {port} is not free: {state}")]
-    PortTaken {
-        /// The port.
-        port: u16,
-        /// Its state, described.
-        state: String,
-    },
-    /// Restoring a second port for one service.
-    #[error("service `{service}` already holds port {held}; it cannot also hold {port}")]
-    ServiceHoldsOther {
-        /// The service.
-        service: String,
-        /// Port it holds.
-        held: u16,
-        /// Port asked for.
-        port: u16,
-    },
-    /// New ranges that would drop ports still in use.
-    #[error(
-        "new ranges {new} drop ports still in use under {old}: {held}; \
-         remove those services (or wait for the quarantine to end) first, or keep their ports in the ranges"
-    )]
-    Narrowing {
-        /// Current ranges.
-        old: String,
-        /// Proposed ranges.
-        new: String,
-        /// What holds ports outside the new ranges (`docs holds 20005`, ...).
-        held: String,
-    },
-}
-
-/// Internal per-port slot, packed into 4 bytes: the low two bits are the
-/// state, the rest the index of the service record (reserved, quarantined).
-/// `Free` slots have their bitmap bit cleared. Deadlines live elsewhere: a
-/// quarantine's in its service record (a service holds at most one port), a
-/// conflict's in [`Pool::conflicts`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Slot(u32);
-
-/// A [`Slot`], unpacked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    Free,
-    Reserved(u32),
-    Quarantined(u32),
-    Conflicted,
-}
-
-impl Slot {
-    const FREE: Slot = Slot(0);
-    const CONFLICTED: Slot = Slot(1);
-
-    fn reserved(service: u32) -> Slot {
-        debug_assert!(service < 1 << 30);
-        Slot((service << 2) | 2)
-    }
-
-    fn quarantined(service: u32) -> Slot {
-        debug_assert!(service < 1 << 30);
-        Slot((service << 2) | 3)
-    }
-
-    fn get(self) -> SlotState {
-        match self.0 & 3 {
-            0 => SlotState::Free,
-            1 => SlotState::Conflicted,
-            2 => SlotState::Reserved(self.0 >> 2),
-            _ => SlotState::Quarantined(self.0 >> 2),
-        }
-    }
 }
 
 /// A port that changed from quarantined or conflicted back to free.
@@ -691,108 +602,6 @@ impl Pool {
         Some(name)
     }
 
-    /// Puts back a reservation loaded from the store.
-    pub fn restore(
-        &mut self,
-        service: &str,
-        port: u16,
-        state: &RestoreState,
-    ) -> Result<(), PoolError> {
-        let off = self.offset_in_ranges(port)?;
-        if self.slots[off] != Slot::FREE {
-            return Err(PoolError::PortTaken {
-                port,
-                state: describe(&self.state(port)),
-            });
-        }
-        if let Some(Held::Reserved(held) | Held::Quarantined(held)) = self.held(service) {
-            return Err(PoolError::ServiceHoldsOther {
-                service: service.to_string(),
-                held,
-                port,
-            });
-        }
-        let i = self.intern(service);
-        match *state {
-            RestoreState::Reserved => {
-                self.set_slot(off, Slot::reserved(i));
-                self.record_mut(i).held = Some(Held::Reserved(port));
-            }
-            RestoreState::Quarantined(until) => {
-                self.set_slot(off, Slot::quarantined(i));
-                let rec = self.record_mut(i);
-                rec.held = Some(Held::Quarantined(port));
-                rec.until = until;
-                self.deadlines.insert((until, port), ());
-            }
-        }
-        self.remember(i, port);
-        Ok(())
-    }
-
-    /// Remembers a service's last port (history from the store).
-    pub fn restore_last_port(&mut self, service: &str, port: u16) {
-        if self.ranges.contains(port) {
-            let i = self.intern(service);
-            self.remember(i, port);
-        }
-    }
-
-    /// Replaces the ranges while running (a configuration reload). Widening
-    /// always works; narrowing works while no port outside the new ranges
-    /// is reserved, quarantined or conflicted (the error names each). Every
-    /// holding, quarantine, conflict, deadline and the history are kept.
-    pub fn set_ranges(&mut self, ranges: PortRanges) -> Result<(), PoolError> {
-        let mut held = Vec::new();
-        for (off, &slot) in self.slots.iter().enumerate() {
-            let port = self.port_at(off);
-            if ranges.contains(port) {
-                continue;
-            }
-            match slot.get() {
-                SlotState::Free => {}
-                SlotState::Reserved(i) => held.push(format!("{} holds {port}", self.name_of(i))),
-                SlotState::Quarantined(i) => {
-                    held.push(format!("{port} is quarantined for {}", self.name_of(i)))
-                }
-                SlotState::Conflicted => held.push(format!("{port} is held by another process")),
-            }
-        }
-        if !held.is_empty() {
-            const SHOWN: usize = 10;
-            let more = held.len().saturating_sub(SHOWN);
-            held.truncate(SHOWN);
-            let mut held = held.join(", ");
-            if more > 0 {
-                held.push_str(&format!(" and {more} more"));
-            }
-            return Err(PoolError::Narrowing {
-                old: self.ranges.to_string(),
-                new: ranges.to_string(),
-                held,
-            });
-        }
-        let mut next = Pool::new(ranges, self.grace_ms);
-        for (off, &slot) in self.slots.iter().enumerate() {
-            if slot != Slot::FREE {
-                let noff = next
-                    .offset_of(self.port_at(off))
-                    .expect("every used port lies in the new ranges (checked above)");
-                next.set_slot(noff, slot);
-            }
-        }
-        next.services = std::mem::take(&mut self.services);
-        next.last_len = self.last_len;
-        next.history_kept = self.history_kept;
-        next.conflicts = std::mem::take(&mut self.conflicts);
-        next.deadlines = std::mem::take(&mut self.deadlines);
-        if let Some(off) = next.offset_of(self.port_at(self.cursor)) {
-            next.cursor = off;
-        }
-        *self = next;
-        Ok(())
-    }
-
     /// Records a service's last port. The history is bounded: past
     /// `2 * capacity + 1024` entries, the history of services that hold
     /// nothing is dropped (amortised O(1); sticky-after-grace is best effort).
@@ -883,15 +692,7 @@ impl Pool {
     }
 }
 
-/// The state a restored reservation comes back in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestoreState {
-    /// Reserved.
-    Reserved,
-    /// Quarantined until the deadline.
-    Quarantined(Millis),
-}
-
+/// A port's state in words, for refusals.
 fn describe(st: &PortState) -> String {
     match st {
         PortState::Free => "free".into(),
@@ -902,221 +703,4 @@ fn describe(st: &PortState) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pool(spec: &str, grace: Millis) -> Pool {
-        Pool::new(spec.parse().expect("valid ranges"), grace)
-    }
-
-    #[test]
-    fn last_port_history_is_bounded() {
-        let mut p = pool("100-109", 0);
-        for i in 0..10_000 {
-            let name = format!("s{i}");
-            p.reserve(&name, 0).unwrap();
-            p.release(&name, 0);
-        }
-        let bound = 2 * 10 + 1024 + 1;
-        assert!(p.last_len <= bound, "{}", p.last_len);
-        assert_eq!(p.last_ports().count(), p.last_len);
-        // Records of services with neither a port nor history are reused.
-        assert!(p.services.live <= bound, "{}", p.services.live);
-        assert!(
-            p.services.recs.len() <= bound + 1,
-            "{}",
-            p.services.recs.len()
-        );
-        assert!(
-            p.services.arena.len() <= 16 * (bound + 1),
-            "{}",
-            p.services.arena.len()
-        );
-    }
-
-    #[test]
-    fn service_index_survives_churn_and_removals() {
-        // Reserve, release, forget and conflict many services on a small pool
-        // so records are freed one by one (index deletion, arena compaction)
-        // and in bulk (history pruning); every lookup must agree with a model.
-        let mut p = pool("100-163", 10);
-        let mut model: HashMap<String, u16> = HashMap::new();
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(12345);
-        for step in 0..200_000u64 {
-            let x: u64 = rng.random();
-            let name = format!("svc-{}", x % 3000);
-            match x % 7 {
-                0..=2 => {
-                    if let Ok(r) = p.reserve(&name, step) {
-                        model.insert(name.clone(), r.port());
-                    }
-                }
-                3 | 4 => {
-                    if p.release(&name, step).is_some() {
-                        model.remove(&name);
-                    }
-                }
-                5 => {
-                    p.forget(&name);
-                    model.remove(&name);
-                }
-                _ => {
-                    let port = 100 + (x % 64) as u16;
-                    if let Some(lost) = p.mark_conflicted(port, step + 5) {
-                        model.remove(&*lost);
-                    }
-                }
-            }
-            assert_eq!(p.port_of(&name), model.get(&name).copied(), "{name}");
-        }
-        let mut held: Vec<(String, u16)> = p.reserved().map(|(s, q)| (s.to_string(), q)).collect();
-        let mut want: Vec<(String, u16)> = model.into_iter().collect();
-        held.sort();
-        want.sort();
-        assert_eq!(held, want);
-        for (s, port) in &held {
-            assert_eq!(p.state(*port), PortState::Reserved(Arc::from(s.as_str())));
-        }
-    }
-
-    #[test]
-    fn parse_errors_name_the_fix() {
-        let e = "11199-11100".parse::<PortRanges>().unwrap_err();
-        assert!(e.to_string().contains("write it as 11100-11199"), "{e}");
-        let e = "1-10,5-20".parse::<PortRanges>().unwrap_err();
-        assert!(matches!(e, RangeError::Overlap(..)), "{e}");
-        let e = "0-10".parse::<PortRanges>().unwrap_err();
-        assert!(matches!(e, RangeError::OutOfBounds(_)), "{e}");
-        let e = "1-70000".parse::<PortRanges>().unwrap_err();
-        assert!(matches!(e, RangeError::OutOfBounds(_)), "{e}");
-        let e = "a-b".parse::<PortRanges>().unwrap_err();
-        assert!(matches!(e, RangeError::Syntax(_)), "{e}");
-        assert_eq!("".parse::<PortRanges>().unwrap_err(), RangeError::Empty);
-        let r: PortRanges = "12000-12049, 11100-11199".parse().unwrap();
-        assert_eq!(r.to_string(), "11100-11199,12000-12049");
-        assert_eq!(r.capacity(), 150);
-    }
-
-    #[test]
-    fn freed_port_is_found_again_after_wrap() {
-        let mut p = pool("100-102", 0);
-        for s in ["a", "b", "c"] {
-            p.reserve(s, 0).unwrap();
-        }
-        assert!(matches!(
-            p.reserve("d", 0),
-            Err(PoolError::Exhausted { .. })
-        ));
-        assert_eq!(p.release("a", 0), Some(100));
-        assert_eq!(p.reserve("d", 0).unwrap().port(), 100);
-    }
-
-    #[test]
-    fn sticky_within_and_after_grace() {
-        let mut p = pool("100-199", 1000);
-        let a = p.reserve("a", 0).unwrap().port();
-        assert_eq!(p.reserve("a", 0).unwrap(), Reservation::AlreadyHeld(a));
-        p.release("a", 10);
-        assert_eq!(p.counts().quarantined, 1);
-        // Another service can't take it while quarantined.
-        assert_ne!(p.reserve("b", 20).unwrap().port(), a);
-        assert_eq!(
-            p.reserve("a", 500).unwrap(),
-            Reservation::Assigned {
-                port: a,
-                outcome: Outcome::Sticky
-            }
-        );
-        p.release("a", 600);
-        let freed = p.expire(1600);
-        assert_eq!(freed.len(), 1);
-        assert_eq!(p.counts().quarantined, 0);
-        assert_eq!(
-            p.reserve("a", 2000).unwrap(),
-            Reservation::Assigned {
-                port: a,
-                outcome: Outcome::Sticky
-            }
-        );
-    }
-
-    #[test]
-    fn exhaustion_message_names_counts_and_fix() {
-        let mut p = pool("100-101", 1000);
-        p.reserve("a", 0).unwrap();
-        p.reserve("b", 0).unwrap();
-        p.release("b", 0);
-        let e = p.reserve("c", 0).unwrap_err().to_string();
-        assert!(e.contains("100-101"), "{e}");
-        assert!(e.contains("in use 1, quarantined 1, conflicted 0"), "{e}");
-        assert!(e.contains("widen --ports"), "{e}");
-    }
-
-    #[test]
-    fn conflict_moves_the_service_and_expires() {
-        let mut p = pool("100-101", 0);
-        let a = p.reserve("a", 0).unwrap().port();
-        assert_eq!(p.mark_conflicted(a, 50).as_deref(), Some("a"));
-        let again = p.reserve("a", 0).unwrap().port();
-        assert_ne!(again, a);
-        assert_eq!(p.counts().conflicted, 1);
-        p.expire(50);
-        assert_eq!(p.counts().conflicted, 0);
-        assert_eq!(p.counts().free, 1);
-    }
-
-    #[test]
-    fn a_name_freed_twice_before_a_take_is_reported_once() {
-        // A conflict frees the record of a service with no other history;
-        // reserving again and losing that port too frees it a second time.
-        let mut p = pool("100-103", 0);
-        p.track_changes();
-        for _ in 0..2 {
-            let port = p.reserve("a", 0).unwrap().port();
-            assert_eq!(p.mark_conflicted(port, 50).as_deref(), Some("a"));
-        }
-        let mut seen = Vec::new();
-        p.take_changed(|name, held| seen.push((name.to_string(), held)));
-        assert_eq!(seen, vec![("a".to_string(), None)]);
-    }
-
-    #[test]
-    fn widen_keeps_everything() {
-        let mut p = pool("100-101", 1000);
-        p.reserve("a", 0).unwrap();
-        p.reserve("b", 0).unwrap();
-        p.release("b", 0);
-        p.set_ranges("100-101,200-201".parse().unwrap()).unwrap();
-        assert_eq!(p.port_of("a"), Some(100));
-        assert_eq!(p.quarantined_port_of("b"), Some(101));
-        assert_eq!(p.reserve("c", 0).unwrap().port(), 200);
-        let e = p.set_ranges("100-100".parse().unwrap()).unwrap_err();
-        assert!(matches!(e, PoolError::Narrowing { .. }));
-        assert!(
-            e.to_string().contains("101 is quarantined for b"),
-            "names what holds the dropped port: {e}"
-        );
-    }
-
-    #[test]
-    fn narrowing_drops_only_unused_ports_and_names_what_blocks_it() {
-        let mut p = pool("100-109", 1000);
-        p.reserve("a", 0).unwrap();
-        p.reserve("b", 0).unwrap();
-        let e = p.set_ranges("100-100".parse().unwrap()).unwrap_err();
-        assert!(e.to_string().contains("b holds 101"), "{e}");
-        assert_eq!(p.counts().capacity, 10, "a refused change changes nothing");
-        p.set_ranges("100-104".parse().unwrap()).unwrap();
-        assert_eq!(p.counts().capacity, 5);
-        assert_eq!((p.port_of("a"), p.port_of("b")), (Some(100), Some(101)));
-        assert!(p.reserve_port("c", 107, 0).is_err(), "107 left the ranges");
-        for s in ["c", "d", "e"] {
-            p.reserve(s, 0).unwrap();
-        }
-        assert!(matches!(
-            p.reserve("f", 0),
-            Err(PoolError::Exhausted { .. })
-        ));
-    }
-}
+mod tests;

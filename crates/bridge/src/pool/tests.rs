@@ -1,0 +1,218 @@
+//! The pool's tests: unit tests of allocation, quarantine and ranges, and proptest models.
+
+use super::*;
+
+fn pool(spec: &str, grace: Millis) -> Pool {
+    Pool::new(spec.parse().expect("valid ranges"), grace)
+}
+
+#[test]
+fn last_port_history_is_bounded() {
+    let mut p = pool("100-109", 0);
+    for i in 0..10_000 {
+        let name = format!("s{i}");
+        p.reserve(&name, 0).unwrap();
+        p.release(&name, 0);
+    }
+    let bound = 2 * 10 + 1024 + 1;
+    assert!(p.last_len <= bound, "{}", p.last_len);
+    assert_eq!(p.last_ports().count(), p.last_len);
+    // Records of services with neither a port nor history are reused.
+    assert!(p.services.live <= bound, "{}", p.services.live);
+    assert!(
+        p.services.recs.len() <= bound + 1,
+        "{}",
+        p.services.recs.len()
+    );
+    assert!(
+        p.services.arena.len() <= 16 * (bound + 1),
+        "{}",
+        p.services.arena.len()
+    );
+}
+
+#[test]
+fn service_index_survives_churn_and_removals() {
+    // Reserve, release, forget and conflict many services on a small pool
+    // so records are freed one by one (index deletion, arena compaction)
+    // and in bulk (history pruning); every lookup must agree with a model.
+    let mut p = pool("100-163", 10);
+    let mut model: HashMap<String, u16> = HashMap::new();
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12345);
+    for step in 0..200_000u64 {
+        let x: u64 = rng.random();
+        let name = format!("svc-{}", x % 3000);
+        match x % 7 {
+            0..=2 => {
+                if let Ok(r) = p.reserve(&name, step) {
+                    model.insert(name.clone(), r.port());
+                }
+            }
+            3 | 4 => {
+                if p.release(&name, step).is_some() {
+                    model.remove(&name);
+                }
+            }
+            5 => {
+                p.forget(&name);
+                model.remove(&name);
+            }
+            _ => {
+                let port = 100 + (x % 64) as u16;
+                if let Some(lost) = p.mark_conflicted(port, step + 5) {
+                    model.remove(&*lost);
+                }
+            }
+        }
+        assert_eq!(p.port_of(&name), model.get(&name).copied(), "{name}");
+    }
+    let mut held: Vec<(String, u16)> = p.reserved().map(|(s, q)| (s.to_string(), q)).collect();
+    let mut want: Vec<(String, u16)> = model.into_iter().collect();
+    held.sort();
+    want.sort();
+    assert_eq!(held, want);
+    for (s, port) in &held {
+        assert_eq!(p.state(*port), PortState::Reserved(Arc::from(s.as_str())));
+    }
+}
+
+#[test]
+fn parse_errors_name_the_fix() {
+    let e = "11199-11100".parse::<PortRanges>().unwrap_err();
+    assert!(e.to_string().contains("write it as 11100-11199"), "{e}");
+    let e = "1-10,5-20".parse::<PortRanges>().unwrap_err();
+    assert!(matches!(e, RangeError::Overlap(..)), "{e}");
+    let e = "0-10".parse::<PortRanges>().unwrap_err();
+    assert!(matches!(e, RangeError::OutOfBounds(_)), "{e}");
+    let e = "1-70000".parse::<PortRanges>().unwrap_err();
+    assert!(matches!(e, RangeError::OutOfBounds(_)), "{e}");
+    let e = "a-b".parse::<PortRanges>().unwrap_err();
+    assert!(matches!(e, RangeError::Syntax(_)), "{e}");
+    assert_eq!("".parse::<PortRanges>().unwrap_err(), RangeError::Empty);
+    let r: PortRanges = "12000-12049, 11100-11199".parse().unwrap();
+    assert_eq!(r.to_string(), "11100-11199,12000-12049");
+    assert_eq!(r.capacity(), 150);
+}
+
+#[test]
+fn freed_port_is_found_again_after_wrap() {
+    let mut p = pool("100-102", 0);
+    for s in ["a", "b", "c"] {
+        p.reserve(s, 0).unwrap();
+    }
+    assert!(matches!(
+        p.reserve("d", 0),
+        Err(PoolError::Exhausted { .. })
+    ));
+    assert_eq!(p.release("a", 0), Some(100));
+    assert_eq!(p.reserve("d", 0).unwrap().port(), 100);
+}
+
+#[test]
+fn sticky_within_and_after_grace() {
+    let mut p = pool("100-199", 1000);
+    let a = p.reserve("a", 0).unwrap().port();
+    assert_eq!(p.reserve("a", 0).unwrap(), Reservation::AlreadyHeld(a));
+    p.release("a", 10);
+    assert_eq!(p.counts().quarantined, 1);
+    // Another service can't take it while quarantined.
+    assert_ne!(p.reserve("b", 20).unwrap().port(), a);
+    assert_eq!(
+        p.reserve("a", 500).unwrap(),
+        Reservation::Assigned {
+            port: a,
+            outcome: Outcome::Sticky
+        }
+    );
+    p.release("a", 600);
+    let freed = p.expire(1600);
+    assert_eq!(freed.len(), 1);
+    assert_eq!(p.counts().quarantined, 0);
+    assert_eq!(
+        p.reserve("a", 2000).unwrap(),
+        Reservation::Assigned {
+            port: a,
+            outcome: Outcome::Sticky
+        }
+    );
+}
+
+#[test]
+fn exhaustion_message_names_counts_and_fix() {
+    let mut p = pool("100-101", 1000);
+    p.reserve("a", 0).unwrap();
+    p.reserve("b", 0).unwrap();
+    p.release("b", 0);
+    let e = p.reserve("c", 0).unwrap_err().to_string();
+    assert!(e.contains("100-101"), "{e}");
+    assert!(e.contains("in use 1, quarantined 1, conflicted 0"), "{e}");
+    assert!(e.contains("widen --ports"), "{e}");
+}
+
+#[test]
+fn conflict_moves_the_service_and_expires() {
+    let mut p = pool("100-101", 0);
+    let a = p.reserve("a", 0).unwrap().port();
+    assert_eq!(p.mark_conflicted(a, 50).as_deref(), Some("a"));
+    let again = p.reserve("a", 0).unwrap().port();
+    assert_ne!(again, a);
+    assert_eq!(p.counts().conflicted, 1);
+    p.expire(50);
+    assert_eq!(p.counts().conflicted, 0);
+    assert_eq!(p.counts().free, 1);
+}
+
+#[test]
+fn a_name_freed_twice_before_a_take_is_reported_once() {
+    // A conflict frees the record of a service with no other history;
+    // reserving again and losing that port too frees it a second time.
+    let mut p = pool("100-103", 0);
+    p.track_changes();
+    for _ in 0..2 {
+        let port = p.reserve("a", 0).unwrap().port();
+        assert_eq!(p.mark_conflicted(port, 50).as_deref(), Some("a"));
+    }
+    let mut seen = Vec::new();
+    p.take_changed(|name, held| seen.push((name.to_string(), held)));
+    assert_eq!(seen, vec![("a".to_string(), None)]);
+}
+
+#[test]
+fn widen_keeps_everything() {
+    let mut p = pool("100-101", 1000);
+    p.reserve("a", 0).unwrap();
+    p.reserve("b", 0).unwrap();
+    p.release("b", 0);
+    p.set_ranges("100-101,200-201".parse().unwrap()).unwrap();
+    assert_eq!(p.port_of("a"), Some(100));
+    assert_eq!(p.quarantined_port_of("b"), Some(101));
+    assert_eq!(p.reserve("c", 0).unwrap().port(), 200);
+    let e = p.set_ranges("100-100".parse().unwrap()).unwrap_err();
+    assert!(matches!(e, PoolError::Narrowing { .. }));
+    assert!(
+        e.to_string().contains("101 is quarantined for b"),
+        "names what holds the dropped port: {e}"
+    );
+}
+
+#[test]
+fn narrowing_drops_only_unused_ports_and_names_what_blocks_it() {
+    let mut p = pool("100-109", 1000);
+    p.reserve("a", 0).unwrap();
+    p.reserve("b", 0).unwrap();
+    let e = p.set_ranges("100-100".parse().unwrap()).unwrap_err();
+    assert!(e.to_string().contains("b holds 101"), "{e}");
+    assert_eq!(p.counts().capacity, 10, "a refused change changes nothing");
+    p.set_ranges("100-104".parse().unwrap()).unwrap();
+    assert_eq!(p.counts().capacity, 5);
+    assert_eq!((p.port_of("a"), p.port_of("b")), (Some(100), Some(101)));
+    assert!(p.reserve_port("c", 107, 0).is_err(), "107 left the ranges");
+    for s in ["c", "d", "e"] {
+        p.reserve(s, 0).unwrap();
+    }
+    assert!(matches!(
+        p.reserve("f", 0),
+        Err(PoolError::Exhausted { .. })
+    ));
+}
