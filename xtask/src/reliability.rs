@@ -89,9 +89,7 @@ pub fn run(args: &Args) -> Result<()> {
         };
         let r = rt.block_on(scenario::run_named(
             &RunArgs {
-                name: s.name.clone(),
-                seed: args.seed,
-                duration: None,
+                chosen: crate::scenario::Chosen::named(&s.name, args.seed),
                 engine: args.engine,
                 bridge_image: args.bridge_image.clone(),
             },

@@ -336,9 +336,7 @@ pub fn run(args: &Args) -> Result<()> {
             let say = |m: &str| println!("    [{}] {m}", s);
             let r = rt.block_on(scenario::run_named(
                 &RunArgs {
-                    name: (*s).to_string(),
-                    seed: None,
-                    duration: None,
+                    chosen: crate::scenario::Chosen::named(s, None),
                     engine: Engine::Dind,
                     bridge_image: TEETH_IMAGE.into(),
                 },

@@ -75,12 +75,12 @@ pub enum Command {
     Run(RunArgs),
     /// The dry run: print the topology and the seeded schedule with what
     /// each fault will do, starting nothing.
-    Plan(plan::PlanArgs),
+    Plan(Chosen),
 }
 
-/// `scenario run`.
+/// Which scenario, with which seed and duration (`scenario plan` and `run`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
+pub struct Chosen {
     /// Scenario name (file stem in tests/scenarios).
     pub name: String,
     /// Seed (default: the scenario's).
@@ -89,6 +89,37 @@ pub struct RunArgs {
     /// Override the duration (humantime, e.g. 20m).
     #[arg(long)]
     pub duration: Option<String>,
+}
+
+impl Chosen {
+    /// The scenario named, with default seed and duration.
+    pub fn named(name: &str, seed: Option<u64>) -> Self {
+        Chosen {
+            name: name.to_string(),
+            seed,
+            duration: None,
+        }
+    }
+
+    /// Loads the scenario with the duration applied; returns it and the seed.
+    pub fn load(&self) -> Result<(Scenario, u64)> {
+        let path = scenario_dir().join(format!("{}.toml", self.name));
+        let mut scn = Scenario::load(&path)?;
+        if let Some(d) = &self.duration {
+            dur("--duration", d)?;
+            scn.duration = d.clone();
+        }
+        let seed = self.seed.unwrap_or(scn.seed);
+        Ok((scn, seed))
+    }
+}
+
+/// `scenario run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The scenario.
+    #[command(flatten)]
+    pub chosen: Chosen,
     /// Where the services run.
     #[arg(long, value_enum, default_value_t = Engine::Dind)]
     pub engine: Engine,
@@ -134,7 +165,7 @@ pub fn run(cmd: &Command) -> Result<()> {
             println!("\n{}", std::fs::read_to_string(out.dir.join("summary.md"))?);
             println!("reports in {}", out.dir.display());
             if out.report.verdict != "pass" {
-                bail!("scenario {} failed", args.name);
+                bail!("scenario {} failed", args.chosen.name);
             }
             Ok(())
         }
@@ -160,13 +191,7 @@ pub struct RunOutput {
 
 /// Loads `name` and runs it, with cleanup on ctrl-c.
 pub async fn run_named(args: &RunArgs, say: &(dyn Fn(&str) + Sync)) -> Result<RunOutput> {
-    let path = scenario_dir().join(format!("{}.toml", args.name));
-    let mut scn = Scenario::load(&path)?;
-    if let Some(d) = &args.duration {
-        dur("--duration", d)?;
-        scn.duration = d.clone();
-    }
-    let seed = args.seed.unwrap_or(scn.seed);
+    let (scn, seed) = args.chosen.load()?;
     crate::interrupt::check()?;
     crate::owner::sweep_dead(&out_root(), &|m| say(m));
     let run_id = format!("{}-{}-{}", scn.name, seed, std::process::id());

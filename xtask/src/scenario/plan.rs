@@ -6,28 +6,9 @@
 
 use super::*;
 
-/// `scenario plan`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PlanArgs {
-    /// Scenario name (file stem in tests/scenarios).
-    pub name: String,
-    /// Seed (default: the scenario's).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Override the duration (humantime, e.g. 20m).
-    #[arg(long)]
-    pub duration: Option<String>,
-}
-
 /// Prints the plan of one scenario run.
-pub fn print(args: &PlanArgs) -> Result<()> {
-    let path = scenario_dir().join(format!("{}.toml", args.name));
-    let mut scn = Scenario::load(&path)?;
-    if let Some(d) = &args.duration {
-        dur("--duration", d)?;
-        scn.duration = d.clone();
-    }
-    let seed = args.seed.unwrap_or(scn.seed);
+pub fn print(chosen: &Chosen) -> Result<()> {
+    let (scn, seed) = chosen.load()?;
     let plan = schedule::build(&scn, seed)?;
     for line in lines(&scn, seed, &plan)? {
         println!("{line}");
