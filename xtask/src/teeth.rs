@@ -76,7 +76,7 @@ pub const BUGS: &[Bug] = &[
         what: "restoring from the store writes the slot but not the free bitmap: after a restart a new service is handed a restored service's port",
         expected: "I3, I5",
         edits: &[Edit {
-            file: "crates/bridge/src/pool.rs",
+            file: "crates/bridge/src/pool/restore.rs",
             find: "            RestoreState::Reserved => {\n                self.set_slot(off, Slot::reserved(i));",
             replace: "            RestoreState::Reserved => {\n                self.slots[off] = Slot::reserved(i);",
         }],
@@ -172,8 +172,8 @@ pub const BUGS: &[Bug] = &[
         expected: "I7",
         edits: &[Edit {
             file: "crates/bridge/src/registry.rs",
-            find: "        self.replicas(service)\n            .into_iter()\n            .filter(|c| c.running)\n            .filter_map(|c| c.address.map(|a| (a, c.port)))",
-            replace: "        let _ = service;\n        self.containers\n            .values()\n            .filter(|c| c.running)\n            .filter_map(|c| c.address.map(|a| (a, c.port)))",
+            find: "        self.replicas(service)\n            .into_iter()\n            .filter(|c| c.running)\n            .filter_map(|c| {",
+            replace: "        let _ = service;\n        self.containers\n            .values()\n            .filter(|c| c.running)\n            .filter_map(|c| {",
         }],
         scenarios: &["steady"],
     },
@@ -181,11 +181,18 @@ pub const BUGS: &[Bug] = &[
         id: "no-failover",
         what: "a replica that refuses the dial ends the client's connection instead of trying the next replica (ejection then hides it from most clients, so only I4's no-failure promise sees it)",
         expected: "I4",
-        edits: &[Edit {
-            file: "crates/bridge/src/forward.rs",
-            find: "                    Ok(Err(e)) => {\n                        ctx.dial_failed(addr, &endpoints, &mut counted);",
-            replace: "                    Ok(Err(e)) => {\n                        ctx.dial_failed(addr, &endpoints, &mut counted);\n                        if !e.to_string().is_empty() {\n                            return None;\n                        }",
-        }],
+        edits: &[
+            Edit {
+                file: "crates/bridge/src/forward.rs",
+                find: "                    Ok(Err(e)) => {\n                        ctx.dial_failed(addr, &endpoints, &mut counted);",
+                replace: "                    Ok(Err(e)) => {\n                        ctx.dial_failed(addr, &endpoints, &mut counted);\n                        if !e.to_string().is_empty() {\n                            return None;\n                        }",
+            },
+            Edit {
+                file: "crates/bridge/src/forward/http.rs",
+                find: "            Err(e) if e.is_connect() => {\n                ctx.dial_failed(up.addr, &addrs, &mut counted);",
+                replace: "            Err(e) if e.is_connect() => {\n                ctx.dial_failed(up.addr, &addrs, &mut counted);\n                if !e.to_string().is_empty() {\n                    return error(StatusCode::BAD_GATEWAY, \"no failover\");\n                }",
+            },
+        ],
         scenarios: &["network"],
     },
 ];

@@ -1,4 +1,6 @@
-//! One listening socket a reserved port, each connection spliced to a running replica.
+//! One listening socket a reserved port; each connection spliced to a running
+//! replica (`tcp`), or each HTTP request routed to one (`streamable-http`,
+//! `sse`: see `http`, with MCP sessions pinned to their replica, `sessions`).
 //!
 //! The [`Forwarder`] owns one TCP listener per service, bound on `--bind-ip` at the
 //! port the pool reserved for it. Each listener has its own accept loop task; each
@@ -28,6 +30,11 @@
 //!
 //! [`Forwarder::shutdown`] stops every listener, lets in-flight connections finish up
 //! to a deadline, and then aborts the rest.
+//!
+//! The steps above are the `tcp` transport's. For `streamable-http` and `sse`
+//! the connection is served as HTTP/1.1 and each request picks its replica
+//! (`http`): the same endpoints, ejections, hold and metrics, plus the MCP
+//! session metrics.
 
 use std::collections::HashMap;
 use std::io;
@@ -36,7 +43,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -45,8 +55,49 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 mod ejection;
+mod http;
+pub mod sessions;
+mod sse;
 
 use ejection::{Change, Ejections};
+use sessions::Sessions;
+
+pub use crate::contract::labels::Transport;
+
+/// One running replica to forward to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Where to dial it.
+    pub addr: SocketAddr,
+    /// The start of its container id: names it in the session ids clients
+    /// see ([`sessions::key_of`]).
+    pub key: Arc<str>,
+}
+
+impl Upstream {
+    /// The replica at `addr` of container `container_id`.
+    pub fn new(addr: SocketAddr, container_id: &str) -> Self {
+        Self {
+            addr,
+            key: sessions::key_of(container_id),
+        }
+    }
+}
+
+/// What a service's listener forwards to: its transport and replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Endpoints {
+    /// What the replicas speak.
+    pub transport: Transport,
+    /// The running replicas (empty: none runs).
+    pub upstreams: Vec<Upstream>,
+}
+
+impl Endpoints {
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.upstreams.iter().map(|u| u.addr).collect()
+    }
+}
 
 /// How long one attempt to connect to a replica may take before the next is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -74,6 +125,14 @@ pub struct ForwardMetrics {
     pub active: IntGaugeVec,
     /// `mesh_bridge_forward_upstream_errors_total{service}`: failed attempts to reach a replica.
     pub upstream_errors: IntCounterVec,
+    /// `mesh_bridge_mcp_sessions{service}`.
+    pub mcp_sessions: IntGaugeVec,
+    /// `mesh_bridge_mcp_requests_total{service,method}`.
+    pub mcp_requests: IntCounterVec,
+    /// `mesh_bridge_mcp_session_misses_total{service,reason}`.
+    pub mcp_misses: IntCounterVec,
+    /// `mesh_bridge_mcp_request_duration_seconds{service}`.
+    pub mcp_duration: HistogramVec,
 }
 
 impl ForwardMetrics {
@@ -83,7 +142,8 @@ impl ForwardMetrics {
     /// Fails when a metric of the same name is already registered there.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         use crate::contract::metric::{
-            FORWARD_ACTIVE, FORWARD_CONNECTIONS, FORWARD_UPSTREAM_ERRORS,
+            FORWARD_ACTIVE, FORWARD_CONNECTIONS, FORWARD_UPSTREAM_ERRORS, MCP_REQUEST_DURATION,
+            MCP_REQUESTS, MCP_SESSION_MISSES, MCP_SESSIONS,
         };
         let d = FORWARD_CONNECTIONS;
         let connections = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
@@ -93,19 +153,51 @@ impl ForwardMetrics {
         let upstream_errors = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(active.clone()))?;
+        let d = MCP_SESSIONS;
+        let mcp_sessions = IntGaugeVec::new(Opts::new(d.name, d.help), d.labels)?;
+        let d = MCP_REQUESTS;
+        let mcp_requests = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
+        let d = MCP_SESSION_MISSES;
+        let mcp_misses = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
+        let d = MCP_REQUEST_DURATION;
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let mcp_duration = HistogramVec::new(
+            HistogramOpts::new(d.name, d.help).buckets(buckets),
+            d.labels,
+        )?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(mcp_sessions.clone()))?;
+        registry.register(Box::new(mcp_requests.clone()))?;
+        registry.register(Box::new(mcp_misses.clone()))?;
+        registry.register(Box::new(mcp_duration.clone()))?;
         Ok(Self {
             connections,
             active,
             upstream_errors,
+            mcp_sessions,
+            mcp_requests,
+            mcp_misses,
+            mcp_duration,
         })
     }
 
     fn for_service(&self, service: &str) -> ServiceMetrics {
+        // Misses are there at 0 from the start, so a rate() alert sees the
+        // first one.
+        for r in crate::contract::metric::miss::ALL {
+            self.mcp_misses.with_label_values(&[service, r]);
+        }
         ServiceMetrics {
             connections: self.connections.with_label_values(&[service]),
             active: self.active.with_label_values(&[service]),
             upstream_errors: self.upstream_errors.with_label_values(&[service]),
+            mcp_sessions: self.mcp_sessions.with_label_values(&[service]),
+            mcp_duration: self.mcp_duration.with_label_values(&[service]),
+            mcp_requests: self.mcp_requests.clone(),
+            mcp_misses: self.mcp_misses.clone(),
+            service: Arc::from(service),
         }
     }
 
@@ -114,6 +206,15 @@ impl ForwardMetrics {
         let _ = self.connections.remove_label_values(&[service]);
         let _ = self.active.remove_label_values(&[service]);
         let _ = self.upstream_errors.remove_label_values(&[service]);
+        let _ = self.mcp_sessions.remove_label_values(&[service]);
+        let _ = self.mcp_duration.remove_label_values(&[service]);
+        use crate::contract::metric::{mcp_method, miss};
+        for m in mcp_method::SPEC.iter().chain([&mcp_method::OTHER]) {
+            let _ = self.mcp_requests.remove_label_values(&[service, m]);
+        }
+        for r in miss::ALL {
+            let _ = self.mcp_misses.remove_label_values(&[service, r]);
+        }
     }
 }
 
@@ -150,6 +251,8 @@ struct Inner {
     bind_ip: IpAddr,
     hold: Duration,
     metrics: ForwardMetrics,
+    /// The upstream HTTP client of the `streamable-http` and `sse` services.
+    client: http::UpstreamClient,
     /// Cancelled by [`Forwarder::shutdown`] or by the caller's shutdown token: stops
     /// every accept loop and every connection still waiting for a replica.
     stop: CancellationToken,
@@ -173,19 +276,20 @@ struct State {
 }
 
 struct Service {
-    endpoints: watch::Sender<Arc<[SocketAddr]>>,
+    endpoints: watch::Sender<Arc<Endpoints>>,
     cursor: Arc<AtomicUsize>,
     ejections: Arc<Mutex<Ejections>>,
+    sessions: Arc<Mutex<Sessions>>,
     listener: Option<ListenerHandle>,
 }
 
 impl Service {
     fn new() -> Self {
-        let empty: Arc<[SocketAddr]> = Arc::from(Vec::new());
         Self {
-            endpoints: watch::Sender::new(empty),
+            endpoints: watch::Sender::new(Arc::default()),
             cursor: Arc::new(AtomicUsize::new(0)),
             ejections: Arc::default(),
+            sessions: Arc::default(),
             listener: None,
         }
     }
@@ -231,6 +335,7 @@ impl Forwarder {
                 bind_ip,
                 hold,
                 metrics,
+                client: http::client(),
                 stop: shutdown.child_token(),
                 abort: CancellationToken::new(),
                 aborted: AtomicUsize::new(0),
@@ -333,6 +438,7 @@ impl Forwarder {
             endpoints: svc.endpoints.subscribe(),
             cursor: Arc::clone(&svc.cursor),
             ejections: Arc::clone(&svc.ejections),
+            sessions: Arc::clone(&svc.sessions),
             metrics: inner.metrics.for_service(service),
         };
         svc.listener = Some(ListenerHandle {
@@ -353,28 +459,54 @@ impl Forwarder {
         Ok(())
     }
 
-    /// Sets the upstream endpoints (running replicas) of a service.
+    /// Sets the transport and the upstream endpoints (running replicas) of a service.
     ///
-    /// Empty means none is running: new connections then wait up to `hold` for one.
-    /// Connections already waiting are woken as soon as the set changes; setting the
-    /// same set again wakes nobody. May be called before [`Forwarder::open`].
-    pub fn set_endpoints(&self, service: &str, endpoints: Vec<SocketAddr>) {
+    /// No replica means none is running: new connections (or requests) then wait up
+    /// to `hold` for one. Those already waiting are woken as soon as the set changes;
+    /// setting the same set again wakes nobody. The MCP sessions of replicas that
+    /// left are no longer counted. May be called before [`Forwarder::open`].
+    pub fn set_endpoints(&self, service: &str, endpoints: Endpoints) {
         let mut state = self.inner.state();
         let svc = state
             .services
             .entry(service.to_owned())
             .or_insert_with(Service::new);
         let changed = svc.endpoints.send_if_modified(|current| {
-            if current[..] == endpoints[..] {
+            if **current == endpoints {
                 false
             } else {
-                *current = Arc::from(endpoints.clone());
+                *current = Arc::new(endpoints.clone());
                 true
             }
         });
         if changed {
+            if !endpoints.upstreams.is_empty() {
+                let keys: Vec<&str> = endpoints.upstreams.iter().map(|u| &*u.key).collect();
+                let mut s = svc.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+                s.keep_replicas(&keys);
+                let n = s.len();
+                drop(s);
+                if svc.listener.is_some() {
+                    self.inner
+                        .metrics
+                        .mcp_sessions
+                        .with_label_values(&[service])
+                        .set(n as i64);
+                }
+            }
             debug!(service, ?endpoints, "forward: endpoints changed");
         }
+    }
+
+    /// The live MCP sessions of a service per replica key (empty for `tcp`).
+    pub fn sessions(&self, service: &str) -> HashMap<Arc<str>, usize> {
+        let state = self.inner.state();
+        state.services.get(service).map_or_else(HashMap::new, |s| {
+            s.sessions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .per_replica()
+        })
     }
 
     /// Stops listening for a service and forgets it (its endpoints included).
@@ -448,15 +580,32 @@ struct ServiceMetrics {
     connections: IntCounter,
     active: IntGauge,
     upstream_errors: IntCounter,
+    mcp_sessions: IntGauge,
+    mcp_duration: Histogram,
+    mcp_requests: IntCounterVec,
+    mcp_misses: IntCounterVec,
+    service: Arc<str>,
+}
+
+impl ServiceMetrics {
+    fn mcp_request(&self, method: &str) -> IntCounter {
+        self.mcp_requests
+            .with_label_values(&[&*self.service, method])
+    }
+
+    fn mcp_miss(&self, reason: &str) -> IntCounter {
+        self.mcp_misses.with_label_values(&[&*self.service, reason])
+    }
 }
 
 /// What a connection task needs to know about its service.
 #[derive(Clone)]
 struct ServiceCtx {
     name: Arc<str>,
-    endpoints: watch::Receiver<Arc<[SocketAddr]>>,
+    endpoints: watch::Receiver<Arc<Endpoints>>,
     cursor: Arc<AtomicUsize>,
     ejections: Arc<Mutex<Ejections>>,
+    sessions: Arc<Mutex<Sessions>>,
     metrics: ServiceMetrics,
 }
 
@@ -477,6 +626,24 @@ impl ServiceCtx {
         let change = self.ejections().failed(addr, Instant::now(), current);
         if let Change::Ejected(d) = change {
             info!(service = &*self.name, %addr, for_ms = d.as_millis() as u64, "forward: replica ejected after a failed dial");
+        }
+    }
+
+    /// The current endpoints once a replica runs, waiting up to `hold` for
+    /// one; `None` when none came (or the forwarder stops).
+    async fn wait_for_endpoints(&self, inner: &Inner) -> Option<Arc<Endpoints>> {
+        let mut rx = self.endpoints.clone();
+        let until = Instant::now() + inner.hold;
+        loop {
+            let now = Arc::clone(&rx.borrow_and_update());
+            if !now.upstreams.is_empty() {
+                return Some(now);
+            }
+            tokio::select! {
+                () = inner.stop.cancelled() => return None,
+                () = tokio::time::sleep_until(until) => return None,
+                changed = rx.changed() => changed.ok()?,
+            }
         }
     }
 
@@ -585,6 +752,23 @@ async fn serve(
     if let Err(e) = client.set_nodelay(true) {
         debug!(service, %peer, error = %e, "forward: cannot set TCP_NODELAY on client");
     }
+    // What the replicas speak is known once one runs (after a restart the
+    // port listens before Docker has been asked): wait for that first.
+    let known = tokio::select! {
+        biased;
+        () = inner.abort.cancelled() => {
+            inner.aborted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        e = ctx.wait_for_endpoints(&inner) => e,
+    };
+    let Some(known) = known else {
+        debug!(service, %peer, "forward: no replica running within hold, closing");
+        return;
+    };
+    if known.transport.is_http() {
+        return http::serve(inner, ctx, client).await;
+    }
     let upstream = tokio::select! {
         biased;
         () = inner.abort.cancelled() => {
@@ -623,7 +807,7 @@ async fn pick_upstream(inner: &Inner, ctx: &mut ServiceCtx) -> Option<(TcpStream
     // Each replica's failure is counted once per client connection, retries aside.
     let mut counted: Vec<SocketAddr> = Vec::new();
     loop {
-        let endpoints = Arc::clone(&ctx.endpoints.borrow_and_update());
+        let endpoints = ctx.endpoints.borrow_and_update().addrs();
         if !endpoints.is_empty() {
             let start = ctx.cursor.fetch_add(1, Ordering::Relaxed);
             let order = ctx.ejections().order(&endpoints, start, Instant::now());

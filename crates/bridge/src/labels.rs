@@ -2,11 +2,15 @@
 //!
 //! `mesh-bridge.service=NAME` (required, `[a-z0-9][a-z0-9._-]{0,62}`),
 //! `mesh-bridge.port=N` (the container's port, default 8080) and
-//! `mesh-bridge.network=NAME` (which network's address to dial).
+//! `mesh-bridge.network=NAME` (which network's address to dial) and
+//! `mesh-bridge.transport=streamable-http|sse|stdio|tcp` (what it speaks;
+//! default `streamable-http`; `stdio` is refused until it is served).
 
 use std::collections::HashMap;
 
-pub use crate::contract::labels::{DEFAULT_CONTAINER_PORT, NETWORK, PORT, SERVICE};
+pub use crate::contract::labels::{
+    DEFAULT_CONTAINER_PORT, NETWORK, PORT, SERVICE, TRANSPORT, Transport,
+};
 
 /// Why a label (or a service name from elsewhere) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +31,33 @@ pub enum LabelError {
         "label `mesh-bridge.network` is empty; name a network the container is attached to, or drop the label"
     )]
     Network,
+    /// The transport label names no transport.
+    #[error(
+        "label `mesh-bridge.transport={0}` is not a transport; use streamable-http (the default), sse or tcp"
+    )]
+    Transport(String),
+    /// Replicas of one service that disagree on the transport.
+    #[error(
+        "service `{service}` is served as `{theirs}` (container {by}); this container says `{ours}`: \
+         give every replica of a service the same mesh-bridge.transport"
+    )]
+    TransportMismatch {
+        /// The service.
+        service: String,
+        /// What the replicas already registered speak.
+        theirs: Transport,
+        /// One of them.
+        by: String,
+        /// What this container says.
+        ours: Transport,
+    },
+    /// A stdio server: the bridge cannot serve it yet.
+    #[error(
+        "label `mesh-bridge.transport=stdio`: stdio MCP servers are not served yet; \
+         run the server with its streamable HTTP (or SSE) transport and label it so, \
+         or put an HTTP bridge in front of it in the container"
+    )]
+    StdioUnsupported,
 }
 
 /// Checks a service name against `[a-z0-9][a-z0-9._-]{0,62}`.
@@ -63,6 +94,8 @@ pub struct ServiceLabels {
     pub port: u16,
     /// The network whose address to dial (None: the first).
     pub network: Option<String>,
+    /// What the container speaks on `port`.
+    pub transport: Transport,
 }
 
 /// Reads and validates the mesh-bridge labels of a container.
@@ -81,10 +114,19 @@ pub fn parse(labels: &HashMap<String, String>) -> Result<ServiceLabels, LabelErr
         Some(n) if n.trim().is_empty() => return Err(LabelError::Network),
         Some(n) => Some(n.clone()),
     };
+    let transport = match labels.get(TRANSPORT) {
+        None => Transport::default(),
+        Some(t) => match Transport::parse(t.trim()) {
+            Some(Transport::Stdio) => return Err(LabelError::StdioUnsupported),
+            Some(t) => t,
+            None => return Err(LabelError::Transport(truncate(t))),
+        },
+    };
     Ok(ServiceLabels {
         service: service.clone(),
         port,
         network,
+        transport,
     })
 }
 
@@ -142,6 +184,18 @@ mod tests {
             parse(&labels(&[(SERVICE, "Docs")])),
             Err(LabelError::ServiceName(_))
         ));
+        let t = |v: &str| parse(&labels(&[(SERVICE, "docs"), (TRANSPORT, v)]));
+        assert_eq!(t("tcp").unwrap().transport, Transport::Tcp);
+        assert_eq!(t("sse").unwrap().transport, Transport::Sse);
+        assert_eq!(
+            parse(&labels(&[(SERVICE, "docs")])).unwrap().transport,
+            Transport::StreamableHttp
+        );
+        assert_eq!(t("stdio"), Err(LabelError::StdioUnsupported));
+        assert!(matches!(t("http"), Err(LabelError::Transport(_))));
+        for tr in Transport::ALL {
+            assert_eq!(Transport::parse(tr.as_str()), Some(tr));
+        }
         let long = "x".repeat(10_000);
         let e = parse(&labels(&[(SERVICE, &long)])).unwrap_err().to_string();
         assert!(e.len() < 400, "hostile label bounded in the message");

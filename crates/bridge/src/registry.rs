@@ -9,9 +9,10 @@
 //! and never stops the bridge.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::labels::{self, LabelError};
+use crate::forward::Upstream;
+use crate::labels::{self, LabelError, Transport};
 use crate::pool::Millis;
 
 /// What Docker says about one container (built by the watcher from bollard's types).
@@ -46,6 +47,8 @@ pub struct Container {
     pub running: bool,
     /// Why it cannot be dialled, if so.
     pub problem: Option<String>,
+    /// What it speaks (`mesh-bridge.transport`).
+    pub transport: Transport,
 }
 
 /// A container whose labels were refused.
@@ -152,6 +155,21 @@ impl Registry {
             Ok(p) => p,
             Err(e) => return self.reject(info, &e),
         };
+        // Every replica of a service speaks one transport: the first decides.
+        let other = self
+            .replicas(&parsed.service)
+            .into_iter()
+            .find(|c| c.id != info.id && c.transport != parsed.transport)
+            .map(|c| (c.name.clone(), c.transport));
+        if let Some((name, theirs)) = other {
+            let e = LabelError::TransportMismatch {
+                service: parsed.service,
+                theirs,
+                by: name,
+                ours: parsed.transport,
+            };
+            return self.reject(info, &e);
+        }
         self.rejected.remove(&info.id);
         let (address, problem) = dial_address(info, parsed.network.as_deref());
         let next = Container {
@@ -162,6 +180,7 @@ impl Registry {
             address,
             running: info.running,
             problem,
+            transport: parsed.transport,
         };
         match self.containers.get(&info.id) {
             Some(old) if *old == next => Change::Unchanged,
@@ -287,13 +306,24 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// Running replicas that can be dialled, as (address, port).
-    pub fn endpoints(&self, service: &str) -> Vec<(IpAddr, u16)> {
+    /// Running replicas that can be dialled, each with the short id that
+    /// names it in the session ids clients see.
+    pub fn endpoints(&self, service: &str) -> Vec<Upstream> {
         self.replicas(service)
             .into_iter()
             .filter(|c| c.running)
-            .filter_map(|c| c.address.map(|a| (a, c.port)))
+            .filter_map(|c| {
+                let addr = SocketAddr::new(c.address?, c.port);
+                Some(Upstream::new(addr, &c.id))
+            })
             .collect()
+    }
+
+    /// What a service speaks (its replicas agree; the default when it has none).
+    pub fn transport(&self, service: &str) -> Transport {
+        self.replicas(service)
+            .first()
+            .map_or(Transport::default(), |c| c.transport)
     }
 
     /// Rejected containers.

@@ -227,8 +227,37 @@ pub const FORWARD_UPSTREAM_ERRORS: Def = def(
     "Failed attempts to reach a replica (refused, reset, timed out), by service.",
 );
 
+/// `mcp_sessions{service}`.
+pub const MCP_SESSIONS: Def = def(
+    "mesh_bridge_mcp_sessions",
+    Gauge,
+    &["service"],
+    "MCP sessions the bridge routes (created through it and not ended, idle at most an hour), by service.",
+);
+/// `mcp_requests_total{service,method}` ([`mcp_method`]).
+pub const MCP_REQUESTS: Def = def(
+    "mesh_bridge_mcp_requests_total",
+    Counter,
+    &["service", "method"],
+    "MCP JSON-RPC messages routed, by service and method (the spec's methods; anything else is other).",
+);
+/// `mcp_session_misses_total{service,reason}` ([`miss`]).
+pub const MCP_SESSION_MISSES: Def = def(
+    "mesh_bridge_mcp_session_misses_total",
+    Counter,
+    &["service", "reason"],
+    "Requests naming a session the bridge could not route to the replica that created it, by reason.",
+);
+/// `mcp_request_duration_seconds{service}`.
+pub const MCP_REQUEST_DURATION: Def = def(
+    "mesh_bridge_mcp_request_duration_seconds",
+    Histogram,
+    &["service"],
+    "Time from an MCP HTTP request to its response headers, through the bridge, by service.",
+);
+
 /// The whole table, in DESIGN's order.
-pub const ALL: [Def; 23] = [
+pub const ALL: [Def; 27] = [
     PORTS_CAPACITY,
     PORTS_IN_USE,
     PORTS_QUARANTINED,
@@ -252,7 +281,59 @@ pub const ALL: [Def; 23] = [
     FORWARD_CONNECTIONS,
     FORWARD_ACTIVE,
     FORWARD_UPSTREAM_ERRORS,
+    MCP_SESSIONS,
+    MCP_REQUESTS,
+    MCP_SESSION_MISSES,
+    MCP_REQUEST_DURATION,
 ];
+
+/// Values of `mcp_requests_total{method}`: the MCP specification's
+/// (2025-06-18) requests and notifications; [`mcp_method::OTHER`] for any
+/// other method and for JSON-RPC responses a client sends back.
+pub mod mcp_method {
+    /// A method not in the specification, or a response.
+    pub const OTHER: &str = "other";
+    /// Every method of the specification.
+    pub const SPEC: &[&str] = &[
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "notifications/initialized",
+        "notifications/cancelled",
+        "notifications/progress",
+        "notifications/roots/list_changed",
+    ];
+
+    /// The label value for a message's method.
+    pub fn label(method: Option<&str>) -> &'static str {
+        method
+            .and_then(|m| SPEC.iter().find(|s| **s == m))
+            .copied()
+            .unwrap_or(OTHER)
+    }
+}
+
+/// Values of `mcp_session_misses_total{reason}`.
+pub mod miss {
+    /// The replica that created the session is no longer running.
+    pub const REPLICA_GONE: &str = "replica-gone";
+    /// The session id was not made by this bridge (no replica in it).
+    pub const UNKNOWN: &str = "unknown";
+    /// The replica answered 404: it no longer knows the session.
+    pub const EXPIRED: &str = "expired";
+    /// Every value.
+    pub const ALL: [&str; 3] = [REPLICA_GONE, UNKNOWN, EXPIRED];
+}
 
 /// Values of `port_allocations_total{outcome}`.
 pub mod outcome {

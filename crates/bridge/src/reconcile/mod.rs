@@ -9,8 +9,8 @@
 //! service that finds no port is `pending`, counted once as an exhaustion
 //! event when it becomes pending, and retried whenever a port frees up.
 
+use crate::forward::Endpoints;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 
 use crate::metrics::{Metrics, release};
 use crate::pool::{Millis, Outcome, Pool, PoolError, Reservation};
@@ -41,8 +41,8 @@ pub enum Effect {
     Endpoints {
         /// The service.
         service: String,
-        /// Where to dial.
-        endpoints: Vec<SocketAddr>,
+        /// Its transport and where to dial.
+        endpoints: Endpoints,
     },
 }
 
@@ -180,14 +180,14 @@ impl Core {
     }
 
     fn endpoints(&self, service: &str) -> Effect {
-        let endpoints = if self.engine_lost {
+        let upstreams = if self.engine_lost {
             Vec::new()
         } else {
-            self.registry
-                .endpoints(service)
-                .into_iter()
-                .map(|(ip, port)| SocketAddr::new(ip, port))
-                .collect()
+            self.registry.endpoints(service)
+        };
+        let endpoints = Endpoints {
+            transport: self.registry.transport(service),
+            upstreams,
         };
         Effect::Endpoints {
             service: service.to_string(),
@@ -491,7 +491,7 @@ mod tests {
             Effect::Endpoints {
                 service: s,
                 endpoints,
-            } if s == service => Some(endpoints.len()),
+            } if s == service => Some(endpoints.upstreams.len()),
             _ => None,
         })
     }

@@ -136,14 +136,28 @@ fn invalid_labels_are_rejected_with_a_reason() {
         ],
         "badport",
     );
+    let stdio = ctx.container(
+        &[
+            ("mesh-bridge.service", "stdiosvc"),
+            ("mesh-bridge.transport", "stdio"),
+        ],
+        "stdio",
+    );
+    let bad_transport = ctx.container(
+        &[
+            ("mesh-bridge.service", "weird"),
+            ("mesh-bridge.transport", "grpc"),
+        ],
+        "weird",
+    );
     let _good = ctx.stub("good", "good");
-    let rejected = wait_for("two rejected containers", REGISTER, || {
+    let rejected = wait_for("four rejected containers", REGISTER, || {
         let r: Vec<Value> = bridge
             .services()
             .into_iter()
             .filter(|s| s["state"] == "rejected")
             .collect();
-        if r.len() == 2 {
+        if r.len() == 4 {
             Ok(r)
         } else {
             Err(format!("{r:?}"))
@@ -161,6 +175,16 @@ fn invalid_labels_are_rejected_with_a_reason() {
     assert!(r1.contains("Bad_Name!") && r1.contains("invalid"), "{r1}");
     let r2 = reason_of(&bad_port.id);
     assert!(r2.contains("99999"), "{r2}");
+    let r3 = reason_of(&stdio.id);
+    assert!(
+        r3.contains("stdio") && r3.contains("not served yet"),
+        "{r3}"
+    );
+    let r4 = reason_of(&bad_transport.id);
+    assert!(
+        r4.contains("grpc") && r4.contains("streamable-http"),
+        "{r4}"
+    );
     let p = bridge.wait_port("good", 1, REGISTER);
     wait_serving(p, "good", SERVE);
     bridge.wait_resyncs(2, READY);
@@ -168,6 +192,6 @@ fn invalid_labels_are_rejected_with_a_reason() {
     assert_eq!(bridge.get("/healthz").unwrap().status, 200);
     assert_eq!(
         bridge.metric("mesh_bridge_services", &[("state", "rejected")]),
-        2.0
+        4.0
     );
 }

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns are test code too
 
+mod mcp;
 mod process;
 mod routing;
 mod stream;
@@ -13,7 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mesh_bridge::forward::{ForwardError, ForwardMetrics, Forwarder};
+use mesh_bridge::forward::{
+    Endpoints, ForwardError, ForwardMetrics, Forwarder, Transport, Upstream,
+};
 use mesh_chaos::wait;
 use prometheus::Registry;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -102,6 +105,19 @@ async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, accepted)
+}
+
+/// A `tcp` service's endpoints: each address one replica (its key made up).
+fn tcp(addrs: &[SocketAddr]) -> Endpoints {
+    let upstreams = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Upstream::new(*a, &format!("{i:012x}")))
+        .collect();
+    Endpoints {
+        transport: Transport::Tcp,
+        upstreams,
+    }
 }
 
 /// Polls `cond` every few milliseconds until it holds; panics after `PROMPT`.

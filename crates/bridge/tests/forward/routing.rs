@@ -8,7 +8,7 @@ async fn splices_both_ways_round_robin_across_two_replicas() {
     let (a, a_count) = echo_server().await;
     let (b, b_count) = echo_server().await;
     let port = free_port();
-    h.fwd.set_endpoints("docs", vec![a, b]);
+    h.fwd.set_endpoints("docs", tcp(&[a, b]));
     h.fwd.open("docs", port).await.unwrap();
     assert_eq!(h.fwd.listening(), vec![("docs".to_owned(), port)]);
 
@@ -34,7 +34,7 @@ async fn dead_replica_is_skipped_and_counted() {
     let dead = SocketAddr::new(LOCALHOST, free_port());
     let (live, live_count) = echo_server().await;
     let port = free_port();
-    h.fwd.set_endpoints("svc", vec![dead, live]);
+    h.fwd.set_endpoints("svc", tcp(&[dead, live]));
     h.fwd.open("svc", port).await.unwrap();
 
     for i in 0..4u8 {
@@ -56,7 +56,7 @@ async fn ejected_replica_gets_connections_again_once_it_answers() {
     let back_addr = SocketAddr::new(LOCALHOST, back);
     let (live, _) = echo_server().await;
     let port = free_port();
-    h.fwd.set_endpoints("svc", vec![back_addr, live]);
+    h.fwd.set_endpoints("svc", tcp(&[back_addr, live]));
     h.fwd.open("svc", port).await.unwrap();
 
     let mut c = connect(port).await;
@@ -96,7 +96,7 @@ async fn waiting_client_is_served_when_endpoints_arrive_within_hold() {
     eventually("connection accepted and waiting", || h.active("late") == 1).await;
 
     let (echo, echo_count) = echo_server().await;
-    h.fwd.set_endpoints("late", vec![echo]);
+    h.fwd.set_endpoints("late", tcp(&[echo]));
     let mut buf = [0u8; 11];
     timeout(PROMPT, c.read_exact(&mut buf))
         .await
@@ -136,7 +136,7 @@ async fn unreachable_replicas_are_counted_then_closed_after_hold() {
     let dead1 = SocketAddr::new(LOCALHOST, free_port());
     let dead2 = SocketAddr::new(LOCALHOST, free_port());
     let port = free_port();
-    h.fwd.set_endpoints("down", vec![dead1, dead2]);
+    h.fwd.set_endpoints("down", tcp(&[dead1, dead2]));
     h.fwd.open("down", port).await.unwrap();
 
     let mut c = connect(port).await;
@@ -158,7 +158,7 @@ async fn replica_that_starts_listening_within_hold_is_reached_without_a_new_endp
     let late = free_port();
     let addr = SocketAddr::new(LOCALHOST, late);
     let port = free_port();
-    h.fwd.set_endpoints("late", vec![addr]);
+    h.fwd.set_endpoints("late", tcp(&[addr]));
     h.fwd.open("late", port).await.unwrap();
 
     let mut c = connect(port).await;
@@ -204,7 +204,7 @@ async fn open_is_idempotent_and_moves_a_service_between_ports() {
     let (echo, _) = echo_server().await;
     let p1 = free_port();
     let p2 = free_port();
-    h.fwd.set_endpoints("mover", vec![echo]);
+    h.fwd.set_endpoints("mover", tcp(&[echo]));
     h.fwd.open("mover", p1).await.unwrap();
     h.fwd.open("mover", p1).await.unwrap();
     let mut kept = connect(p1).await;
@@ -227,7 +227,7 @@ async fn close_stops_accepting_while_existing_connection_keeps_working() {
     let h = harness(Duration::from_secs(1));
     let (echo, _) = echo_server().await;
     let port = free_port();
-    h.fwd.set_endpoints("closing", vec![echo]);
+    h.fwd.set_endpoints("closing", tcp(&[echo]));
     h.fwd.open("closing", port).await.unwrap();
     let mut c = connect(port).await;
     roundtrip(&mut c, b"one").await;
@@ -249,7 +249,7 @@ async fn close_stops_accepting_while_existing_connection_keeps_working() {
 
     // Reopening the port right after close works (the old socket is released first).
     h.fwd.open("closing", port).await.unwrap();
-    h.fwd.set_endpoints("closing", vec![echo]);
+    h.fwd.set_endpoints("closing", tcp(&[echo]));
     let mut c2 = connect(port).await;
     roundtrip(&mut c2, b"three").await;
     assert_eq!(h.connections("closing"), 1);
@@ -260,7 +260,7 @@ async fn active_gauge_returns_to_zero_after_clients_disconnect() {
     let h = harness(Duration::from_secs(1));
     let (echo, _) = echo_server().await;
     let port = free_port();
-    h.fwd.set_endpoints("gauge", vec![echo]);
+    h.fwd.set_endpoints("gauge", tcp(&[echo]));
     h.fwd.open("gauge", port).await.unwrap();
 
     let mut clients = Vec::new();
@@ -281,7 +281,7 @@ async fn shutdown_aborts_idle_connection_within_deadline() {
     let h = harness(Duration::from_secs(1));
     let (echo, _) = echo_server().await;
     let port = free_port();
-    h.fwd.set_endpoints("busy", vec![echo]);
+    h.fwd.set_endpoints("busy", tcp(&[echo]));
     h.fwd.open("busy", port).await.unwrap();
     let mut idle = connect(port).await;
     roundtrip(&mut idle, b"hi").await;

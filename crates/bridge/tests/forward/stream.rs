@@ -53,7 +53,7 @@ where
 /// Opens the forwarder for `service` in front of the single `replica`; returns its port.
 async fn forward_to(h: &Harness, service: &str, replica: SocketAddr) -> u16 {
     let port = free_port();
-    h.fwd.set_endpoints(service, vec![replica]);
+    h.fwd.set_endpoints(service, tcp(&[replica]));
     h.fwd.open(service, port).await.unwrap();
     port
 }

@@ -104,7 +104,13 @@ fn main() -> ExitCode {
             }
         }
         Mode::Serve => {
-            let config = StubConfig::from_env();
+            let config = match StubConfig::from_env() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("mcp-stub: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             eprintln!(
                 "mcp-stub {}: serving {:?} on 0.0.0.0:{port}",
                 env!("CARGO_PKG_VERSION"),

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::bench::infra::{self, Bridge, Proc};
 use crate::bench::{Row, ratio, sink};
+use mesh_bridge::contract::{self, labels::Transport};
 use mesh_chaos::docker_relay::Relay;
 
 use super::{Ctx, median, pct, sorted};
@@ -47,7 +48,12 @@ pub async fn p4(ctx: &Ctx) -> Result<Vec<Row>> {
         &ctx.run,
         "p4",
         "bulk",
-        &["--label", &format!("mesh-bridge.port={port}")],
+        &[
+            "--label",
+            &format!("{}={port}", contract::labels::PORT),
+            "--label",
+            &format!("{}={}", contract::labels::TRANSPORT, Transport::Tcp),
+        ],
         true,
     )?;
     let (ip, pid) = infra::inspect_ip_pid(&stub.id)?;

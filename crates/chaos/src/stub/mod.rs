@@ -32,6 +32,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 
 use crate::http::HttpError;
+
+mod stateful;
+
+/// A response body of the stub: whole, or a stream (stateful GET).
+pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -75,6 +80,16 @@ pub struct StubConfig {
     pub version: String,
     /// Milliseconds every `/mcp` answer waits (delay mode; 0 = none).
     pub delay_ms: std::sync::Arc<AtomicU64>,
+    /// Stateful mode (`MCP_STUB_STATEFUL=1`): sessions, 404 for unknown
+    /// ones, SSE answers to `tools/call`, a GET stream of notifications.
+    pub stateful: bool,
+    /// This replica's identity, returned by the `whoami` tool (`HOSTNAME`,
+    /// which Docker sets to the container's short id).
+    pub replica: String,
+    /// How often the GET stream sends a notification.
+    pub stream_every: Duration,
+    /// The live sessions (stateful mode).
+    pub(crate) sessions: std::sync::Arc<stateful::Sessions>,
 }
 
 impl Default for StubConfig {
@@ -83,7 +98,19 @@ impl Default for StubConfig {
             name: DEFAULT_NAME.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             delay_ms: std::sync::Arc::default(),
+            stateful: false,
+            replica: replica_id(),
+            stream_every: Duration::from_secs(1),
+            sessions: std::sync::Arc::default(),
         }
+    }
+}
+
+/// `HOSTNAME` (a container's short id), else a random id.
+fn replica_id() -> String {
+    match std::env::var("HOSTNAME") {
+        Ok(h) if !h.is_empty() => h,
+        _ => format!("{:016x}", rand::random::<u64>()),
     }
 }
 
@@ -96,12 +123,40 @@ impl StubConfig {
         }
     }
 
-    /// Reads `MCP_STUB_NAME` (default [`DEFAULT_NAME`]).
-    pub fn from_env() -> Self {
-        match std::env::var("MCP_STUB_NAME") {
+    /// The same stub in stateful mode.
+    pub fn stateful(mut self) -> Self {
+        self.stateful = true;
+        self
+    }
+
+    /// Reads `MCP_STUB_NAME` (default [`DEFAULT_NAME`]), `MCP_STUB_STATEFUL`
+    /// (`1` for stateful mode) and `MCP_STUB_STREAM_MS` (the GET stream's
+    /// pace, default 1000).
+    pub fn from_env() -> Result<Self, StubError> {
+        let mut c = match std::env::var("MCP_STUB_NAME") {
             Ok(name) if !name.is_empty() => Self::named(name),
             _ => Self::default(),
+        };
+        match std::env::var("MCP_STUB_STATEFUL").as_deref() {
+            Ok("1") => c.stateful = true,
+            Ok("0" | "") | Err(_) => {}
+            Ok(other) => {
+                return Err(StubError::Config(format!(
+                    "MCP_STUB_STATEFUL={other:?}: use 1 (stateful) or 0"
+                )));
+            }
         }
+        if let Ok(raw) = std::env::var("MCP_STUB_STREAM_MS") {
+            match raw.trim().parse::<u64>() {
+                Ok(ms) if (10..=60_000).contains(&ms) => c.stream_every = Duration::from_millis(ms),
+                _ => {
+                    return Err(StubError::Config(format!(
+                        "MCP_STUB_STREAM_MS={raw:?}: use 10 to 60000 milliseconds"
+                    )));
+                }
+            }
+        }
+        Ok(c)
     }
 }
 
@@ -230,11 +285,7 @@ pub async fn serve(
 }
 
 /// Routes one HTTP request from `peer`.
-async fn handle(
-    config: &StubConfig,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn handle(config: &StubConfig, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::PUT, DELAY_PATH) => {
@@ -258,6 +309,7 @@ async fn handle(
             }
         }
         (_, DELAY_PATH) => text(StatusCode::METHOD_NOT_ALLOWED, "use PUT\n"),
+        (_, "/mcp") if config.stateful => stateful::handle(config, req).await,
         (&Method::POST, "/mcp") => {
             let declared = req
                 .headers()
@@ -422,12 +474,22 @@ fn dispatch(config: &StubConfig, method: &str, params: &Value) -> Result<Value, 
                     "required": ["text"],
                     "additionalProperties": false,
                 },
+            }, {
+                "name": "whoami",
+                "description": "Returns which replica answered (its container's short id).",
+                "inputSchema": {"type": "object", "properties": {}, "additionalProperties": false},
             }],
         })),
         "tools/call" => {
             let name = params.get("name").and_then(Value::as_str);
             match name {
                 Some("echo") => {}
+                Some("whoami") => {
+                    let text = &config.replica;
+                    return Ok(
+                        json!({"content": [{"type": "text", "text": text}], "isError": false}),
+                    );
+                }
                 Some(other) => {
                     return Err((codes::INVALID_PARAMS, format!("unknown tool {other:?}")));
                 }
@@ -456,7 +518,7 @@ fn error(id: Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
 
-fn too_large() -> Response<Full<Bytes>> {
+fn too_large() -> Response<Body> {
     let body = error(
         Value::Null,
         codes::INVALID_REQUEST,
@@ -471,8 +533,8 @@ fn too_large() -> Response<Full<Bytes>> {
     resp
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -481,8 +543,8 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
     resp
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body.into()));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).boxed());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -491,8 +553,8 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     resp
 }
 
-fn empty(status: StatusCode) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed());
     *resp.status_mut() = status;
     resp
 }

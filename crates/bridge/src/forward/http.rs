@@ -1,0 +1,467 @@
+//! MCP over HTTP on a mesh port: each request routed on its own, a session
+//! pinned to the replica that created it (`streamable-http` and `sse`).
+//!
+//! The client's connection is served by hyper (HTTP/1.1, keep-alive); every
+//! request is sent on through one pooled client to the replica chosen for it:
+//! - a request that names a session (the `Mcp-Session-Id` header, or the
+//!   `session_id` / `sessionId` query parameter of the `sse` transport's
+//!   POSTs) goes to the replica the id names ([`super::sessions`]), with the
+//!   replica's own id put back; on any connection, new or kept alive;
+//! - a request without one (an `initialize`, a GET of the `sse` stream, a
+//!   stateless server's calls) goes to the running replica with the fewest
+//!   live sessions (round robin among equals, ejected replicas last), and
+//!   the next one is tried when a dial fails;
+//! - a session whose replica no longer runs gets 404, so the client starts a
+//!   new session (the specification's rule); never another replica's answer.
+//!   A replica that runs but cannot be reached gets 502 (the session may
+//!   live on);
+//! - the replica's `Mcp-Session-Id` answer, and the `endpoint` event of an
+//!   `sse` stream, carry the id the client must use from then on.
+//!
+//! Request bodies are read whole (at most [`MAX_BODY`]), to count the
+//! JSON-RPC methods and to retry a dial; responses stream frame by frame
+//! (event streams, for hours) with hyper's backpressure: a slow client slows
+//! only its own response.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::sessions::{self, Sessions};
+use super::sse::EndpointRewrite;
+use super::{CONNECT_TIMEOUT, Inner, ServiceCtx, Upstream};
+use crate::contract::metric::{mcp_method, miss};
+
+/// Largest request body routed; a larger one gets 413.
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// How long a client may take to send a request's headers (also the limit
+/// of an idle kept-alive connection).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The MCP session header (streamable HTTP).
+pub const SESSION_HEADER: &str = "mcp-session-id";
+/// Query parameters naming a session on the `sse` transport's POSTs.
+const SESSION_PARAMS: [&str; 2] = ["session_id", "sessionId"];
+
+/// A response body: the replica's, streamed, or one of ours.
+pub(super) type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The one upstream HTTP client of the forwarder (pooled per replica).
+pub(super) type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Builds the upstream client: a fresh connection per request, each dial
+/// bounded by [`CONNECT_TIMEOUT`].
+///
+/// No idle connections are kept: a request on a kept connection to a replica
+/// that went silent (a black hole, a frozen container) would wait for the
+/// kernel to give up, where a fresh dial fails within the connect timeout
+/// and the next replica is tried (as on `tcp`). The cost is one loopback or
+/// bridge-network handshake per request; measured by the bench (P7).
+pub(super) fn client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector)
+}
+
+/// Serves one client connection until it closes, the forwarder stops
+/// (in-flight requests finish, idle keep-alive ends) or aborts.
+pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream) {
+    let service = {
+        let inner = Arc::clone(&inner);
+        let ctx = ctx.clone();
+        hyper::service::service_fn(move |req| {
+            let inner = Arc::clone(&inner);
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(route(&inner, &ctx, req).await) }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(client), service);
+    tokio::pin!(conn);
+    let name = &*ctx.name;
+    tokio::select! {
+        biased;
+        () = inner.abort.cancelled() => {
+            inner.aborted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(service = name, error = %e, "forward: http connection ended with error");
+            }
+            return;
+        }
+        () = inner.stop.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        () = inner.abort.cancelled() => {
+            inner.aborted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        _ = conn => {}
+    }
+}
+
+/// Where a request goes.
+enum Target {
+    /// The replica `key` created the session; it knows it as `id`.
+    Pinned { key: String, id: String },
+    /// No session: the least loaded replica.
+    Any,
+}
+
+async fn route(inner: &Inner, ctx: &ServiceCtx, req: Request<Incoming>) -> Response<Body> {
+    let t0 = Instant::now();
+    let answer = route_inner(inner, ctx, req).await;
+    ctx.metrics.mcp_duration.observe(t0.elapsed().as_secs_f64());
+    answer
+}
+
+async fn route_inner(inner: &Inner, ctx: &ServiceCtx, req: Request<Incoming>) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body over {MAX_BODY} bytes"),
+            );
+        }
+        Err(e) => {
+            debug!(service = &*ctx.name, error = %e, "forward: request body unreadable");
+            return error(StatusCode::BAD_REQUEST, "request body unreadable");
+        }
+    };
+    if parts.method == Method::POST {
+        for m in methods(&body) {
+            ctx.metrics.mcp_request(m).inc();
+        }
+    }
+    let (target, via_query) = match session_of(&parts) {
+        None => (Target::Any, false),
+        Some((client_id, via_query)) => match sessions::decode(&client_id) {
+            Some((key, id)) => (
+                Target::Pinned {
+                    key: key.to_string(),
+                    id: id.to_string(),
+                },
+                via_query,
+            ),
+            None => {
+                ctx.metrics.mcp_miss(miss::UNKNOWN).inc();
+                return session_not_found("the session id was not issued by this bridge");
+            }
+        },
+    };
+    let Some(endpoints) = ctx.wait_for_endpoints(inner).await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no replica of the service is running; retry later",
+        );
+    };
+    let candidates: Vec<Upstream> = match &target {
+        Target::Pinned { key, id } => match endpoints.upstreams.iter().find(|u| &*u.key == key) {
+            Some(u) => vec![u.clone()],
+            None => {
+                ctx.metrics.mcp_miss(miss::REPLICA_GONE).inc();
+                ctx.sessions().end(&sessions::encode(key, id));
+                ctx.publish_sessions();
+                return session_not_found(
+                    "the replica that created this session is gone; start a new session",
+                );
+            }
+        },
+        Target::Any => ctx.order_by_sessions(&endpoints.upstreams),
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    let client_id = match &target {
+        Target::Pinned { key, id } => {
+            if via_query {
+                parts.uri = with_session_param(&parts.uri, id);
+            } else if let Ok(v) = HeaderValue::from_str(id) {
+                parts.headers.insert(SESSION_HEADER, v);
+            }
+            Some(sessions::encode(key, id))
+        }
+        Target::Any => None,
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut counted = Vec::new();
+    let addrs: Vec<SocketAddr> = endpoints.upstreams.iter().map(|u| u.addr).collect();
+    for up in candidates {
+        let Ok(uri) = Uri::try_from(format!("http://{}{path}", up.addr)) else {
+            return error(StatusCode::BAD_REQUEST, "request target is not a valid URI");
+        };
+        let mut out = Request::new(Full::new(body.clone()));
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.headers_mut() = parts.headers.clone();
+        match inner.client.request(out).await {
+            Ok(resp) => {
+                ctx.dial_succeeded(up.addr);
+                return answer(ctx, &parts.method, &up, client_id.as_deref(), resp);
+            }
+            Err(e) if e.is_connect() => {
+                ctx.dial_failed(up.addr, &addrs, &mut counted);
+                debug!(service = &*ctx.name, addr = %up.addr, error = %e, "forward: replica unreachable");
+            }
+            Err(e) => {
+                debug!(service = &*ctx.name, addr = %up.addr, error = %e, "forward: replica failed the request");
+                return error(StatusCode::BAD_GATEWAY, "the replica failed the request");
+            }
+        }
+    }
+    error(
+        StatusCode::BAD_GATEWAY,
+        "no replica of the service could be reached; retry later",
+    )
+}
+
+/// Turns the replica's response into the client's: session ids rewritten,
+/// the session table kept, the body streamed.
+fn answer(
+    ctx: &ServiceCtx,
+    method: &Method,
+    up: &Upstream,
+    client_id: Option<&str>,
+    resp: Response<Incoming>,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let now = Instant::now();
+    if let Some(client_id) = client_id {
+        let status = parts.status;
+        if status == StatusCode::NOT_FOUND {
+            ctx.metrics.mcp_miss(miss::EXPIRED).inc();
+            ctx.sessions().end(client_id);
+        } else if method == Method::DELETE && status.is_success() {
+            ctx.sessions().end(client_id);
+        } else {
+            ctx.sessions().touch(client_id, &up.key, now);
+        }
+    }
+    let issued = parts
+        .headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(id) = issued {
+        let mine = sessions::encode(&up.key, &id);
+        if let Ok(v) = HeaderValue::from_str(&mine) {
+            parts.headers.insert(SESSION_HEADER, v);
+            ctx.sessions().touch(&mine, &up.key, now);
+        }
+    }
+    ctx.publish_sessions();
+    let is_stream = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body: Body = if is_stream && method == Method::GET && client_id.is_none() {
+        // Perhaps the `sse` transport's stream: its `endpoint` event names
+        // the session, which must name the replica too.
+        let rewrite = EndpointRewrite::new(Arc::clone(&up.key), ctx.clone());
+        rewrite.wrap(body)
+    } else {
+        body.boxed()
+    };
+    Response::from_parts(parts, body)
+}
+
+/// The session a request names, and whether it came in the query.
+fn session_of(parts: &hyper::http::request::Parts) -> Option<(String, bool)> {
+    if let Some(v) = parts.headers.get(SESSION_HEADER) {
+        return Some((String::from_utf8_lossy(v.as_bytes()).into_owned(), false));
+    }
+    let query = parts.uri.query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| SESSION_PARAMS.contains(&k.as_ref()))
+        .map(|(_, v)| (v.into_owned(), true))
+}
+
+/// The URI with its session query parameter set to the replica's own id.
+fn with_session_param(uri: &Uri, id: &str) -> Uri {
+    let query = uri.query().unwrap_or("");
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if SESSION_PARAMS.contains(&k.as_ref()) {
+            out.append_pair(&k, id);
+        } else {
+            out.append_pair(&k, &v);
+        }
+    }
+    let pq = format!("{}?{}", uri.path(), out.finish());
+    Uri::try_from(pq).unwrap_or_else(|_| uri.clone())
+}
+
+/// The JSON-RPC methods of a POST body (one message or a batch), as
+/// bounded label values; a body that is not JSON-RPC counts nothing.
+fn methods(body: &[u8]) -> Vec<&'static str> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let one = |m: &Value| mcp_method::label(m.get("method").and_then(Value::as_str));
+    match &v {
+        Value::Array(batch) => batch.iter().take(1000).map(one).collect(),
+        Value::Object(_) => vec![one(&v)],
+        _ => Vec::new(),
+    }
+}
+
+/// Headers that belong to one hop (RFC 9110 section 7.6.1), not the message.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+}
+
+/// A JSON-RPC error answer of ours (id null: we did not read the request).
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": -32000, "message": message},
+    });
+    let mut r = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// 404 for a session the bridge cannot route: the client starts anew.
+fn session_not_found(message: &str) -> Response<Body> {
+    error(StatusCode::NOT_FOUND, message)
+}
+
+impl ServiceCtx {
+    pub(super) fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes the session gauge.
+    pub(super) fn publish_sessions(&self) {
+        let n = self.sessions().len();
+        self.metrics.mcp_sessions.set(n as i64);
+    }
+
+    /// The replicas in the order to try for a new session: healthy first,
+    /// fewest live sessions first, round robin among equals.
+    fn order_by_sessions(&self, upstreams: &[Upstream]) -> Vec<Upstream> {
+        let addrs: Vec<SocketAddr> = upstreams.iter().map(|u| u.addr).collect();
+        let start = self
+            .cursor
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = Instant::now();
+        let order = self.ejections().order(&addrs, start, now);
+        let counts = self.sessions().per_replica();
+        let ejections = self.ejections();
+        let mut out: Vec<(bool, usize, Upstream)> = order
+            .into_iter()
+            .filter_map(|a| upstreams.iter().find(|u| u.addr == a).cloned())
+            .map(|u| {
+                let n = counts.get(&u.key).copied().unwrap_or(0);
+                (ejections.is_ejected(u.addr, now), n, u)
+            })
+            .collect();
+        drop(ejections);
+        out.sort_by_key(|(ejected, n, _)| (*ejected, *n));
+        out.into_iter().map(|(_, _, u)| u).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_bounded_labels() {
+        assert_eq!(
+            methods(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#),
+            ["tools/call"]
+        );
+        assert_eq!(
+            methods(br#"[{"method":"ping"},{"method":"x/evil"},{"result":{}}]"#),
+            ["ping", "other", "other"]
+        );
+        assert!(methods(b"not json").is_empty());
+        assert!(methods(b"3").is_empty());
+    }
+
+    #[test]
+    fn the_session_parameter_is_replaced_and_the_rest_kept() {
+        let uri: Uri = "/messages/?a=1&session_id=0123456789ab.xyz"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            with_session_param(&uri, "xyz").to_string(),
+            "/messages/?a=1&session_id=xyz"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_the_rest_stay() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-hop"),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(SESSION_HEADER, HeaderValue::from_static("s"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(SESSION_HEADER));
+    }
+}

@@ -1,0 +1,220 @@
+//! MCP streamable HTTP through the forwarder: requests routed one by one,
+//! each session pinned to the replica that created it (three stateful stubs
+//! in process), on fresh connections; DELETE, replica loss, foreign ids and
+//! the GET stream.
+
+use super::*;
+
+use bytes::Bytes;
+use hyper::Method;
+use mesh_chaos::http::{self, Reply};
+use mesh_chaos::stub::{self, StubConfig};
+use serde_json::{Value, json};
+
+const SESSION: &str = "mcp-session-id";
+
+/// A stateful stub served in process as replica `id`.
+async fn stateful_replica(id: &str) -> SocketAddr {
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = StubConfig::named("svc").stateful();
+    config.replica = id.to_string();
+    config.stream_every = Duration::from_millis(50);
+    tokio::spawn(stub::serve(listener, config, std::future::pending()));
+    addr
+}
+
+/// One POST of a JSON-RPC message to the mesh port on a fresh connection.
+async fn post(port: u16, session: Option<&str>, msg: Value) -> Reply {
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    if let Some(s) = session {
+        headers.push((SESSION, s));
+    }
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let body = Bytes::from(msg.to_string());
+    http::send(addr, Method::POST, "/mcp", &headers, body, PROMPT)
+        .await
+        .unwrap()
+}
+
+async fn initialize(port: u16) -> String {
+    let r = post(
+        port,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.header(SESSION).expect("a session id").to_string()
+}
+
+/// `tools/call whoami` in the session: which replica answered (the answer
+/// comes as SSE, the stub's way for tools/call).
+async fn whoami(port: u16, session: &str) -> Result<String, u16> {
+    let r = post(
+        port,
+        Some(session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+               "params": {"name": "whoami", "arguments": {}}}),
+    )
+    .await;
+    if r.status != 200 {
+        return Err(r.status);
+    }
+    let text = r.text();
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("an SSE data line");
+    let v: Value = serde_json::from_str(data).unwrap();
+    Ok(v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string())
+}
+
+fn replicas(addrs: &[(SocketAddr, &str)]) -> Endpoints {
+    Endpoints {
+        transport: Transport::StreamableHttp,
+        upstreams: addrs.iter().map(|(a, id)| Upstream::new(*a, id)).collect(),
+    }
+}
+
+const IDS: [&str; 3] = ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"];
+
+#[tokio::test]
+async fn sessions_stay_on_their_replica_across_fresh_connections_and_are_balanced() {
+    let h = harness(Duration::from_secs(2));
+    let mut ups = Vec::new();
+    for id in IDS {
+        ups.push((stateful_replica(id).await, id));
+    }
+    let port = free_port();
+    h.fwd.open("svc", port).await.unwrap();
+    h.fwd.set_endpoints("svc", replicas(&ups));
+
+    let mut sessions = Vec::new();
+    for _ in 0..30 {
+        sessions.push(initialize(port).await);
+    }
+    let mut per_replica = std::collections::BTreeMap::<String, usize>::new();
+    for s in &sessions {
+        let (key, _) = s
+            .split_once('.')
+            .expect("the bridge's id names the replica");
+        let first = whoami(port, s).await.unwrap();
+        assert_eq!(first, key, "the replica the id names answered");
+        for _ in 0..5 {
+            assert_eq!(whoami(port, s).await.unwrap(), first, "session {s} moved");
+        }
+        *per_replica.entry(first).or_default() += 1;
+    }
+    assert_eq!(
+        per_replica.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "new sessions go to the replica with the fewest: {per_replica:?}"
+    );
+    assert_eq!(h.metric("mesh_bridge_mcp_sessions", "svc"), Some(30));
+    let counts = h.fwd.sessions("svc");
+    assert_eq!(counts.values().sum::<usize>(), 30);
+
+    // DELETE ends a session: the replica forgets it, the bridge stops counting it.
+    let gone = &sessions[0];
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let del = http::send(
+        addr,
+        Method::DELETE,
+        "/mcp",
+        &[(SESSION, gone)],
+        Bytes::new(),
+        PROMPT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(del.status, 200, "{}", del.text());
+    assert_eq!(whoami(port, gone).await, Err(404));
+    assert_eq!(h.metric("mesh_bridge_mcp_sessions", "svc"), Some(29));
+}
+
+#[tokio::test]
+async fn a_lost_replica_ends_only_its_sessions_and_never_reaches_another() {
+    let h = harness(Duration::from_secs(2));
+    let mut ups = Vec::new();
+    for id in IDS {
+        ups.push((stateful_replica(id).await, id));
+    }
+    let port = free_port();
+    h.fwd.open("svc", port).await.unwrap();
+    h.fwd.set_endpoints("svc", replicas(&ups));
+    let mut sessions = Vec::new();
+    for _ in 0..9 {
+        sessions.push(initialize(port).await);
+    }
+    // Replica b leaves.
+    h.fwd.set_endpoints("svc", replicas(&[ups[0], ups[2]]));
+    for s in &sessions {
+        let on_b = s.starts_with(IDS[1]);
+        match whoami(port, s).await {
+            Ok(who) => {
+                assert!(!on_b, "a session of the lost replica was answered by {who}");
+                assert_eq!(s.split_once('.').unwrap().0, who);
+            }
+            Err(status) => {
+                assert!(on_b, "a session of a live replica failed with {status}");
+                assert_eq!(status, 404, "the client must start a new session");
+            }
+        }
+    }
+    let misses = h
+        .registry
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == "mesh_bridge_mcp_session_misses_total")
+        .expect("misses counted");
+    let gone: f64 = misses
+        .get_metric()
+        .iter()
+        .filter(|m| m.get_label().iter().any(|l| l.value() == "replica-gone"))
+        .map(|m| m.get_counter().value())
+        .sum();
+    assert_eq!(gone, 3.0, "each of b's three sessions missed once");
+    // A new session works again, on a live replica.
+    let again = initialize(port).await;
+    assert!(!again.starts_with(IDS[1]));
+    whoami(port, &again).await.unwrap();
+    // An id the bridge never issued is a 404 of the bridge's own.
+    assert_eq!(whoami(port, "not-ours").await, Err(404));
+}
+
+#[tokio::test]
+async fn the_get_stream_flows_through_without_buffering() {
+    let h = harness(Duration::from_secs(2));
+    let ups = [(stateful_replica(IDS[0]).await, IDS[0])];
+    let port = free_port();
+    h.fwd.open("svc", port).await.unwrap();
+    h.fwd.set_endpoints("svc", replicas(&ups));
+    let session = initialize(port).await;
+    let mut c = TcpStream::connect((LOCALHOST, port)).await.unwrap();
+    let req = format!(
+        "GET /mcp HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{SESSION}: {session}\r\n\r\n"
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    // The stub sends a notification every 50 ms on a stream that never
+    // ends: three must arrive while it is open.
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let got = timeout(PROMPT, async {
+        while seen.matches("notifications/message").count() < 3 {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "notifications did not stream: {seen:?}");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(seen.contains(IDS[0]), "{seen}");
+}
