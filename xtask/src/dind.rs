@@ -1,4 +1,6 @@
-//! The DinD image `mesh-bridge/dind:dev`: a Debian rootfs with dockerd, built with no registry.
+//! Images on a Debian rootfs built with no registry: the DinD image
+//! `mesh-bridge/dind:dev` (dockerd) here, and through [`build_rootfs_image`]
+//! the MCP Python image (`crate::mcp_python`).
 //!
 //! Steps (see `xtask/images/dind/README.md`):
 //! 1. content hash = sha256 of (suite, `packages.txt`, `Dockerfile`, `entrypoint.sh`); when the
@@ -24,21 +26,48 @@ use anyhow::{Context, Result, bail, ensure};
 
 /// Tag of the final image.
 pub const TAG: &str = mesh_bridge::contract::images::DIND;
-/// Repository of the imported (unmodified) debootstrap rootfs.
-const ROOTFS_REPO: &str = "mesh-bridge/dind-rootfs";
 /// Label carrying the content hash on the final image.
 const HASH_LABEL: &str = "mesh-bridge.content-hash";
 /// Bumped when the way the rootfs is made changes (not its inputs).
 const RECIPE: &str = "mesh-bridge-dind-rootfs/2";
 
+/// An image built on a debootstrap rootfs: `xtask/images/<name>/` holds
+/// `packages.txt` and a `Dockerfile` (`ARG ROOTFS`, `FROM ${ROOTFS}`).
+pub struct RootfsImage<'a> {
+    /// Short name: the source directory, the rootfs tarball and its repo.
+    pub name: &'a str,
+    /// Tag of the final image.
+    pub tag: &'a str,
+    /// The build context (the source directory, or a staged copy).
+    pub context: PathBuf,
+    /// Everything else the image is made of, for its content hash.
+    pub hashed: Vec<u8>,
+}
+
 /// Builds (or reuses, by content hash) the DinD image and returns its tag.
 #[allow(dead_code)]
 pub fn build(force: bool) -> Result<String> {
+    let src = source_dir("dind");
+    let entrypoint = read(&src.join("entrypoint.sh"))?;
+    build_rootfs_image(
+        &RootfsImage {
+            name: "dind",
+            tag: TAG,
+            context: src,
+            hashed: entrypoint.into_bytes(),
+        },
+        force,
+    )
+}
+
+/// Builds (or reuses, by content hash) an image on a debootstrap rootfs.
+pub fn build_rootfs_image(spec: &RootfsImage<'_>, force: bool) -> Result<String> {
     let t0 = Instant::now();
-    let src = source_dir();
+    let name = spec.name;
+    let tag = spec.tag;
+    let src = source_dir(name);
     let packages_txt = read(&src.join("packages.txt"))?;
     let dockerfile = read(&src.join("Dockerfile"))?;
-    let entrypoint = read(&src.join("entrypoint.sh"))?;
     let packages = parse_packages(&packages_txt);
     ensure!(!packages.is_empty(), "packages.txt lists no package");
     let (suite, mirror) = debian_source()?;
@@ -48,7 +77,7 @@ pub fn build(force: bool) -> Result<String> {
         suite.as_bytes(),
         packages_txt.as_bytes(),
         dockerfile.as_bytes(),
-        entrypoint.as_bytes(),
+        &spec.hashed,
     ])?;
     let rootfs_hash = sha256_hex(&[
         RECIPE.as_bytes(),
@@ -56,21 +85,21 @@ pub fn build(force: bool) -> Result<String> {
         packages.join(",").as_bytes(),
     ])?;
     let rootfs_hash = &rootfs_hash[..16];
-    progress(t0, &format!("{TAG}: content hash {}", &hash[..16]));
+    progress(t0, &format!("{tag}: content hash {}", &hash[..16]));
 
-    if !force && image_label(TAG, HASH_LABEL)?.as_deref() == Some(hash.as_str()) {
-        progress(t0, &format!("{TAG} up to date"));
-        return Ok(TAG.to_string());
+    if !force && image_label(tag, HASH_LABEL)?.as_deref() == Some(hash.as_str()) {
+        progress(t0, &format!("{tag} up to date"));
+        return Ok(tag.to_string());
     }
 
     let out_dir = target_dir().join("images");
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let tarball = out_dir.join(format!("dind-rootfs-{suite}-{rootfs_hash}.tar"));
-    let rootfs_image = format!("{ROOTFS_REPO}:{rootfs_hash}");
+    let tarball = out_dir.join(format!("{name}-rootfs-{suite}-{rootfs_hash}.tar"));
+    let rootfs_image = format!("mesh-bridge/{name}-rootfs:{rootfs_hash}");
 
     let mut fresh_tarball = false;
     if force || !tarball.is_file() {
-        make_rootfs_tarball(t0, &out_dir, &tarball, &suite, &mirror, &packages)?;
+        make_rootfs_tarball(t0, name, &out_dir, &tarball, &suite, &mirror, &packages)?;
         fresh_tarball = true;
     } else {
         progress(t0, &format!("reusing rootfs {}", tarball.display()));
@@ -89,8 +118,8 @@ pub fn build(force: bool) -> Result<String> {
         progress(t0, &format!("reusing imported {rootfs_image}"));
     }
 
-    let previous = image_id(TAG)?;
-    progress(t0, &format!("docker build -> {TAG}"));
+    let previous = image_id(tag)?;
+    progress(t0, &format!("docker build -> {tag}"));
     capture(
         docker(["build", "--quiet", "--rm", "--force-rm"])
             .env("DOCKER_BUILDKIT", "0")
@@ -99,34 +128,34 @@ pub fn build(force: bool) -> Result<String> {
             .arg("--label")
             .arg(format!("{HASH_LABEL}={hash}"))
             .arg("--tag")
-            .arg(TAG)
+            .arg(tag)
             .arg("--file")
             .arg(src.join("Dockerfile"))
-            .arg(&src),
+            .arg(&spec.context),
     )?;
 
-    remove_if_replaced(TAG, previous);
+    remove_if_replaced(tag, previous);
 
-    let size_mb = image_size(TAG).unwrap_or(0) / 1_000_000;
-    progress(t0, &format!("built {TAG} ({size_mb} MB)"));
-    Ok(TAG.to_string())
+    let size_mb = image_size(tag).unwrap_or(0) / 1_000_000;
+    progress(t0, &format!("built {tag} ({size_mb} MB)"));
+    Ok(tag.to_string())
 }
 
-/// `xtask/images/dind`.
-fn source_dir() -> PathBuf {
+/// `xtask/images/<name>`.
+pub fn source_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("images")
-        .join("dind")
+        .join(name)
 }
 
 use crate::paths::target_dir;
 
-fn read(path: &Path) -> Result<String> {
+pub(crate) fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn progress(t0: Instant, msg: &str) {
-    println!("[dind {:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
+    println!("[rootfs {:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
 }
 
 /// Package names of `packages.txt`: one a line, `#` starts a comment.
@@ -332,16 +361,17 @@ fn ensure_debootstrap(t0: Instant) -> Result<()> {
 /// debootstrap -> clean -> tar, atomically renamed to `tarball`.
 fn make_rootfs_tarball(
     t0: Instant,
+    name: &str,
     out_dir: &Path,
     tarball: &Path,
     suite: &str,
     mirror: &str,
     packages: &[String],
 ) -> Result<()> {
-    let log = out_dir.join("dind-rootfs.log");
+    let log = out_dir.join(format!("{name}-rootfs.log"));
     let _ = fs::remove_file(&log);
     ensure_debootstrap(t0)?;
-    let work = out_dir.join(format!("dind-rootfs.work.{}", std::process::id()));
+    let work = out_dir.join(format!("{name}-rootfs.work.{}", std::process::id()));
     remove_tree(&work)?;
     let result = (|| -> Result<()> {
         progress(

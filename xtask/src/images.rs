@@ -5,6 +5,7 @@
 //! - `mesh-bridge/bridge:dev`: the static `mesh-bridge` binary `FROM scratch`
 //!   (`xtask/images/bridge/Dockerfile`).
 //! - `mesh-bridge/dind:dev`: built by [`crate::dind::build`].
+//! - `mesh-bridge/mcp-python:dev`: built by [`crate::mcp_python::build`].
 //!
 //! The two binaries are built in one cargo run by [`crate::release`] (static
 //! glibc, no debug info, `target/static`), the build the bench shares.
@@ -50,6 +51,8 @@ pub enum Image {
     Bridge,
     /// `mesh-bridge/dind:dev`
     Dind,
+    /// `mesh-bridge/mcp-python:dev`
+    McpPython,
 }
 
 /// One `FROM scratch` image around one static binary of the workspace.
@@ -134,20 +137,34 @@ pub fn run(args: &Args) -> Result<()> {
             }
         }
     }
-    if wanted(Image::Dind) {
+    let rootfs: [(Image, &str, &str, fn(bool) -> Result<String>); 2] = [
+        (
+            Image::Dind,
+            images::DIND,
+            "xtask/src/dind.rs",
+            crate::dind::build,
+        ),
+        (
+            Image::McpPython,
+            images::MCP_PYTHON,
+            "xtask/src/mcp_python.rs",
+            crate::mcp_python::build,
+        ),
+    ];
+    for (image, tag, how, build) in rootfs {
+        if !wanted(image) {
+            continue;
+        }
         let started = Instant::now();
-        progress(
-            t0,
-            &format!("{}: building (xtask/src/dind.rs)", images::DIND),
-        );
-        let result = crate::dind::build(args.force);
+        progress(t0, &format!("{tag}: building ({how})"));
+        let result = build(args.force);
         if let Err(e) = &result {
-            progress(t0, &format!("{}: FAILED: {e:#}", images::DIND));
+            progress(t0, &format!("{tag}: FAILED: {e:#}"));
         }
         outcomes.push(Outcome {
             tag: result
                 .as_ref()
-                .map_or_else(|_| images::DIND.to_owned(), Clone::clone),
+                .map_or_else(|_| tag.to_owned(), Clone::clone),
             result: result.map(|_| "done"),
             secs: started.elapsed().as_secs_f64(),
         });

@@ -8,6 +8,7 @@ mod dind;
 mod docker;
 mod images;
 mod interrupt;
+mod mcp_python;
 mod owner;
 mod paths;
 mod provision;

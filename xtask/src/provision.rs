@@ -78,6 +78,9 @@ pub fn run(args: &Args) -> Result<()> {
     let t0 = Instant::now();
     engine(t0)?;
     install(t0, &TOOLS)?;
+    interrupt::check()?;
+    let sdk = crate::mcp_python::ensure_sdk(t0)?;
+    say(t0, &format!("MCP Python SDK in {}", sdk.display()));
     if !args.no_images {
         interrupt::check()?;
         crate::images::run(&crate::images::Args::default())?;

@@ -11,3 +11,5 @@ pub const DIND: &str = "mesh-bridge/dind:dev";
 pub const BRIDGE_TEETH: &str = "mesh-bridge/bridge:teeth";
 /// The stub's binary inside its image.
 pub const STUB_BIN: &str = "/mcp-stub";
+/// Real MCP servers (FastMCP) on the official Python SDK, from a debootstrap rootfs.
+pub const MCP_PYTHON: &str = "mesh-bridge/mcp-python:dev";

@@ -6,7 +6,8 @@
 //! black-holed replica costs one client the connect timeout, not every second
 //! client (round robin). The ejection lasts [`EJECT_BASE`], doubling with each
 //! further failure in a row up to [`EJECT_MAX`]; the first dial that succeeds
-//! ends it. This is what Envoy's outlier detection and HAProxy's
+//! ends it. A failed dial while it is ejected (tried as a last resort, every
+//! healthy replica having failed) neither extends nor doubles it. This is what Envoy's outlier detection and HAProxy's
 //! `observe layer4` do; it never refuses a client by itself: with every
 //! replica ejected, all are still tried.
 //!
@@ -69,16 +70,18 @@ impl Ejections {
             count: 0,
             until: now,
         });
-        let was_ejected = s.until > now;
+        if s.until > now {
+            // A last-resort dial of an ejected replica (every healthy one
+            // failed too): the ejection stands as it is. Counting it would
+            // let a burst of clients while all replicas start push each one
+            // out for the maximum, long after it listens.
+            return Change::None;
+        }
         s.count = s.count.saturating_add(1);
         let factor = 1u32 << (s.count - 1).min(16);
         let d = EJECT_BASE.saturating_mul(factor).min(EJECT_MAX);
         s.until = now + d;
-        if was_ejected {
-            Change::None
-        } else {
-            Change::Ejected(d)
-        }
+        Change::Ejected(d)
     }
 
     /// Records a successful dial of `addr`: its streak ends.
@@ -141,9 +144,15 @@ mod tests {
         }
         let secs: Vec<u64> = seen.iter().map(Duration::as_secs).collect();
         assert_eq!(secs, vec![2, 4, 8, 16, 30, 30, 30, 30]);
-        // A failure while still ejected extends it but is no new state.
+        // A failure while still ejected (a last-resort dial) changes nothing.
         assert_eq!(e.failed(a, t, &[a]), Change::Ejected(EJECT_MAX));
-        assert_eq!(e.failed(a, t, &[a]), Change::None);
+        let later = t + Duration::from_secs(10);
+        assert_eq!(e.failed(a, later, &[a]), Change::None);
+        assert!(e.is_ejected(a, t + EJECT_MAX - Duration::from_millis(1)));
+        assert!(
+            !e.is_ejected(a, t + EJECT_MAX),
+            "not extended by the last resort"
+        );
     }
 
     #[test]

@@ -219,7 +219,10 @@ async fn route_inner(inner: &Inner, ctx: &ServiceCtx, req: Request<Incoming>) ->
         *out.method_mut() = parts.method.clone();
         *out.uri_mut() = uri;
         *out.headers_mut() = parts.headers.clone();
-        match inner.client.request(out).await {
+        let pending = client_id.is_none().then(|| Pending::new(ctx, &up.key));
+        let sent = inner.client.request(out).await;
+        drop(pending);
+        match sent {
             Ok(resp) => {
                 ctx.dial_succeeded(up.addr);
                 return answer(ctx, &parts.method, &up, client_id.as_deref(), resp);
@@ -272,7 +275,11 @@ fn answer(
         let mine = sessions::encode(&up.key, &id);
         if let Ok(v) = HeaderValue::from_str(&mine) {
             parts.headers.insert(SESSION_HEADER, v);
-            ctx.sessions().touch(&mine, &up.key, now);
+            // A new session; servers also repeat the id of an existing one
+            // (on a DELETE's answer too), which must not bring it back.
+            if client_id.is_none() && parts.status.is_success() {
+                ctx.sessions().touch(&mine, &up.key, now);
+            }
         }
     }
     ctx.publish_sessions();
@@ -290,6 +297,29 @@ fn answer(
         body.boxed()
     };
     Response::from_parts(parts, body)
+}
+
+/// A session-less request in flight to one replica, counted in the balance
+/// until its answer (or failure), however the routing ends.
+struct Pending<'a> {
+    ctx: &'a ServiceCtx,
+    key: Arc<str>,
+}
+
+impl<'a> Pending<'a> {
+    fn new(ctx: &'a ServiceCtx, key: &Arc<str>) -> Self {
+        ctx.sessions().begin(key);
+        Pending {
+            ctx,
+            key: Arc::clone(key),
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.ctx.sessions().finish(&self.key);
+    }
 }
 
 /// The session a request names, and whether it came in the query.
@@ -405,7 +435,7 @@ impl ServiceCtx {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = Instant::now();
         let order = self.ejections().order(&addrs, start, now);
-        let counts = self.sessions().per_replica();
+        let counts = self.sessions().load();
         let ejections = self.ejections();
         let mut out: Vec<(bool, usize, Upstream)> = order
             .into_iter()

@@ -71,6 +71,10 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Sessions {
     by_id: HashMap<Box<str>, Entry>,
+    /// Requests without a session sent to each replica and not answered
+    /// yet (each may create a session): counted in the balance, so a burst
+    /// of `initialize`s spreads instead of all joining the least loaded.
+    pending: HashMap<Arc<str>, usize>,
     /// When idle entries were last dropped.
     swept: Option<Instant>,
 }
@@ -126,6 +130,31 @@ impl Sessions {
         out
     }
 
+    /// Live sessions plus unanswered session-less requests, per replica:
+    /// what new sessions are balanced on.
+    pub fn load(&self) -> HashMap<Arc<str>, usize> {
+        let mut out = self.per_replica();
+        for (k, n) in &self.pending {
+            *out.entry(Arc::clone(k)).or_default() += n;
+        }
+        out
+    }
+
+    /// A session-less request went to replica `key`.
+    pub fn begin(&mut self, key: &Arc<str>) {
+        *self.pending.entry(Arc::clone(key)).or_default() += 1;
+    }
+
+    /// It was answered (or failed).
+    pub fn finish(&mut self, key: &str) {
+        if let Some(n) = self.pending.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending.remove(key);
+            }
+        }
+    }
+
     /// Drops sessions idle for [`IDLE`] (at most once a minute).
     pub fn sweep(&mut self, now: Instant) {
         if self
@@ -178,6 +207,13 @@ mod tests {
         assert_eq!(s.per_replica()[&a], 2);
         s.end("a.2");
         assert_eq!(s.count(&a), 1);
+        s.begin(&b);
+        s.begin(&b);
+        assert_eq!(s.load()[&b], 3, "pending requests weigh in the balance");
+        s.finish(&b);
+        s.finish(&b);
+        s.finish(&b);
+        assert_eq!(s.load()[&b], 1);
         s.keep_replicas(&["bbbbbbbbbbbb"]);
         assert_eq!((s.count(&a), s.count(&b)), (0, 1));
         s.touch("b.2", &b, t0 + IDLE - Duration::from_secs(1));

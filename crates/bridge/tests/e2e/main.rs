@@ -17,6 +17,7 @@ mod api;
 mod events;
 mod lifecycle;
 mod ports;
+mod sdk;
 mod serving;
 
 use std::collections::BTreeMap;

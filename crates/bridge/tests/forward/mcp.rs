@@ -135,8 +135,11 @@ async fn sessions_stay_on_their_replica_across_fresh_connections_and_are_balance
     .await
     .unwrap();
     assert_eq!(del.status, 200, "{}", del.text());
-    assert_eq!(whoami(port, gone).await, Err(404));
+    // The answer repeats the session id (as the SDKs' servers do): the
+    // session must stay ended all the same.
+    assert!(del.header(SESSION).is_some());
     assert_eq!(h.metric("mesh_bridge_mcp_sessions", "svc"), Some(29));
+    assert_eq!(whoami(port, gone).await, Err(404));
 }
 
 #[tokio::test]

@@ -220,11 +220,26 @@ impl TestCtx {
         stub_name: &str,
         options: &[&str],
     ) -> TestContainer {
+        let env = format!("MCP_STUB_NAME={stub_name}");
+        let mut opts = vec!["-e", env.as_str()];
+        opts.extend_from_slice(options);
+        self.run_image(STUB_IMAGE, labels, &opts, &[])
+    }
+
+    /// Starts a container of `image` with these labels (plus the test
+    /// labels), `docker run` options and arguments after the image.
+    #[track_caller]
+    pub fn run_image(
+        &self,
+        image: &str,
+        labels: &[(&str, &str)],
+        options: &[&str],
+        cmd: &[&str],
+    ) -> TestContainer {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let cname = format!("mb-e2e-{}-{}-{n}", self.name.replace('_', "-"), self.run);
         let test_label = format!("{TEST_LABEL}={}", self.name);
         let run_label = format!("{RUN_LABEL}={}", self.run);
-        let env = format!("MCP_STUB_NAME={stub_name}");
         let mut args: Vec<String> = vec![
             "run".into(),
             "-d".into(),
@@ -234,15 +249,14 @@ impl TestCtx {
             test_label,
             "--label".into(),
             run_label,
-            "-e".into(),
-            env,
         ];
         for (k, v) in labels {
             args.push("--label".into());
             args.push(format!("{k}={v}"));
         }
         args.extend(options.iter().map(|o| o.to_string()));
-        args.push(STUB_IMAGE.into());
+        args.push(image.into());
+        args.extend(cmd.iter().map(|c| c.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let id = docker_ok(&refs);
         TestContainer { id, name: cname }

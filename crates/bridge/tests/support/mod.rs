@@ -60,6 +60,7 @@ mod http;
 mod metrics;
 mod ports;
 mod relay;
+mod sdk;
 
 pub use bridge::*;
 pub use containers::*;
@@ -67,3 +68,4 @@ pub use http::*;
 pub use metrics::*;
 pub use ports::*;
 pub use relay::*;
+pub use sdk::*;

@@ -69,8 +69,26 @@ impl Sessions {
     }
 }
 
-/// Serves `/mcp` in stateful mode.
+/// Serves `/mcp` in stateful mode. Like the SDKs' servers, every answer in
+/// a known session repeats its `Mcp-Session-Id` (a DELETE's too).
 pub(super) async fn handle(config: &StubConfig, req: Request<Incoming>) -> Response<Body> {
+    let session = req
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut resp = answer(config, req).await;
+    if let Some(id) = session
+        && resp.status() != StatusCode::NOT_FOUND
+        && !resp.headers().contains_key(SESSION_HEADER)
+        && let Ok(v) = HeaderValue::from_str(&id)
+    {
+        resp.headers_mut().insert(SESSION_HEADER, v);
+    }
+    resp
+}
+
+async fn answer(config: &StubConfig, req: Request<Incoming>) -> Response<Body> {
     let session = req
         .headers()
         .get(SESSION_HEADER)

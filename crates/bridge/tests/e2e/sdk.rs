@@ -1,0 +1,160 @@
+//! The official MCP Python SDK through the bridge to three FastMCP replicas
+//! (stateful streamable HTTP, the SDK's default): every session stays on the
+//! replica that created it, across fresh connections, a bridge kill -9 and
+//! restart, and the loss of a replica (only its sessions end, with 404, and
+//! they work again after initializing anew).
+
+use super::*;
+
+/// The FastMCP servers' port inside their containers.
+const FASTMCP_PORT: &str = "8080";
+
+fn fastmcp_replicas(ctx: &TestCtx, service: &str, n: usize) -> Vec<TestContainer> {
+    require_mcp_python_image();
+    (0..n)
+        .map(|_| {
+            ctx.run_image(
+                MCP_PYTHON_IMAGE,
+                &[
+                    ("mesh-bridge.service", service),
+                    ("mesh-bridge.port", FASTMCP_PORT),
+                ],
+                &[],
+                &[],
+            )
+        })
+        .collect()
+}
+
+fn mcp_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/mcp")
+}
+
+fn list(v: &Value, key: &str) -> Vec<Value> {
+    v[key].as_array().cloned().unwrap_or_default()
+}
+
+/// 50 concurrent SDK sessions over three replicas, each doing initialize,
+/// tools/list and 20 tools/call on fresh connections with its GET stream
+/// open; the bridge is killed -9 and started again halfway through.
+#[test]
+fn sdk_sessions_stay_on_their_replica_through_a_bridge_kill9() {
+    sdk_dir();
+    let ctx = TestCtx::new("sdk-kill9");
+    let proxy = DockerProxy::start(&ctx);
+    let mut bridge = Bridge::start(BridgeOpts::new(4).via(&proxy));
+    let _replicas = fastmcp_replicas(&ctx, "fastmcp", 3);
+    let port = bridge.wait_port("fastmcp", 3, REGISTER);
+    wait_mcp(port, 3, SERVE * 3);
+
+    let mut client = SdkClient::spawn(
+        &mcp_url(port),
+        &["--sessions", "50", "--calls", "20", "--pause"],
+    );
+    client.wait_line("PAUSED");
+    bridge.kill9();
+    bridge.restart();
+    bridge.wait_ready(READY);
+    assert_eq!(
+        bridge.wait_port("fastmcp", 3, REGISTER),
+        port,
+        "the port is kept"
+    );
+    client.resume();
+    let report = client.report(Duration::from_secs(180));
+
+    assert_eq!(report["sessions"], 50);
+    assert!(
+        list(&report, "failed").is_empty(),
+        "failed sessions: {report}"
+    );
+    assert!(
+        list(&report, "moved").is_empty(),
+        "sessions that changed replica: {report}"
+    );
+    assert!(
+        list(&report, "reinitialized").is_empty(),
+        "sessions that had to start again: {report}"
+    );
+    assert_eq!(report["calls"], 50 * 20);
+    let by = report["by_replica"].as_object().expect("by_replica");
+    let ejections: Vec<String> = bridge
+        .log()
+        .lines()
+        .filter(|l| l.contains("eject") || l.contains("answers again"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        by.len(),
+        3,
+        "sessions spread over the three replicas: {report}\n{ejections:#?}"
+    );
+    for (replica, n) in by {
+        let n = n.as_u64().unwrap_or(0);
+        assert!(
+            (10..=24).contains(&n),
+            "{replica} has {n} of 50 sessions: {report}"
+        );
+    }
+}
+
+/// A replica killed mid-run: only the sessions it created end (404, so the
+/// SDK reports the session terminated); they succeed again after a new
+/// initialize, on a live replica; every other session goes on untouched.
+#[test]
+fn sdk_a_killed_replica_ends_only_its_own_sessions() {
+    sdk_dir();
+    let ctx = TestCtx::new("sdk-replica");
+    let proxy = DockerProxy::start(&ctx);
+    let bridge = Bridge::start(BridgeOpts::new(4).via(&proxy));
+    let replicas = fastmcp_replicas(&ctx, "fastmcp", 3);
+    let port = bridge.wait_port("fastmcp", 3, REGISTER);
+    wait_mcp(port, 3, SERVE * 3);
+
+    let flags = ["--sessions", "30", "--calls", "10", "--pause", "--reinit"];
+    let mut client = SdkClient::spawn(&mcp_url(port), &flags);
+    client.wait_line("PAUSED");
+    let victim = &replicas[0];
+    let victim_host = &victim.id[..12];
+    docker_ok(&["kill", &victim.id]);
+    bridge.wait_port("fastmcp", 2, REGISTER);
+    client.resume();
+    let report = client.report(Duration::from_secs(180));
+
+    assert!(
+        list(&report, "failed").is_empty(),
+        "failed sessions: {report}"
+    );
+    assert!(
+        list(&report, "moved").is_empty(),
+        "sessions that changed replica: {report}"
+    );
+    let on_victim = report["by_replica"][victim_host].as_u64().unwrap_or(0);
+    assert!(on_victim > 0, "the victim held no session: {report}");
+    let again = list(&report, "reinitialized");
+    assert_eq!(
+        again.len() as u64,
+        on_victim,
+        "exactly the victim's sessions started again: {report}"
+    );
+    for r in &again {
+        assert_eq!(
+            r["first"], victim_host,
+            "a live replica's session ended: {r}"
+        );
+        let after: Vec<&str> = r["after"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(after.len(), 5, "{r}");
+        assert!(after.iter().all(|h| *h != victim_host), "{r}");
+    }
+    let misses = bridge.metric(
+        "mesh_bridge_mcp_session_misses_total",
+        &[("service", "fastmcp"), ("reason", "replica-gone")],
+    );
+    assert!(
+        misses >= on_victim as f64,
+        "misses {misses} for {on_victim} sessions"
+    );
+}

@@ -1,0 +1,163 @@
+//! The official MCP Python SDK as a test client (`tests/sdk/client.py`) and
+//! FastMCP servers in `mesh-bridge/mcp-python:dev` containers; both come from
+//! `cargo xtask provision` (the SDK in `target/mcp-sdk`, the image built
+//! locally). A missing SDK or image fails the test with the command to run.
+#![allow(dead_code)]
+
+use super::*;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::ChildStdout;
+
+/// The FastMCP image.
+pub const MCP_PYTHON_IMAGE: &str = mesh_bridge::contract::images::MCP_PYTHON;
+
+/// Where the SDK is (`MESH_MCP_SDK`, else `target/mcp-sdk` of the workspace).
+pub fn sdk_dir() -> PathBuf {
+    let dir = std::env::var_os("MESH_MCP_SDK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("mcp-sdk"));
+    assert!(
+        dir.join("mcp").is_dir(),
+        "the MCP Python SDK is not in {}: run `cargo xtask provision`",
+        dir.display()
+    );
+    dir
+}
+
+/// Fails unless the FastMCP image is on the engine.
+pub fn require_mcp_python_image() {
+    require_docker();
+    assert!(
+        docker(&["image", "inspect", "--format", "{{.Id}}", MCP_PYTHON_IMAGE]).is_ok(),
+        "{MCP_PYTHON_IMAGE} is missing: run `cargo xtask images --only mcp-python`"
+    );
+}
+
+/// A running `client.py`; killed on drop.
+pub struct SdkClient {
+    child: Child,
+    out: Option<BufReader<ChildStdout>>,
+    lines: Vec<String>,
+}
+
+impl SdkClient {
+    /// Starts the client against `url` with these flags.
+    pub fn spawn(url: &str, flags: &[&str]) -> SdkClient {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/client.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(url)
+            .args(flags)
+            .env("PYTHONPATH", sdk_dir())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs the SDK client");
+        let out = Some(BufReader::new(child.stdout.take().expect("stdout")));
+        SdkClient {
+            child,
+            out,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Reads stdout until a line equal to `want` (panics at EOF).
+    pub fn wait_line(&mut self, want: &str) {
+        loop {
+            let mut line = String::new();
+            let out = self.out.as_mut().expect("stdout not taken");
+            let n = out.read_line(&mut line).expect("read the client");
+            assert!(n > 0, "the client ended before {want:?}: {:?}", self.lines);
+            if line.trim() == want {
+                return;
+            }
+            self.lines.push(line);
+        }
+    }
+
+    /// Lets a paused client go on.
+    pub fn resume(&mut self) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").expect("resume the client");
+        stdin.flush().expect("flush");
+    }
+
+    /// Waits for the client to end (at most `limit`) and returns its report.
+    pub fn report(mut self, limit: Duration) -> Value {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut out = self.out.take().expect("stdout not taken");
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+            let _ = tx.send(rest);
+        });
+        let rest = rx
+            .recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("the SDK client did not finish within {limit:?}"));
+        let status = self.child.wait().expect("wait for the client");
+        assert!(status.success(), "the SDK client failed ({status}): {rest}");
+        let last = rest.lines().last().unwrap_or_default();
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("no JSON report ({e}): {rest}"))
+    }
+}
+
+impl Drop for SdkClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until each of `replicas` replicas behind `port` has answered an
+/// MCP `initialize` (FastMCP takes a moment to start, and a replica that
+/// refused a dial is tried last for a while): the session ids name the
+/// replica that created them.
+#[track_caller]
+pub fn wait_mcp(port: u16, replicas: usize, timeout: Duration) {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": mesh_chaos::stub::PROTOCOL_VERSION, "capabilities": {},
+                   "clientInfo": {"name": "e2e", "version": "0"}},
+    })
+    .to_string();
+    let mut seen = BTreeSet::new();
+    let what = format!("{replicas} replicas behind port {port} to answer initialize");
+    wait_for(&what, timeout, || {
+        let r = http(
+            local(port),
+            "POST",
+            "/mcp",
+            &[
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+            ],
+            body.as_bytes(),
+            Duration::from_secs(3),
+        )?;
+        match (r.status, r.header("mcp-session-id")) {
+            (200, Some(id)) if id.contains('.') => {
+                seen.insert(id.split('.').next().unwrap_or_default().to_string());
+                // Not a session the test uses: end it, so it weighs nothing
+                // in the balance of the sessions that follow.
+                let del = [("mcp-session-id", id)];
+                let _ = http(
+                    local(port),
+                    "DELETE",
+                    "/mcp",
+                    &del,
+                    b"",
+                    Duration::from_secs(3),
+                );
+                if seen.len() >= replicas {
+                    Ok(())
+                } else {
+                    Err(format!("answered by {seen:?} so far"))
+                }
+            }
+            (s, id) => Err(format!("HTTP {s}, session {id:?}: {}", r.text())),
+        }
+    });
+}
