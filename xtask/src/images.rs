@@ -96,6 +96,9 @@ struct Outcome {
     secs: f64,
 }
 
+/// Builds one debootstrap-based image (`force`), returning its tag.
+type RootfsBuild = fn(bool) -> Result<String>;
+
 /// Builds every image asked for. All are attempted; the command fails at the
 /// end, naming each image that failed.
 pub fn run(args: &Args) -> Result<()> {
@@ -137,7 +140,7 @@ pub fn run(args: &Args) -> Result<()> {
             }
         }
     }
-    let rootfs: [(Image, &str, &str, fn(bool) -> Result<String>); 2] = [
+    let rootfs: [(Image, &str, &str, RootfsBuild); 2] = [
         (
             Image::Dind,
             images::DIND,

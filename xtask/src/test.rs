@@ -31,7 +31,9 @@ fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(crate::paths::workspace_root())
         .args(args)
-        .args(extra);
+        .args(extra)
+        // Where provisioning put the MCP SDK the e2e tests' client runs on.
+        .env("MESH_MCP_SDK", crate::mcp_python::sdk_dir());
     let st = interrupt::status(&mut cmd)?;
     ensure!(st.success(), "`cargo {}` failed ({st})", args.join(" "));
     Ok(())
