@@ -41,7 +41,7 @@ pub struct Args {
     /// idle window (P5), shorter criterion sampling (P1). Each row says so.
     #[arg(long)]
     pub quick: bool,
-    /// Only these phases (p1,p2,p3,p4,p5,p6; p2 and p3 run together).
+    /// Only these phases (p1,p2,p3,p4,p5,p6,p7; p2 and p3 run together).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Container starts measured for P2 (default 100, 20 with --quick).
@@ -122,7 +122,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
         crate::interrupt::check()?;
     }
-    let docker_phases = ["p2", "p3", "p4", "p5", "p6"];
+    let docker_phases = ["p2", "p3", "p4", "p5", "p6", "p7"];
     if docker_phases.iter().any(|p| want(p)) {
         infra::ensure_stub_image(t0)?;
         infra::remove_stale(t0);
@@ -159,6 +159,14 @@ pub fn run(args: &Args) -> Result<()> {
                 match phases::p5(&ctx).await {
                     Ok(r) => rows.extend(r),
                     Err(e) => failures.push(format!("P5: {e:#}")),
+                }
+            }
+            if want("p7") {
+                let r = phases::p7(&ctx).await;
+                guard.remove_phase("p7");
+                match r {
+                    Ok(r) => rows.extend(r),
+                    Err(e) => failures.push(format!("P7: {e:#}")),
                 }
             }
             if want("p4") {
@@ -203,6 +211,10 @@ pub fn run(args: &Args) -> Result<()> {
         "P5-rss",
         "P5-idle-cpu",
         "P6",
+        "P7-c1-throughput",
+        "P7-c1-latency-added",
+        "P7-c32-throughput",
+        "P7-c32-latency-added",
     ];
     rows.sort_by_key(|r| order.iter().position(|o| *o == r.id).unwrap_or(usize::MAX));
     print!("{}", table(&rows));

@@ -55,6 +55,12 @@ pub const DEBOOTSTRAP: Tool = Tool {
     package: "debootstrap",
     why: "the DinD image is a Debian rootfs made with debootstrap (no registry to pull from)",
 };
+/// HAProxy, the baseline of the MCP session-routing benchmark (P7).
+pub const HAPROXY: Tool = Tool {
+    needs: "haproxy",
+    package: "haproxy",
+    why: "P7 compares MCP session routing with HAProxy's stick table on the same replicas",
+};
 /// The font timeline.png is drawn with.
 pub const FONT: Tool = Tool {
     needs: "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -63,7 +69,7 @@ pub const FONT: Tool = Tool {
 };
 
 /// Everything `provision` installs.
-pub const TOOLS: [Tool; 4] = [PROMTOOL, PROMETHEUS, DEBOOTSTRAP, FONT];
+pub const TOOLS: [Tool; 5] = [PROMTOOL, PROMETHEUS, DEBOOTSTRAP, FONT, HAPROXY];
 
 /// Flags of `cargo xtask provision`.
 #[derive(Debug, Clone, clap::Args)]

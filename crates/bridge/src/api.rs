@@ -134,6 +134,8 @@ pub struct ApiState {
     pub commands: mpsc::Sender<Command>,
     /// Bearer token for mutations; None disables them.
     pub token: Option<Arc<str>>,
+    /// The forwarder, asked for the live MCP sessions of a service.
+    pub forwarder: Option<crate::forward::Forwarder>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -232,7 +234,7 @@ async fn handle(state: ApiState, req: Request<Incoming>) -> Result<Resp, Infalli
                     method_not_allowed("GET")
                 } else {
                     match snap.services.iter().find(|s| s.name == name) {
-                        Some(s) => json(StatusCode::OK, s),
+                        Some(s) => json(StatusCode::OK, &with_sessions(&state, s)),
                         None => error(StatusCode::NOT_FOUND, format!("no service `{name}`")),
                     }
                 }
@@ -251,6 +253,24 @@ async fn handle(state: ApiState, req: Request<Incoming>) -> Result<Resp, Infalli
         }
     };
     Ok(resp)
+}
+
+/// The service's view with each replica's live MCP sessions (HTTP
+/// transports: the forwarder counts them; the views do not go stale).
+fn with_sessions(state: &ApiState, s: &ServiceView) -> ServiceView {
+    let mut s = s.clone();
+    let Some(f) = &state.forwarder else {
+        return s;
+    };
+    let counts = f.sessions(&s.name);
+    if counts.is_empty() && f.transport(&s.name).is_none_or(|t| !t.is_http()) {
+        return s;
+    }
+    for r in s.replicas.iter_mut().filter(|r| r.is_running()) {
+        let key = crate::forward::sessions::key_of(&r.container_id);
+        r.sessions = Some(counts.get(&key).copied().unwrap_or(0) as u64);
+    }
+    s
 }
 
 async fn reserve(state: &ApiState, req: Request<Incoming>) -> Resp {

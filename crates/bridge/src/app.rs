@@ -660,6 +660,7 @@ pub async fn run(
             snapshot: snap_rx,
             commands: cmd_tx,
             token,
+            forwarder: Some(forwarder.clone()),
         },
         api_stop.clone(),
     ));

@@ -498,6 +498,14 @@ impl Forwarder {
         }
     }
 
+    /// What a service's replicas speak, once one runs.
+    pub fn transport(&self, service: &str) -> Option<Transport> {
+        let state = self.inner.state();
+        let svc = state.services.get(service)?;
+        let e = svc.endpoints.borrow();
+        (!e.upstreams.is_empty()).then_some(e.transport)
+    }
+
     /// The live MCP sessions of a service per replica key (empty for `tcp`).
     pub fn sessions(&self, service: &str) -> HashMap<Arc<str>, usize> {
         let state = self.inner.state();

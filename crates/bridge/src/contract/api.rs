@@ -86,6 +86,10 @@ pub struct ReplicaView {
     pub address: Option<String>,
     /// `running`, `stopped`, `rejected`, or `unreachable: <why>`.
     pub state: String,
+    /// Live MCP sessions this replica created (`streamable-http` and `sse`
+    /// services, in `/v1/services/{name}`; absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<u64>,
 }
 
 impl ReplicaView {
@@ -189,6 +193,7 @@ mod tests {
                 container_id: "abc".into(),
                 address: Some("172.17.0.2:8080".into()),
                 state: REPLICA_RUNNING.into(),
+                sessions: Some(3),
             }],
             since: Some("2026-12-02T00:00:00Z".into()),
             reason: None,

@@ -34,6 +34,7 @@ impl Core {
                         (None, true) => REPLICA_RUNNING.into(),
                         (None, false) => REPLICA_STOPPED.into(),
                     },
+                    sessions: None,
                 })
                 .collect();
             let port = self.pool.port_of(name);
@@ -97,6 +98,7 @@ impl Core {
                     container_id: r.id.clone(),
                     address: None,
                     state: REPLICA_REJECTED.into(),
+                    sessions: None,
                 }],
                 since: None,
                 reason: Some(r.reason.clone()),

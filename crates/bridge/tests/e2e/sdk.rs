@@ -52,6 +52,16 @@ fn sdk_sessions_stay_on_their_replica_through_a_bridge_kill9() {
         &["--sessions", "50", "--calls", "20", "--pause"],
     );
     client.wait_line("PAUSED");
+    // Every session is live now: the API counts them per replica.
+    let view = bridge.service("fastmcp").unwrap().expect("listed");
+    let live: Vec<u64> = view["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["sessions"].as_u64())
+        .collect();
+    assert_eq!(live.len(), 3, "{view}");
+    assert_eq!(live.iter().sum::<u64>(), 50, "{view}");
     bridge.kill9();
     bridge.restart();
     bridge.wait_ready(READY);
@@ -149,6 +159,15 @@ fn sdk_a_killed_replica_ends_only_its_own_sessions() {
         assert_eq!(after.len(), 5, "{r}");
         assert!(after.iter().all(|h| *h != victim_host), "{r}");
     }
+    // The API counts each live replica's sessions (the victim is gone).
+    let view = bridge.service("fastmcp").unwrap().expect("listed");
+    let counted: Vec<u64> = view["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["sessions"].as_u64())
+        .collect();
+    assert_eq!(counted.len(), 2, "{view}");
     let misses = bridge.metric(
         "mesh_bridge_mcp_session_misses_total",
         &[("service", "fastmcp"), ("reason", "replica-gone")],

@@ -1,0 +1,266 @@
+//! P7: MCP `tools/call` round trips in sessions, through the mesh port, to
+//! three replicas of the stateful stub, beside two baselines measured on the
+//! same replicas in the same run: HAProxy (Debian's package) pinning sessions
+//! with a stick table learnt from `Mcp-Session-Id`, and one replica direct.
+//!
+//! Each session is one keep-alive client connection: `initialize`, then
+//! `tools/call echo` in a loop for the measuring window; requests/s over all
+//! sessions and the p50/p99 of each round trip, at 1 and 32 sessions.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use mesh_bridge::contract;
+use mesh_chaos::docker_relay::Relay;
+use tokio::task::JoinSet;
+
+use crate::bench::infra::{self, Bridge, PHASE_LABEL, Proc, RUN_LABEL, STUB_IMAGE};
+use crate::bench::{Row, ratio};
+
+use super::api::{Sender, connect_api};
+use super::{Ctx, pct, sorted};
+
+/// Session counts measured.
+const CONCURRENCY: [usize; 2] = [1, 32];
+/// Replicas of the stateful stub.
+const REPLICAS: usize = 3;
+/// The stub's port in its container.
+const STUB_PORT: u16 = 8080;
+
+/// What one load run measured.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// P7 rows: throughput against HAProxy, added latency against HAProxy's.
+pub async fn p7(ctx: &Ctx) -> Result<Vec<Row>> {
+    crate::provision::install(ctx.t0, &[crate::provision::HAPROXY])?;
+    let window = if ctx.quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(5)
+    };
+    ctx.note("P7: three stateful stubs");
+    let mut replicas = Vec::new();
+    for i in 0..REPLICAS {
+        let name = format!("mb-bench-{}-p7-{i}", ctx.run);
+        let labels = [
+            format!("{RUN_LABEL}={}", ctx.run),
+            format!("{PHASE_LABEL}=p7"),
+            format!("{}=p7", contract::labels::SERVICE),
+        ];
+        let mut args = vec!["run", "-d", "--name", &name, "--no-healthcheck"];
+        args.extend(["-e", "MCP_STUB_NAME=p7", "-e", "MCP_STUB_STATEFUL=1"]);
+        for l in &labels {
+            args.extend(["--label", l.as_str()]);
+        }
+        args.push(STUB_IMAGE);
+        let id = infra::docker(&args)?;
+        let (ip, _) = infra::inspect_ip_pid(&id)?;
+        replicas.push(SocketAddr::from((ip, STUB_PORT)));
+    }
+    let relay = Relay::start(ctx.filters("p7")).await?;
+    let (lo, hi) = infra::free_range(4)?;
+    let mut b = Bridge::start(&ctx.bin, ctx.spec("p7", format!("{lo}-{hi}"), &relay))?;
+    b.wait_ready(Duration::from_secs(30)).await?;
+    let mesh_port =
+        mesh_chaos::wait::until_async("a port for `p7`", Duration::from_secs(15), || {
+            let ports = b.ports();
+            async move {
+                let ports = ports.await.map_err(|e| e.to_string())?;
+                ports
+                    .get("p7")
+                    .copied()
+                    .ok_or_else(|| "none yet".to_string())
+            }
+        })
+        .await?;
+    let mesh = SocketAddr::from((Ipv4Addr::LOCALHOST, mesh_port));
+    let haproxy_port = infra::free_port()?;
+    let _haproxy = haproxy(haproxy_port, &replicas)?;
+    let haproxy = SocketAddr::from((Ipv4Addr::LOCALHOST, haproxy_port));
+    for (what, addr) in [
+        ("mesh", mesh),
+        ("haproxy", haproxy),
+        ("direct", replicas[0]),
+    ] {
+        mesh_chaos::wait::until_async(
+            &format!("{what} to answer"),
+            Duration::from_secs(20),
+            || async move { session(addr).await.map(drop).map_err(|e| format!("{e:#}")) },
+        )
+        .await?;
+    }
+
+    let mut rows = Vec::new();
+    for c in CONCURRENCY {
+        // Warm each path (connections, the stub's session tables), unmeasured.
+        for addr in [mesh, haproxy, replicas[0]] {
+            load(addr, c, Duration::from_millis(300)).await?;
+        }
+        ctx.note(&format!("P7: {c} session(s), {window:?} on each path"));
+        let m = load(mesh, c, window).await?;
+        let h = load(haproxy, c, window).await?;
+        let d = load(replicas[0], c, window).await?;
+        ctx.note(&format!(
+            "P7 c={c}: mesh {:.0}/s p50 {:.0} us p99 {:.0} us; haproxy {:.0}/s p50 {:.0} us p99 {:.0} us; direct {:.0}/s p50 {:.0} us p99 {:.0} us",
+            m.rps, m.p50_us, m.p99_us, h.rps, h.p50_us, h.p99_us, d.rps, d.p50_us, d.p99_us
+        ));
+        let (tid, lid) = match c {
+            1 => ("P7-c1-throughput", "P7-c1-latency-added"),
+            _ => ("P7-c32-throughput", "P7-c32-latency-added"),
+        };
+        let thr = ratio(m.rps, h.rps);
+        rows.push(Row {
+            id: tid,
+            what: format!(
+                "MCP tools/call in {c} session(s) through the mesh port, {REPLICAS} stateful stubs (direct to one: {:.0}/s)",
+                d.rps
+            ),
+            value: m.rps,
+            unit: "req/s",
+            baseline: "HAProxy, stick table on Mcp-Session-Id".into(),
+            baseline_value: h.rps,
+            ratio: thr,
+            goal: ">= 1.0x HAProxy".into(),
+            met: thr.is_some_and(|r| r >= 1.0),
+        });
+        let added = m.p50_us - d.p50_us;
+        let h_added = h.p50_us - d.p50_us;
+        rows.push(Row {
+            id: lid,
+            what: format!(
+                "added p50 over direct, {c} session(s) (p99 added: mesh {:.0} us, HAProxy {:.0} us)",
+                m.p99_us - d.p99_us,
+                h.p99_us - d.p99_us
+            ),
+            value: added,
+            unit: "us",
+            baseline: "HAProxy's added p50".into(),
+            baseline_value: h_added,
+            ratio: ratio(added, h_added),
+            goal: "<= HAProxy's".into(),
+            met: added <= h_added,
+        });
+    }
+    drop(b);
+    Ok(rows)
+}
+
+/// HAProxy in front of the replicas, sessions pinned by its stick table.
+fn haproxy(port: u16, replicas: &[SocketAddr]) -> Result<Proc> {
+    let dir = infra::bench_dir();
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("p7-haproxy.cfg");
+    let mut text = format!(
+        "global\n  maxconn 4096\n  nbthread 2\n\
+         defaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
+         frontend mcp\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
+         backend replicas\n  balance roundrobin\n\
+         \x20 stick-table type string len 128 size 100k expire 30m\n\
+         \x20 stick store-response res.hdr(mcp-session-id)\n\
+         \x20 stick match req.hdr(mcp-session-id)\n"
+    );
+    for (i, r) in replicas.iter().enumerate() {
+        text.push_str(&format!("  server r{i} {r}\n"));
+    }
+    std::fs::write(&cfg, text)?;
+    let check = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()?;
+    ensure!(
+        check.status.success(),
+        "haproxy -c -f {}: {}",
+        cfg.display(),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting haproxy")?;
+    Ok(Proc(child))
+}
+
+/// `initialize` on a fresh keep-alive connection: the connection and the session id.
+async fn session(addr: SocketAddr) -> Result<(Sender, String)> {
+    let mut s = connect_api(addr, 1).await?.pop().context("a connection")?;
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    let resp = s.send_request(post(addr, None, init)?).await?;
+    let status = resp.status();
+    let id = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    resp.into_body().collect().await?;
+    match id {
+        Some(id) if status == 200 => Ok((s, id)),
+        _ => bail!("initialize through {addr}: HTTP {status}, session {id:?}"),
+    }
+}
+
+fn post(
+    addr: SocketAddr,
+    session: Option<&str>,
+    body: &'static str,
+) -> Result<Request<Full<Bytes>>> {
+    let mut r = Request::post("/mcp")
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    if let Some(s) = session {
+        r = r.header("mcp-session-id", s);
+    }
+    Ok(r.body(Full::new(Bytes::from_static(body.as_bytes())))?)
+}
+
+/// `sessions` sessions calling `tools/call echo` back to back for `window`.
+async fn load(addr: SocketAddr, sessions: usize, window: Duration) -> Result<Load> {
+    const CALL: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"p7"}}}"#;
+    let mut set = JoinSet::new();
+    let start = Instant::now() + Duration::from_millis(50);
+    for _ in 0..sessions {
+        let (mut s, id) = session(addr).await?;
+        set.spawn(async move {
+            tokio::time::sleep_until(start.into()).await;
+            let end = start + window;
+            let mut lat = Vec::new();
+            while Instant::now() < end {
+                let t = Instant::now();
+                s.ready().await?;
+                let resp = s.send_request(post(addr, Some(&id), CALL)?).await?;
+                let status = resp.status();
+                resp.into_body().collect().await?;
+                ensure!(status == 200, "tools/call through {addr}: HTTP {status}");
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = set.join_next().await {
+        all.extend(r??);
+    }
+    let n = all.len() as f64;
+    let all = sorted(all);
+    Ok(Load {
+        rps: n / window.as_secs_f64(),
+        p50_us: pct(&all, 0.5),
+        p99_us: pct(&all, 0.99),
+    })
+}
