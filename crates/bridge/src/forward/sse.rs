@@ -45,20 +45,22 @@ impl EndpointRewrite {
             buf: Vec::new(),
             done: false,
             pending: None,
+            session: None,
         }
         .boxed()
     }
 
-    /// Scans the held-back bytes; records the session the event names.
-    fn scan(&self, buf: &[u8]) -> Scan {
+    /// Scans the held-back bytes; records the session the event names
+    /// (and returns its id: the session lives as long as this stream).
+    fn scan(&self, buf: &[u8]) -> (Scan, Option<String>) {
         let (scan, session) = scan(buf, &self.key);
-        if let Some(mine) = session {
+        if let Some(mine) = &session {
             self.ctx
                 .sessions()
-                .touch(&mine, &self.key, tokio::time::Instant::now());
+                .touch(mine, &self.key, tokio::time::Instant::now());
             self.ctx.publish_sessions();
         }
-        scan
+        (scan, session)
     }
 }
 
@@ -141,6 +143,18 @@ struct Rewriting {
     done: bool,
     /// A non-data frame (trailers) that came while bytes were held back.
     pending: Option<Frame<Bytes>>,
+    /// The session the stream's `endpoint` event named: it ends with the
+    /// stream (the transport's rule), so it is no longer counted then.
+    session: Option<String>,
+}
+
+impl Drop for Rewriting {
+    fn drop(&mut self) {
+        if let Some(id) = self.session.take() {
+            self.st.ctx.sessions().end(&id);
+            self.st.ctx.publish_sessions();
+        }
+    }
 }
 
 impl hyper::body::Body for Rewriting {
@@ -169,7 +183,11 @@ impl hyper::body::Body for Rewriting {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         this.buf.extend_from_slice(&data);
-                        let release = match this.st.scan(&this.buf) {
+                        let (scan, session) = this.st.scan(&this.buf);
+                        if session.is_some() {
+                            this.session = session;
+                        }
+                        let release = match scan {
                             Scan::Release(out) => Some(out),
                             Scan::More if this.buf.len() > SCAN_LIMIT => {
                                 Some(std::mem::take(&mut this.buf))

@@ -177,3 +177,55 @@ fn sdk_a_killed_replica_ends_only_its_own_sessions() {
         "misses {misses} for {on_victim} sessions"
     );
 }
+
+/// The 2024-11-05 HTTP+SSE transport: the SDK's `sse_client` opens the GET
+/// stream through the bridge and posts to the URL its `endpoint` event
+/// names; each session's stream and posts stay on one replica, and new
+/// sessions spread over the three.
+#[test]
+fn sdk_sse_sessions_keep_stream_and_posts_on_one_replica() {
+    sdk_dir();
+    require_mcp_python_image();
+    let ctx = TestCtx::new("sdk-sse");
+    let proxy = DockerProxy::start(&ctx);
+    let bridge = Bridge::start(BridgeOpts::new(4).via(&proxy));
+    let _replicas: Vec<TestContainer> = (0..3)
+        .map(|_| {
+            ctx.run_image(
+                MCP_PYTHON_IMAGE,
+                &[
+                    ("mesh-bridge.service", "fastsse"),
+                    ("mesh-bridge.port", FASTMCP_PORT),
+                    ("mesh-bridge.transport", "sse"),
+                ],
+                &[],
+                &["sse"],
+            )
+        })
+        .collect();
+    let port = bridge.wait_port("fastsse", 3, REGISTER);
+    // Each replica must be up before the sessions start (a stream's first
+    // event says so).
+    wait_sse(port, 3, SERVE * 3);
+    let url = format!("http://127.0.0.1:{port}/sse");
+    let client = SdkClient::spawn(
+        &url,
+        &["--transport", "sse", "--sessions", "30", "--calls", "10"],
+    );
+    let report = client.report(Duration::from_secs(180));
+    assert!(
+        list(&report, "failed").is_empty(),
+        "failed sessions: {report}"
+    );
+    assert!(
+        list(&report, "moved").is_empty(),
+        "sessions that changed replica: {report}"
+    );
+    assert_eq!(report["calls"], 30 * 10);
+    let by = report["by_replica"].as_object().expect("by_replica");
+    assert_eq!(
+        by.len(),
+        3,
+        "sessions spread over the three replicas: {report}"
+    );
+}

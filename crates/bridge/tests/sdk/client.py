@@ -10,7 +10,8 @@ prints "PAUSED" and waits for a line on stdin (the test kills the bridge
 meanwhile), then the sessions go on without initializing again. With
 --reinit, a session whose calls fail starts a new session once and tries
 again. The last stdout line is a JSON report; the exit status is 0 unless
-the script itself broke.
+the script itself broke. --transport sse uses the SDK's 2024-11-05 HTTP+SSE
+client instead (the URL is then the stream's, e.g. /sse).
 """
 
 import argparse
@@ -20,6 +21,7 @@ import sys
 
 import httpx
 from mcp import ClientSession
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamablehttp_client
 
 
@@ -34,6 +36,13 @@ def fresh_connections(headers=None, timeout=None, auth=None):
     )
 
 
+def connect(url, transport):
+    """The SDK's client transport: (read, write, ...) streams."""
+    if transport == "sse":
+        return sse_client(url, httpx_client_factory=fresh_connections)
+    return streamablehttp_client(url, httpx_client_factory=fresh_connections)
+
+
 async def calls(session, n):
     """n tools/call of whoami; the replicas that answered."""
     seen = []
@@ -45,7 +54,7 @@ async def calls(session, n):
     return seen
 
 
-async def one(url, n_calls, gate, reinit):
+async def one(url, transport, n_calls, gate, reinit):
     rec = {"replicas": [], "error": None, "reinitialized": False, "first": None}
     gated = False
 
@@ -56,7 +65,8 @@ async def one(url, n_calls, gate, reinit):
             await gate()
 
     try:
-        async with streamablehttp_client(url, httpx_client_factory=fresh_connections) as (r, w, _):
+        async with connect(url, transport) as streams:
+            r, w = streams[0], streams[1]
             async with ClientSession(r, w) as s:
                 await s.initialize()
                 tools = await s.list_tools()
@@ -75,7 +85,8 @@ async def one(url, n_calls, gate, reinit):
                     rec["error"] = f"{type(e).__name__}: {e}"
         if rec["error"] is not None:
             rec["reinitialized"] = True
-            async with streamablehttp_client(url, httpx_client_factory=fresh_connections) as (r, w, _):
+            async with connect(url, transport) as streams:
+                r, w = streams[0], streams[1]
                 async with ClientSession(r, w) as s:
                     await s.initialize()
                     rec["after"] = await calls(s, n_calls - n_calls // 2)
@@ -93,6 +104,7 @@ async def main():
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--pause", action="store_true")
     p.add_argument("--reinit", action="store_true")
+    p.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
     a = p.parse_args()
 
     arrived = 0
@@ -109,7 +121,7 @@ async def main():
             released.set()
         await released.wait()
 
-    recs = await asyncio.gather(*(one(a.url, a.calls, gate, a.reinit) for _ in range(a.sessions)))
+    recs = await asyncio.gather(*(one(a.url, a.transport, a.calls, gate, a.reinit) for _ in range(a.sessions)))
     report = {
         "sessions": len(recs),
         "failed": [r for r in recs if r.get("failed")],

@@ -7,6 +7,7 @@
 use super::*;
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::process::ChildStdout;
 
 /// The FastMCP image.
@@ -158,6 +159,44 @@ pub fn wait_mcp(port: u16, replicas: usize, timeout: Duration) {
                 }
             }
             (s, id) => Err(format!("HTTP {s}, session {id:?}: {}", r.text())),
+        }
+    });
+}
+
+/// Waits until `replicas` replicas behind an `sse` service's `port` have
+/// each opened a stream whose `endpoint` event names them.
+#[track_caller]
+pub fn wait_sse(port: u16, replicas: usize, timeout: Duration) {
+    let mut seen = BTreeSet::new();
+    let what = format!("{replicas} sse replicas behind port {port}");
+    wait_for(&what, timeout, || {
+        let mut s = TcpStream::connect_timeout(&local(port), Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("session_id=") {
+            let n = std::io::Read::read(&mut s, &mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err(format!("stream ended: {}", String::from_utf8_lossy(&got)));
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let key = text
+            .split("session_id=")
+            .nth(1)
+            .and_then(|rest| rest.split('.').next())
+            .unwrap_or_default()
+            .to_string();
+        seen.insert(key);
+        if seen.len() >= replicas {
+            Ok(())
+        } else {
+            Err(format!("streams from {seen:?} so far"))
         }
     });
 }
