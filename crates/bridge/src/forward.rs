@@ -251,8 +251,6 @@ struct Inner {
     bind_ip: IpAddr,
     hold: Duration,
     metrics: ForwardMetrics,
-    /// The upstream HTTP client of the `streamable-http` and `sse` services.
-    client: http::UpstreamClient,
     /// Cancelled by [`Forwarder::shutdown`] or by the caller's shutdown token: stops
     /// every accept loop and every connection still waiting for a replica.
     stop: CancellationToken,
@@ -335,7 +333,6 @@ impl Forwarder {
                 bind_ip,
                 hold,
                 metrics,
-                client: http::client(),
                 stop: shutdown.child_token(),
                 abort: CancellationToken::new(),
                 aborted: AtomicUsize::new(0),

@@ -493,6 +493,23 @@ impl Bridge {
     }
 
     /// service -> port, from `/v1/services`.
+    /// Waits (at most `limit`) until `service` holds a port; returns it.
+    pub async fn wait_port(&self, service: &str, limit: Duration) -> Result<u16> {
+        let what = format!("a port for `{service}`");
+        let port = mesh_chaos::wait::until_async(&what, limit, || {
+            let ports = self.ports();
+            async move {
+                let ports = ports.await.map_err(|e| e.to_string())?;
+                ports
+                    .get(service)
+                    .copied()
+                    .ok_or_else(|| "none yet".to_string())
+            }
+        })
+        .await?;
+        Ok(port)
+    }
+
     pub async fn ports(&self) -> Result<BTreeMap<String, u16>> {
         let v: Vec<contract::api::ServiceView> =
             mesh_chaos::http::get_json(self.api, contract::api::SERVICES).await?;

@@ -2,7 +2,8 @@
 //! pinned to the replica that created it (`streamable-http` and `sse`).
 //!
 //! The client's connection is served by hyper (HTTP/1.1, keep-alive); every
-//! request is sent on through one pooled client to the replica chosen for it:
+//! request is sent on to the replica chosen for it, on a connection to that
+//! replica kept for this client connection (`Kept`), or a fresh dial:
 //! - a request that names a session (the `Mcp-Session-Id` header, or the
 //!   `session_id` / `sessionId` query parameter of the `sse` transport's
 //!   POSTs) goes to the replica the id names ([`super::sessions`]), with the
@@ -23,6 +24,7 @@
 //! (event streams, for hours) with hyper's backpressure: a slow client slows
 //! only its own response.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,11 +34,10 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -61,36 +62,87 @@ const SESSION_PARAMS: [&str; 2] = ["session_id", "sessionId"];
 /// A response body: the replica's, streamed, or one of ours.
 pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 
-/// The one upstream HTTP client of the forwarder (pooled per replica).
-pub(super) type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
-
-/// Builds the upstream client: a fresh connection per request, each dial
-/// bounded by [`CONNECT_TIMEOUT`].
+/// Connections to replicas kept for one client connection, by replica.
 ///
-/// No idle connections are kept: a request on a kept connection to a replica
-/// that went silent (a black hole, a frozen container) would wait for the
-/// kernel to give up, where a fresh dial fails within the connect timeout
-/// and the next replica is tried (as on `tcp`). The cost is one loopback or
-/// bridge-network handshake per request; measured by the bench (P7).
-pub(super) fn client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector)
+/// A client connection's requests reuse its connection to a replica (its
+/// session's, in practice), as HAProxy reuses server connections; nothing is
+/// shared between client connections, so a client that opens a connection per
+/// request dials the replica each time (1 s connect timeout, the next
+/// replica on failure). A kept connection that closed is noticed before the
+/// request is written and the request goes out on a fresh dial.
+type Kept = Arc<tokio::sync::Mutex<HashMap<SocketAddr, SendRequest<Full<Bytes>>>>>;
+
+/// Why a request got no answer from a replica.
+enum SendError {
+    /// The replica could not be dialled (refused, reset, no answer in time):
+    /// the request was not sent; another replica may take it.
+    Connect(String),
+    /// The request went out and the exchange failed.
+    Failed(hyper::Error),
+}
+
+/// Dials `addr` and hands the connection to hyper's HTTP/1.1 client.
+async fn dial(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, SendError> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
+        Err(_) => {
+            return Err(SendError::Connect(format!(
+                "no answer within {CONNECT_TIMEOUT:?}"
+            )));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| SendError::Connect(e.to_string()))?;
+    // Ends when the sender is dropped (with its client connection) or the
+    // replica closes.
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Sends `req` to `addr` on the kept connection, or a fresh one.
+async fn send(
+    kept: &Kept,
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, SendError> {
+    let mut req = req;
+    let cached = kept.lock().await.remove(&addr);
+    if let Some(mut s) = cached
+        && s.ready().await.is_ok()
+    {
+        match s.try_send_request(req).await {
+            Ok(resp) => {
+                kept.lock().await.insert(addr, s);
+                return Ok(resp);
+            }
+            Err(mut e) => match e.take_message() {
+                // Closed before the request was written: dial afresh.
+                Some(back) => req = back,
+                None => return Err(SendError::Failed(e.into_error())),
+            },
+        }
+    }
+    let mut s = dial(addr).await?;
+    let resp = s.send_request(req).await.map_err(SendError::Failed)?;
+    kept.lock().await.insert(addr, s);
+    Ok(resp)
 }
 
 /// Serves one client connection until it closes, the forwarder stops
 /// (in-flight requests finish, idle keep-alive ends) or aborts.
 pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream) {
+    let kept: Kept = Arc::default();
     let service = {
         let inner = Arc::clone(&inner);
         let ctx = ctx.clone();
         hyper::service::service_fn(move |req| {
             let inner = Arc::clone(&inner);
             let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(route(&inner, &ctx, req).await) }
+            let kept = Arc::clone(&kept);
+            async move { Ok::<_, Infallible>(route(&inner, &ctx, &kept, req).await) }
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()
@@ -129,14 +181,24 @@ enum Target {
     Any,
 }
 
-async fn route(inner: &Inner, ctx: &ServiceCtx, req: Request<Incoming>) -> Response<Body> {
+async fn route(
+    inner: &Inner,
+    ctx: &ServiceCtx,
+    kept: &Kept,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let t0 = Instant::now();
-    let answer = route_inner(inner, ctx, req).await;
+    let answer = route_inner(inner, ctx, kept, req).await;
     ctx.metrics.mcp_duration.observe(t0.elapsed().as_secs_f64());
     answer
 }
 
-async fn route_inner(inner: &Inner, ctx: &ServiceCtx, req: Request<Incoming>) -> Response<Body> {
+async fn route_inner(
+    inner: &Inner,
+    ctx: &ServiceCtx,
+    kept: &Kept,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -209,29 +271,29 @@ async fn route_inner(inner: &Inner, ctx: &ServiceCtx, req: Request<Incoming>) ->
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
+    let Ok(uri) = Uri::try_from(path) else {
+        return error(StatusCode::BAD_REQUEST, "request target is not a valid URI");
+    };
     let mut counted = Vec::new();
     let addrs: Vec<SocketAddr> = endpoints.upstreams.iter().map(|u| u.addr).collect();
     for up in candidates {
-        let Ok(uri) = Uri::try_from(format!("http://{}{path}", up.addr)) else {
-            return error(StatusCode::BAD_REQUEST, "request target is not a valid URI");
-        };
         let mut out = Request::new(Full::new(body.clone()));
         *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri;
+        *out.uri_mut() = uri.clone();
         *out.headers_mut() = parts.headers.clone();
         let pending = client_id.is_none().then(|| Pending::new(ctx, &up.key));
-        let sent = inner.client.request(out).await;
+        let sent = send(kept, up.addr, out).await;
         drop(pending);
         match sent {
             Ok(resp) => {
                 ctx.dial_succeeded(up.addr);
                 return answer(ctx, &parts.method, &up, client_id.as_deref(), resp);
             }
-            Err(e) if e.is_connect() => {
+            Err(SendError::Connect(e)) => {
                 ctx.dial_failed(up.addr, &addrs, &mut counted);
                 debug!(service = &*ctx.name, addr = %up.addr, error = %e, "forward: replica unreachable");
             }
-            Err(e) => {
+            Err(SendError::Failed(e)) => {
                 debug!(service = &*ctx.name, addr = %up.addr, error = %e, "forward: replica failed the request");
                 return error(StatusCode::BAD_GATEWAY, "the replica failed the request");
             }

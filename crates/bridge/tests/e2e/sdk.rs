@@ -9,20 +9,16 @@ use super::*;
 /// The FastMCP servers' port inside their containers.
 const FASTMCP_PORT: &str = "8080";
 
-fn fastmcp_replicas(ctx: &TestCtx, service: &str, n: usize) -> Vec<TestContainer> {
+/// `n` FastMCP replicas of `service` speaking `transport`.
+fn fastmcp_replicas(ctx: &TestCtx, service: &str, n: usize, transport: &str) -> Vec<TestContainer> {
     require_mcp_python_image();
+    let labels = [
+        ("mesh-bridge.service", service),
+        ("mesh-bridge.port", FASTMCP_PORT),
+        ("mesh-bridge.transport", transport),
+    ];
     (0..n)
-        .map(|_| {
-            ctx.run_image(
-                MCP_PYTHON_IMAGE,
-                &[
-                    ("mesh-bridge.service", service),
-                    ("mesh-bridge.port", FASTMCP_PORT),
-                ],
-                &[],
-                &[],
-            )
-        })
+        .map(|_| ctx.run_image(MCP_PYTHON_IMAGE, &labels, &[], &[transport]))
         .collect()
 }
 
@@ -43,7 +39,7 @@ fn sdk_sessions_stay_on_their_replica_through_a_bridge_kill9() {
     let ctx = TestCtx::new("sdk-kill9");
     let proxy = DockerProxy::start(&ctx);
     let mut bridge = Bridge::start(BridgeOpts::new(4).via(&proxy));
-    let _replicas = fastmcp_replicas(&ctx, "fastmcp", 3);
+    let _replicas = fastmcp_replicas(&ctx, "fastmcp", 3, "streamable-http");
     let port = bridge.wait_port("fastmcp", 3, REGISTER);
     wait_mcp(port, 3, SERVE * 3);
 
@@ -117,7 +113,7 @@ fn sdk_a_killed_replica_ends_only_its_own_sessions() {
     let ctx = TestCtx::new("sdk-replica");
     let proxy = DockerProxy::start(&ctx);
     let bridge = Bridge::start(BridgeOpts::new(4).via(&proxy));
-    let replicas = fastmcp_replicas(&ctx, "fastmcp", 3);
+    let replicas = fastmcp_replicas(&ctx, "fastmcp", 3, "streamable-http");
     let port = bridge.wait_port("fastmcp", 3, REGISTER);
     wait_mcp(port, 3, SERVE * 3);
 
@@ -185,24 +181,10 @@ fn sdk_a_killed_replica_ends_only_its_own_sessions() {
 #[test]
 fn sdk_sse_sessions_keep_stream_and_posts_on_one_replica() {
     sdk_dir();
-    require_mcp_python_image();
     let ctx = TestCtx::new("sdk-sse");
     let proxy = DockerProxy::start(&ctx);
     let bridge = Bridge::start(BridgeOpts::new(4).via(&proxy));
-    let _replicas: Vec<TestContainer> = (0..3)
-        .map(|_| {
-            ctx.run_image(
-                MCP_PYTHON_IMAGE,
-                &[
-                    ("mesh-bridge.service", "fastsse"),
-                    ("mesh-bridge.port", FASTMCP_PORT),
-                    ("mesh-bridge.transport", "sse"),
-                ],
-                &[],
-                &["sse"],
-            )
-        })
-        .collect();
+    let _replicas = fastmcp_replicas(&ctx, "fastsse", 3, "sse");
     let port = bridge.wait_port("fastsse", 3, REGISTER);
     // Each replica must be up before the sessions start (a stream's first
     // event says so).

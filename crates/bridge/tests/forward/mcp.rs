@@ -85,9 +85,8 @@ fn replicas(addrs: &[(SocketAddr, &str)]) -> Endpoints {
 
 const IDS: [&str; 3] = ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"];
 
-#[tokio::test]
-async fn sessions_stay_on_their_replica_across_fresh_connections_and_are_balanced() {
-    let h = harness(Duration::from_secs(2));
+/// Three stateful replicas behind `svc` on a fresh port.
+async fn three_replicas(h: &Harness) -> (u16, Vec<(SocketAddr, &'static str)>) {
     let mut ups = Vec::new();
     for id in IDS {
         ups.push((stateful_replica(id).await, id));
@@ -95,6 +94,13 @@ async fn sessions_stay_on_their_replica_across_fresh_connections_and_are_balance
     let port = free_port();
     h.fwd.open("svc", port).await.unwrap();
     h.fwd.set_endpoints("svc", replicas(&ups));
+    (port, ups)
+}
+
+#[tokio::test]
+async fn sessions_stay_on_their_replica_across_fresh_connections_and_are_balanced() {
+    let h = harness(Duration::from_secs(2));
+    let (port, _) = three_replicas(&h).await;
 
     let mut sessions = Vec::new();
     for _ in 0..30 {
@@ -145,13 +151,7 @@ async fn sessions_stay_on_their_replica_across_fresh_connections_and_are_balance
 #[tokio::test]
 async fn a_lost_replica_ends_only_its_sessions_and_never_reaches_another() {
     let h = harness(Duration::from_secs(2));
-    let mut ups = Vec::new();
-    for id in IDS {
-        ups.push((stateful_replica(id).await, id));
-    }
-    let port = free_port();
-    h.fwd.open("svc", port).await.unwrap();
-    h.fwd.set_endpoints("svc", replicas(&ups));
+    let (port, ups) = three_replicas(&h).await;
     let mut sessions = Vec::new();
     for _ in 0..9 {
         sessions.push(initialize(port).await);

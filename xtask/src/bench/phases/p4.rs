@@ -93,18 +93,7 @@ pub async fn p4(ctx: &Ctx) -> Result<Vec<Row>> {
     let (lo, hi) = infra::free_range(4)?;
     let mut b = Bridge::start(&ctx.bin, ctx.spec("p4", format!("{lo}-{hi}"), &relay))?;
     b.wait_ready(Duration::from_secs(30)).await?;
-    let mesh_port =
-        mesh_chaos::wait::until_async("a port for `bulk`", Duration::from_secs(15), || {
-            let ports = b.ports();
-            async move {
-                let ports = ports.await.map_err(|e| e.to_string())?;
-                ports
-                    .get("bulk")
-                    .copied()
-                    .ok_or_else(|| "none yet".to_string())
-            }
-        })
-        .await?;
+    let mesh_port = b.wait_port("bulk", Duration::from_secs(15)).await?;
     let mesh = SocketAddr::from((Ipv4Addr::LOCALHOST, mesh_port));
     tokio::task::spawn_blocking(move || sink::wait_echo(mesh, Duration::from_secs(10))).await??;
 
