@@ -597,7 +597,7 @@ async fn stateful_mode_keeps_sessions_like_the_sdk_servers() {
         .await
         .unwrap()
     };
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
+    let init = stub::initialize_request();
     let r = post(None, init.clone()).await;
     assert_eq!(r.status, 200);
     let id = r.header("mcp-session-id").expect("a session").to_string();

@@ -166,10 +166,7 @@ fn sighup_widens_at_once_and_refuses_a_narrowing_that_drops_a_held_port() {
     });
 
     // A request under way through rl-a: its head now, its body after the reload.
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                   "clientInfo": {"name": "reload", "version": "0"}}})
-    .to_string();
+    let body = mesh_chaos::stub::initialize_request().to_string();
     let mut open = std::net::TcpStream::connect(local(pa)).unwrap();
     open.set_read_timeout(Some(SERVE)).unwrap();
     write!(

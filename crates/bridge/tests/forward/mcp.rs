@@ -41,12 +41,7 @@ async fn post(port: u16, session: Option<&str>, msg: Value) -> Reply {
 }
 
 async fn initialize(port: u16) -> String {
-    let r = post(
-        port,
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}),
-    )
-    .await;
+    let r = post(port, None, stub::initialize_request()).await;
     assert_eq!(r.status, 200, "{}", r.text());
     r.header(SESSION).expect("a session id").to_string()
 }

@@ -118,12 +118,7 @@ impl Drop for SdkClient {
 /// replica that created them.
 #[track_caller]
 pub fn wait_mcp(port: u16, replicas: usize, timeout: Duration) {
-    let body = serde_json::json!({
-        "jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": mesh_chaos::stub::PROTOCOL_VERSION, "capabilities": {},
-                   "clientInfo": {"name": "e2e", "version": "0"}},
-    })
-    .to_string();
+    let body = mesh_chaos::stub::initialize_request().to_string();
     let mut seen = BTreeSet::new();
     let what = format!("{replicas} replicas behind port {port} to answer initialize");
     wait_for(&what, timeout, || {

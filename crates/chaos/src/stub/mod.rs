@@ -584,14 +584,24 @@ pub async fn shutdown_signal() {
 
 // ---------------------------------------------------------------- client ----
 
-/// Sends `initialize` to the stub at `addr` and returns `serverInfo.name`.
-pub async fn initialize(addr: SocketAddr, timeout: Duration) -> Result<String, StubError> {
-    let params = json!({
+/// The `initialize` parameters the harness and the tests send.
+pub fn initialize_params() -> Value {
+    json!({
         "protocolVersion": PROTOCOL_VERSION,
         "capabilities": {},
         "clientInfo": {"name": "mesh-chaos", "version": env!("CARGO_PKG_VERSION")},
-    });
-    let result = rpc(addr, "initialize", params, timeout).await?;
+    })
+}
+
+/// The whole `initialize` request (JSON-RPC id 1), for callers that send it
+/// themselves (raw sockets, keep-alive load generators).
+pub fn initialize_request() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": initialize_params()})
+}
+
+/// Sends `initialize` to the stub at `addr` and returns `serverInfo.name`.
+pub async fn initialize(addr: SocketAddr, timeout: Duration) -> Result<String, StubError> {
+    let result = rpc(addr, "initialize", initialize_params(), timeout).await?;
     result
         .get("serverInfo")
         .and_then(|s| s.get("name"))

@@ -188,8 +188,8 @@ fn haproxy(port: u16, replicas: &[SocketAddr]) -> Result<Proc> {
 /// `initialize` on a fresh keep-alive connection: the connection and the session id.
 async fn session(addr: SocketAddr) -> Result<(Sender, String)> {
     let mut s = connect_api(addr, 1).await?.pop().context("a connection")?;
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
-    let resp = s.send_request(post(addr, None, init)?).await?;
+    let init = mesh_chaos::stub::initialize_request().to_string();
+    let resp = s.send_request(post(addr, None, Bytes::from(init))?).await?;
     let status = resp.status();
     let id = resp
         .headers()
@@ -203,11 +203,7 @@ async fn session(addr: SocketAddr) -> Result<(Sender, String)> {
     }
 }
 
-fn post(
-    addr: SocketAddr,
-    session: Option<&str>,
-    body: &'static str,
-) -> Result<Request<Full<Bytes>>> {
+fn post(addr: SocketAddr, session: Option<&str>, body: Bytes) -> Result<Request<Full<Bytes>>> {
     let mut r = Request::post("/mcp")
         .header("host", addr.to_string())
         .header("content-type", "application/json")
@@ -215,7 +211,7 @@ fn post(
     if let Some(s) = session {
         r = r.header("mcp-session-id", s);
     }
-    Ok(r.body(Full::new(Bytes::from_static(body.as_bytes())))?)
+    Ok(r.body(Full::new(body))?)
 }
 
 /// `sessions` sessions calling `tools/call echo` back to back for `window`.
@@ -232,7 +228,9 @@ async fn load(addr: SocketAddr, sessions: usize, window: Duration) -> Result<Loa
             while Instant::now() < end {
                 let t = Instant::now();
                 s.ready().await?;
-                let resp = s.send_request(post(addr, Some(&id), CALL)?).await?;
+                let resp = s
+                    .send_request(post(addr, Some(&id), Bytes::from_static(CALL.as_bytes()))?)
+                    .await?;
                 let status = resp.status();
                 resp.into_body().collect().await?;
                 ensure!(status == 200, "tools/call through {addr}: HTTP {status}");
