@@ -198,6 +198,7 @@ impl ForwardMetrics {
             mcp_requests: self.mcp_requests.clone(),
             mcp_misses: self.mcp_misses.clone(),
             service: Arc::from(service),
+            methods: Arc::default(),
         }
     }
 
@@ -590,12 +591,20 @@ struct ServiceMetrics {
     mcp_requests: IntCounterVec,
     mcp_misses: IntCounterVec,
     service: Arc<str>,
+    /// `mcp_requests` children already resolved (a label lookup hashes and
+    /// locks; this is on every request).
+    methods: Arc<Mutex<HashMap<&'static str, IntCounter>>>,
 }
 
 impl ServiceMetrics {
-    fn mcp_request(&self, method: &str) -> IntCounter {
-        self.mcp_requests
-            .with_label_values(&[&*self.service, method])
+    fn mcp_request(&self, method: &'static str) -> IntCounter {
+        let mut m = self.methods.lock().unwrap_or_else(PoisonError::into_inner);
+        m.entry(method)
+            .or_insert_with(|| {
+                self.mcp_requests
+                    .with_label_values(&[&*self.service, method])
+            })
+            .clone()
     }
 
     fn mcp_miss(&self, reason: &str) -> IntCounter {
