@@ -43,10 +43,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
-};
+use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -56,10 +53,13 @@ use tracing::{debug, info, warn};
 
 mod ejection;
 mod http;
+mod metrics;
 pub mod sessions;
 mod sse;
 
 use ejection::{Change, Ejections};
+pub use metrics::ForwardMetrics;
+use metrics::ServiceMetrics;
 use sessions::Sessions;
 
 pub use crate::contract::labels::Transport;
@@ -112,112 +112,6 @@ const RETIRE_WAIT: Duration = Duration::from_secs(2);
 const RETRY_MIN: Duration = Duration::from_millis(1);
 /// Longest pause between dial rounds while replicas keep refusing.
 const RETRY_MAX: Duration = Duration::from_millis(250);
-
-/// The forwarder's metrics, registered in the app's registry.
-///
-/// Every vector has the single label `service`; [`Forwarder::close`] removes a
-/// service's label values, so the label set stays bounded by the pool's capacity.
-#[derive(Debug, Clone)]
-pub struct ForwardMetrics {
-    /// `mesh_bridge_forward_connections_total{service}`: connections accepted.
-    pub connections: IntCounterVec,
-    /// `mesh_bridge_forward_active_connections{service}`: connections currently open.
-    pub active: IntGaugeVec,
-    /// `mesh_bridge_forward_upstream_errors_total{service}`: failed attempts to reach a replica.
-    pub upstream_errors: IntCounterVec,
-    /// `mesh_bridge_mcp_sessions{service}`.
-    pub mcp_sessions: IntGaugeVec,
-    /// `mesh_bridge_mcp_requests_total{service,method}`.
-    pub mcp_requests: IntCounterVec,
-    /// `mesh_bridge_mcp_session_misses_total{service,reason}`.
-    pub mcp_misses: IntCounterVec,
-    /// `mesh_bridge_mcp_request_duration_seconds{service}`.
-    pub mcp_duration: HistogramVec,
-}
-
-impl ForwardMetrics {
-    /// Creates the forwarder's metrics and registers them in `registry`.
-    ///
-    /// # Errors
-    /// Fails when a metric of the same name is already registered there.
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        use crate::contract::metric::{
-            FORWARD_ACTIVE, FORWARD_CONNECTIONS, FORWARD_UPSTREAM_ERRORS, MCP_REQUEST_DURATION,
-            MCP_REQUESTS, MCP_SESSION_MISSES, MCP_SESSIONS,
-        };
-        let d = FORWARD_CONNECTIONS;
-        let connections = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
-        let d = FORWARD_ACTIVE;
-        let active = IntGaugeVec::new(Opts::new(d.name, d.help), d.labels)?;
-        let d = FORWARD_UPSTREAM_ERRORS;
-        let upstream_errors = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
-        registry.register(Box::new(connections.clone()))?;
-        registry.register(Box::new(active.clone()))?;
-        let d = MCP_SESSIONS;
-        let mcp_sessions = IntGaugeVec::new(Opts::new(d.name, d.help), d.labels)?;
-        let d = MCP_REQUESTS;
-        let mcp_requests = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
-        let d = MCP_SESSION_MISSES;
-        let mcp_misses = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
-        let d = MCP_REQUEST_DURATION;
-        let buckets = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ];
-        let mcp_duration = HistogramVec::new(
-            HistogramOpts::new(d.name, d.help).buckets(buckets),
-            d.labels,
-        )?;
-        registry.register(Box::new(upstream_errors.clone()))?;
-        registry.register(Box::new(mcp_sessions.clone()))?;
-        registry.register(Box::new(mcp_requests.clone()))?;
-        registry.register(Box::new(mcp_misses.clone()))?;
-        registry.register(Box::new(mcp_duration.clone()))?;
-        Ok(Self {
-            connections,
-            active,
-            upstream_errors,
-            mcp_sessions,
-            mcp_requests,
-            mcp_misses,
-            mcp_duration,
-        })
-    }
-
-    fn for_service(&self, service: &str) -> ServiceMetrics {
-        // Misses are there at 0 from the start, so a rate() alert sees the
-        // first one.
-        for r in crate::contract::metric::miss::ALL {
-            self.mcp_misses.with_label_values(&[service, r]);
-        }
-        ServiceMetrics {
-            connections: self.connections.with_label_values(&[service]),
-            active: self.active.with_label_values(&[service]),
-            upstream_errors: self.upstream_errors.with_label_values(&[service]),
-            mcp_sessions: self.mcp_sessions.with_label_values(&[service]),
-            mcp_duration: self.mcp_duration.with_label_values(&[service]),
-            mcp_requests: self.mcp_requests.clone(),
-            mcp_misses: self.mcp_misses.clone(),
-            service: Arc::from(service),
-            methods: Arc::default(),
-        }
-    }
-
-    fn remove_service(&self, service: &str) {
-        // Absent label values are fine: the service may never have been opened.
-        let _ = self.connections.remove_label_values(&[service]);
-        let _ = self.active.remove_label_values(&[service]);
-        let _ = self.upstream_errors.remove_label_values(&[service]);
-        let _ = self.mcp_sessions.remove_label_values(&[service]);
-        let _ = self.mcp_duration.remove_label_values(&[service]);
-        use crate::contract::metric::{mcp_method, miss};
-        for m in mcp_method::SPEC.iter().chain([&mcp_method::OTHER]) {
-            let _ = self.mcp_requests.remove_label_values(&[service, m]);
-        }
-        for r in miss::ALL {
-            let _ = self.mcp_misses.remove_label_values(&[service, r]);
-        }
-    }
-}
 
 /// Why [`Forwarder::open`] could not listen on a port.
 #[derive(Debug, thiserror::Error)]
@@ -577,38 +471,6 @@ impl Forwarder {
         let aborted = inner.aborted.load(Ordering::Relaxed);
         info!(in_flight, aborted, "forward: shut down");
         aborted
-    }
-}
-
-/// Per-service metric children, resolved once per listener.
-#[derive(Clone)]
-struct ServiceMetrics {
-    connections: IntCounter,
-    active: IntGauge,
-    upstream_errors: IntCounter,
-    mcp_sessions: IntGauge,
-    mcp_duration: Histogram,
-    mcp_requests: IntCounterVec,
-    mcp_misses: IntCounterVec,
-    service: Arc<str>,
-    /// `mcp_requests` children already resolved (a label lookup hashes and
-    /// locks; this is on every request).
-    methods: Arc<Mutex<HashMap<&'static str, IntCounter>>>,
-}
-
-impl ServiceMetrics {
-    fn mcp_request(&self, method: &'static str) -> IntCounter {
-        let mut m = self.methods.lock().unwrap_or_else(PoisonError::into_inner);
-        m.entry(method)
-            .or_insert_with(|| {
-                self.mcp_requests
-                    .with_label_values(&[&*self.service, method])
-            })
-            .clone()
-    }
-
-    fn mcp_miss(&self, reason: &str) -> IntCounter {
-        self.mcp_misses.with_label_values(&[&*self.service, reason])
     }
 }
 
