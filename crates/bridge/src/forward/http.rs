@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,7 +38,6 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
@@ -70,32 +69,29 @@ pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 /// request dials the replica each time (1 s connect timeout, the next
 /// replica on failure). A kept connection that closed is noticed before the
 /// request is written and the request goes out on a fresh dial.
-type Kept = Arc<tokio::sync::Mutex<HashMap<SocketAddr, SendRequest<Full<Bytes>>>>>;
+/// Never held across an await: a connection is taken out while in use.
+type Kept = Arc<Mutex<HashMap<SocketAddr, SendRequest<Full<Bytes>>>>>;
 
 /// Why a request got no answer from a replica.
 enum SendError {
     /// The replica could not be dialled (refused, reset, no answer in time):
-    /// the request was not sent; another replica may take it.
-    Connect(String),
+    /// the request was not sent and comes back; another replica may take it.
+    Connect(String, Box<Request<Full<Bytes>>>),
     /// The request went out and the exchange failed.
     Failed(hyper::Error),
 }
 
 /// Dials `addr` and hands the connection to hyper's HTTP/1.1 client.
-async fn dial(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, SendError> {
+async fn dial(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
-        Err(_) => {
-            return Err(SendError::Connect(format!(
-                "no answer within {CONNECT_TIMEOUT:?}"
-            )));
-        }
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
     };
     let _ = stream.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| SendError::Connect(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     // Ends when the sender is dropped (with its client connection) or the
     // replica closes.
     tokio::spawn(conn);
@@ -109,13 +105,16 @@ async fn send(
     req: Request<Full<Bytes>>,
 ) -> Result<Response<Incoming>, SendError> {
     let mut req = req;
-    let cached = kept.lock().await.remove(&addr);
+    let cached = kept
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&addr);
     if let Some(mut s) = cached
         && s.ready().await.is_ok()
     {
         match s.try_send_request(req).await {
             Ok(resp) => {
-                kept.lock().await.insert(addr, s);
+                keep(kept, addr, s);
                 return Ok(resp);
             }
             Err(mut e) => match e.take_message() {
@@ -125,10 +124,19 @@ async fn send(
             },
         }
     }
-    let mut s = dial(addr).await?;
+    let mut s = match dial(addr).await {
+        Ok(s) => s,
+        Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+    };
     let resp = s.send_request(req).await.map_err(SendError::Failed)?;
-    kept.lock().await.insert(addr, s);
+    keep(kept, addr, s);
     Ok(resp)
+}
+
+fn keep(kept: &Kept, addr: SocketAddr, s: SendRequest<Full<Bytes>>) {
+    kept.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(addr, s);
 }
 
 /// Serves one client connection until it closes, the forwarder stops
@@ -266,30 +274,33 @@ async fn route_inner(
         }
         Target::Any => None,
     };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let Ok(uri) = Uri::try_from(path) else {
-        return error(StatusCode::BAD_REQUEST, "request target is not a valid URI");
+    // Origin form (what clients send) goes on as it is; an absolute URI
+    // loses its scheme and authority.
+    let uri = if parts.uri.authority().is_none() {
+        parts.uri.clone()
+    } else {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        match Uri::try_from(path) {
+            Ok(u) => u,
+            Err(_) => return error(StatusCode::BAD_REQUEST, "request target is not a valid URI"),
+        }
     };
+    let method = parts.method.clone();
+    let mut out = Request::from_parts(parts, Full::new(body));
+    *out.uri_mut() = uri;
     let mut counted = Vec::new();
     let addrs: Vec<SocketAddr> = endpoints.upstreams.iter().map(|u| u.addr).collect();
     for up in candidates {
-        let mut out = Request::new(Full::new(body.clone()));
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri.clone();
-        *out.headers_mut() = parts.headers.clone();
         let pending = client_id.is_none().then(|| Pending::new(ctx, &up.key));
         let sent = send(kept, up.addr, out).await;
         drop(pending);
         match sent {
             Ok(resp) => {
                 ctx.dial_succeeded(up.addr);
-                return answer(ctx, &parts.method, &up, client_id.as_deref(), resp);
+                return answer(ctx, &method, &up, client_id.as_deref(), resp);
             }
-            Err(SendError::Connect(e)) => {
+            Err(SendError::Connect(e, back)) => {
+                out = *back;
                 ctx.dial_failed(up.addr, &addrs, &mut counted);
                 debug!(service = &*ctx.name, addr = %up.addr, error = %e, "forward: replica unreachable");
             }
@@ -413,13 +424,20 @@ fn with_session_param(uri: &Uri, id: &str) -> Uri {
 /// The JSON-RPC methods of a POST body (one message or a batch), as
 /// bounded label values; a body that is not JSON-RPC counts nothing.
 fn methods(body: &[u8]) -> Vec<&'static str> {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
-    let one = |m: &Value| mcp_method::label(m.get("method").and_then(Value::as_str));
-    match &v {
-        Value::Array(batch) => batch.iter().take(1000).map(one).collect(),
-        Value::Object(_) => vec![one(&v)],
+    /// Only the method is read; the rest of a message is skipped unparsed.
+    #[derive(serde::Deserialize)]
+    struct Message<'a> {
+        #[serde(borrow, default)]
+        method: Option<std::borrow::Cow<'a, str>>,
+    }
+    let one = |m: Message<'_>| mcp_method::label(m.method.as_deref());
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice::<Message<'_>>(body)
+            .map(|m| vec![one(m)])
+            .unwrap_or_default(),
+        Some(b'[') => serde_json::from_slice::<Vec<Message<'_>>>(body)
+            .map(|b| b.into_iter().take(1000).map(one).collect())
+            .unwrap_or_default(),
         _ => Vec::new(),
     }
 }
