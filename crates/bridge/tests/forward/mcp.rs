@@ -216,3 +216,88 @@ async fn the_get_stream_flows_through_without_buffering() {
     assert!(seen.contains("text/event-stream"), "{seen}");
     assert!(seen.contains(IDS[0]), "{seen}");
 }
+
+/// A replica that answers any request with an event stream written as fast
+/// as the connection takes it; `written` counts the bytes that went out.
+async fn flooding_replica(written: Arc<std::sync::atomic::AtomicU64>) -> SocketAddr {
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let start = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        s.write_all(start).await.unwrap();
+        let event = format!("data: {}\n\n", "x".repeat(16 * 1024 - 8));
+        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+        // Ends when the bridge drops the connection (the test is over).
+        while s.write_all(chunk.as_bytes()).await.is_ok() {
+            written.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_back_its_replica_and_no_one_else() {
+    let h = harness(Duration::from_secs(2));
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let flood = [(flooding_replica(Arc::clone(&written)).await, IDS[0])];
+    let flood_port = free_port();
+    h.fwd.open("flood", flood_port).await.unwrap();
+    h.fwd.set_endpoints("flood", replicas(&flood));
+    let ok = [(stateful_replica(IDS[1]).await, IDS[1])];
+    let ok_port = free_port();
+    h.fwd.open("svc", ok_port).await.unwrap();
+    h.fwd.set_endpoints("svc", replicas(&ok));
+
+    // The slow client asks for the stream and never reads it.
+    let mut slow = TcpStream::connect((LOCALHOST, flood_port)).await.unwrap();
+    slow.write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    // Backpressure reaches the replica: what it wrote stops growing, at
+    // what socket buffers and the bridge's bounded buffers hold.
+    let mut last = u64::MAX;
+    let plateau = wait::until_every_async(
+        "the flooding replica to be held back",
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+        || {
+            let now = written.load(std::sync::atomic::Ordering::Relaxed);
+            let was = std::mem::replace(&mut last, now);
+            async move {
+                if now == was && now > 0 {
+                    Ok(now)
+                } else {
+                    Err(format!("{now} bytes written"))
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        plateau < 64 * 1024 * 1024,
+        "the bridge buffered a stalled stream: {plateau} bytes taken from the replica"
+    );
+    // Meanwhile other clients are served as usual.
+    for _ in 0..20 {
+        let session = timeout(PROMPT, initialize(ok_port))
+            .await
+            .expect("initialize in time");
+        let who = timeout(PROMPT, whoami(ok_port, &session))
+            .await
+            .expect("whoami in time");
+        assert_eq!(who.as_deref(), Ok(IDS[1]));
+    }
+    // And the stalled stream is whole when its client reads again.
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = timeout(PROMPT, slow.read(&mut buf)).await.unwrap().unwrap();
+    assert!(n > 0 && String::from_utf8_lossy(&buf[..n]).contains("text/event-stream"));
+}
