@@ -36,14 +36,9 @@ pub enum StartError {
     /// The API address could not be bound.
     #[error("{0}")]
     Listen(String),
-    /// The token file could not be read.
-    #[error("cannot read --api-token-file {path}: {reason}")]
-    Token {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
+    /// The token file was refused.
+    #[error(transparent)]
+    Token(#[from] crate::token::TokenError),
     /// Metrics registration failed (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -566,20 +561,7 @@ pub async fn run(
     let metrics = Metrics::new()?;
     let forward_metrics = ForwardMetrics::register(&metrics.registry)?;
     let token = match &config.api_token_file {
-        Some(p) => {
-            let t = std::fs::read_to_string(p).map_err(|e| StartError::Token {
-                path: p.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            let t = t.trim().to_string();
-            if t.len() < 16 {
-                return Err(StartError::Token {
-                    path: p.display().to_string(),
-                    reason: "the token must be at least 16 characters".into(),
-                });
-            }
-            Some(Arc::<str>::from(t))
-        }
+        Some(p) => Some(crate::token::read(p)?),
         None => None,
     };
 

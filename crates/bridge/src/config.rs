@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// File holding the bearer token that mutating API calls need.
     #[arg(long, env = "MESH_BRIDGE_API_TOKEN_FILE", value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Serve the API on a non-loopback --listen address without a token
+    /// file (read-only: mutations stay disabled); refused otherwise.
+    #[arg(long, env = "MESH_BRIDGE_API_ALLOW_PUBLIC")]
+    pub api_allow_public: bool,
     /// Log format: text or json [default: text].
     #[arg(long, env = "MESH_BRIDGE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -78,6 +82,7 @@ struct FileConfig {
     leak_cycles: Option<u64>,
     hold: Option<String>,
     api_token_file: Option<PathBuf>,
+    api_allow_public: Option<bool>,
     log_format: Option<String>,
 }
 
@@ -361,6 +366,18 @@ impl Config {
             ));
         }
 
+        let api_token_file = args.api_token_file.clone().or(file.api_token_file);
+        let allow_public = args.api_allow_public || file.api_allow_public.unwrap_or(false);
+        if !listen.ip().is_loopback() && api_token_file.is_none() && !allow_public {
+            return Err(invalid(
+                "listen",
+                &listen_raw,
+                listen_src.from_file,
+                "not a loopback address, and no --api-token-file: give the API a token file, \
+                 or pass --api-allow-public to serve it read-only to the network",
+            ));
+        }
+
         Ok(Config {
             docker_host,
             ports,
@@ -375,7 +392,7 @@ impl Config {
             resync,
             leak_cycles,
             hold,
-            api_token_file: args.api_token_file.clone().or(file.api_token_file),
+            api_token_file,
             log_format,
         })
     }
@@ -387,6 +404,25 @@ mod tests {
 
     fn args() -> RunArgs {
         RunArgs::default()
+    }
+
+    #[test]
+    fn a_public_api_needs_a_token_or_an_explicit_yes() {
+        let mut a = args();
+        a.listen = Some("0.0.0.0:9464".into());
+        let e = Config::resolve(&a).unwrap_err().to_string();
+        assert!(
+            e.contains("--api-allow-public") && e.contains("--api-token-file"),
+            "{e}"
+        );
+        let mut with_token = a.clone();
+        with_token.api_token_file = Some("/run/token".into());
+        assert!(Config::resolve(&with_token).is_ok());
+        let mut allowed = a.clone();
+        allowed.api_allow_public = true;
+        assert!(Config::resolve(&allowed).is_ok());
+        a.listen = Some("[::1]:9464".into());
+        assert!(Config::resolve(&a).is_ok(), "loopback needs neither");
     }
 
     #[test]

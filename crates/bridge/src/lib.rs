@@ -16,3 +16,4 @@ pub mod registry;
 pub mod splice;
 pub mod state;
 pub mod store;
+pub mod token;

@@ -393,7 +393,7 @@ impl Bridge {
         let state_dir = dir.join("state");
         fs::create_dir_all(&state_dir)?;
         let token_file = dir.join("token");
-        fs::write(&token_file, format!("{TOKEN}\n"))?;
+        mesh_bridge::token::write(&token_file, TOKEN)?;
         let mut b = Bridge {
             bin: bin.to_path_buf(),
             spec,

@@ -61,7 +61,7 @@ pub(super) async fn run_scenario(
         seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
         std::process::id()
     );
-    std::fs::write(dir.join("token"), &token)?;
+    mesh_bridge::token::write(&dir.join("token"), &token)?;
 
     // --- engine and bridge ---------------------------------------------------
     let (inner, netns, engine_name, port_map, api, how) = match engine {

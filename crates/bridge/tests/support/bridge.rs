@@ -85,7 +85,7 @@ impl Bridge {
             .unwrap();
         let state_dir = dir.path().join("state");
         fs::create_dir_all(&state_dir).unwrap();
-        fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        mesh_bridge::token::write(&dir.path().join("token"), TOKEN).unwrap();
         Bridge {
             dir,
             state_dir,
