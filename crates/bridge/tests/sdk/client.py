@@ -43,6 +43,14 @@ def connect(url, transport):
     return streamablehttp_client(url, httpx_client_factory=fresh_connections)
 
 
+def describe(e):
+    """An exception as text, the sub-exceptions of a group included."""
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, BaseExceptionGroup):
+        text += " [" + "; ".join(describe(x) for x in e.exceptions) + "]"
+    return text
+
+
 async def calls(session, n):
     """n tools/call of whoami; the replicas that answered."""
     seen = []
@@ -65,24 +73,32 @@ async def one(url, transport, n_calls, gate, reinit):
             await gate()
 
     try:
-        async with connect(url, transport) as streams:
-            r, w = streams[0], streams[1]
-            async with ClientSession(r, w) as s:
-                await s.initialize()
-                tools = await s.list_tools()
-                names = sorted(t.name for t in tools.tools)
-                if "whoami" not in names:
-                    raise RuntimeError(f"no whoami tool in {names}")
-                half = n_calls // 2
-                rec["replicas"] += await calls(s, half)
-                rec["first"] = rec["replicas"][0] if rec["replicas"] else None
-                await pass_gate()
-                try:
-                    rec["replicas"] += await calls(s, n_calls - half)
-                except Exception as e:  # the session ended under us
-                    if not reinit:
-                        raise
-                    rec["error"] = f"{type(e).__name__}: {e}"
+        try:
+            async with connect(url, transport) as streams:
+                r, w = streams[0], streams[1]
+                async with ClientSession(r, w) as s:
+                    await s.initialize()
+                    tools = await s.list_tools()
+                    names = sorted(t.name for t in tools.tools)
+                    if "whoami" not in names:
+                        raise RuntimeError(f"no whoami tool in {names}")
+                    half = n_calls // 2
+                    rec["replicas"] += await calls(s, half)
+                    rec["first"] = rec["replicas"][0] if rec["replicas"] else None
+                    await pass_gate()
+                    try:
+                        rec["replicas"] += await calls(s, n_calls - half)
+                    except Exception as e:  # the session ended under us
+                        if not reinit:
+                            raise
+                        rec["error"] = describe(e)
+        except Exception as e:
+            # Closing a session that already ended can fail too (the SDK's
+            # stream tasks see its replica gone); the session's end is what
+            # was recorded. Anything else is a failure.
+            if rec["error"] is None:
+                raise
+            rec["close_error"] = describe(e)
         if rec["error"] is not None:
             rec["reinitialized"] = True
             async with connect(url, transport) as streams:
@@ -91,7 +107,7 @@ async def one(url, transport, n_calls, gate, reinit):
                     await s.initialize()
                     rec["after"] = await calls(s, n_calls - n_calls // 2)
     except Exception as e:
-        rec["error"] = f"{type(e).__name__}: {e}"
+        rec["error"] = describe(e)
         rec["failed"] = True
         await pass_gate()
     return rec
