@@ -11,6 +11,7 @@ mod interrupt;
 mod mcp_python;
 mod owner;
 mod paths;
+mod pip_target;
 mod provision;
 mod release;
 mod reliability;

@@ -5,28 +5,22 @@
 //! tests drive real MCP servers with the real client and nothing is pulled
 //! from a registry.
 //!
-//! The SDK comes from PyPI through the host's `python3 -m pip install
-//! --no-deps --only-binary=:all: --target` of the pinned list; the directory
-//! carries the list's hash in `.requirements-hash` and is reinstalled only
-//! when the list changes.
+//! The SDK comes from PyPI through [`crate::pip_target`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use mesh_bridge::contract::images;
 
 use crate::dind::{self, RootfsImage};
 use crate::docker::run;
-use crate::images::sha256_hex;
 use crate::paths::target_dir;
 
 /// The source directory's name under `xtask/images`.
 const NAME: &str = "mcp-python";
-/// Marker file holding the hash of the requirements the SDK dir was made from.
-const MARKER: &str = ".requirements-hash";
 /// The server script, copied into the image.
 const SERVER: &str = "fastmcp_server.py";
 
@@ -43,37 +37,9 @@ fn requirements() -> Result<(PathBuf, String)> {
 
 /// Installs the pinned SDK into [`sdk_dir`] unless it is already there.
 pub fn ensure_sdk(t0: Instant) -> Result<PathBuf> {
-    let (path, text) = requirements()?;
-    let hash = sha256_hex(&[text.as_bytes()])?;
-    let dir = sdk_dir();
-    if fs::read_to_string(dir.join(MARKER)).is_ok_and(|h| h.trim() == hash) {
-        return Ok(dir);
-    }
-    println!(
-        "[provision {:>6.1}s] installing the MCP Python SDK ({}) into {}",
-        t0.elapsed().as_secs_f64(),
-        path.display(),
-        dir.display()
-    );
-    let partial = dir.with_extension("partial");
-    let _ = fs::remove_dir_all(&partial);
-    run(Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-        .args(["--no-deps", "--only-binary=:all:", "--no-compile", "--target"])
-        .arg(&partial)
-        .arg("-r")
-        .arg(&path)
-        .env("PIP_NO_INPUT", "1"))
-    .with_context(|| {
-        format!(
-            "installing the MCP Python SDK from PyPI ({}); needs python3 with pip and access to pypi.org",
-            path.display()
-        )
-    })?;
-    fs::write(partial.join(MARKER), &hash)?;
-    let _ = fs::remove_dir_all(&dir);
-    fs::rename(&partial, &dir).with_context(|| format!("moving {} into place", dir.display()))?;
-    Ok(dir)
+    let (path, _) = requirements()?;
+    crate::pip_target::ensure(t0, "the MCP Python SDK", &path, &sdk_dir())?;
+    Ok(sdk_dir())
 }
 
 /// Builds (or reuses, by content hash) `mesh-bridge/mcp-python:dev`.

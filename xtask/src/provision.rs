@@ -87,6 +87,8 @@ pub fn run(args: &Args) -> Result<()> {
     interrupt::check()?;
     let sdk = crate::mcp_python::ensure_sdk(t0)?;
     say(t0, &format!("MCP Python SDK in {}", sdk.display()));
+    let st = crate::pip_target::ensure_schemathesis(t0)?;
+    say(t0, &format!("schemathesis in {}", st.display()));
     if !args.no_images {
         interrupt::check()?;
         crate::images::run(&crate::images::Args::default())?;

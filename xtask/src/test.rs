@@ -33,7 +33,9 @@ fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
         .args(args)
         .args(extra)
         // Where provisioning put the MCP SDK the e2e tests' client runs on.
-        .env("MESH_MCP_SDK", crate::mcp_python::sdk_dir());
+        .env("MESH_MCP_SDK", crate::mcp_python::sdk_dir())
+        // Where it put schemathesis, which the e2e contract test runs.
+        .env("MESH_SCHEMATHESIS", crate::pip_target::schemathesis_dir());
     let st = interrupt::status(&mut cmd)?;
     ensure!(st.success(), "`cargo {}` failed ({st})", args.join(" "));
     Ok(())

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::contract::api::{
-    ErrorBody, HEALTHZ, METRICS, POOL, READYZ, RESERVATION_PREFIX, RESERVATIONS, Reservation,
-    ReserveRequest, SERVICE_PREFIX, SERVICES, ServiceState, ServiceView,
+    ErrorBody, HEALTHZ, METRICS, OPENAPI, OPENAPI_DOCUMENT, POOL, READYZ, RESERVATION_PREFIX,
+    RESERVATIONS, Reservation, ReserveRequest, SERVICE_PREFIX, SERVICES, ServiceState, ServiceView,
 };
 use crate::labels;
 use crate::metrics::Metrics;
@@ -223,9 +223,15 @@ async fn handle(state: ApiState, req: Request<Incoming>) -> Result<Resp, Infalli
                 &serde_json::json!({"status": "not ready", "reason": reason}),
             ),
         },
+        OPENAPI if get => {
+            let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI_DOCUMENT.as_bytes())));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
         POOL if get => json(StatusCode::OK, &snap.pool),
         SERVICES if get => json(StatusCode::OK, &*snap.services),
-        METRICS | HEALTHZ | READYZ | POOL | SERVICES => method_not_allowed("GET"),
+        METRICS | HEALTHZ | READYZ | OPENAPI | POOL | SERVICES => method_not_allowed("GET"),
         RESERVATIONS if req.method() == Method::POST => reserve(&state, req).await,
         RESERVATIONS => method_not_allowed("POST"),
         p => {

@@ -22,6 +22,12 @@ pub const METRICS: &str = "/metrics";
 pub const HEALTHZ: &str = "/healthz";
 /// `GET`: 200 once the first resync is applied, else 503 with the reason.
 pub const READYZ: &str = "/readyz";
+/// `GET`: [`OPENAPI_DOCUMENT`].
+pub const OPENAPI: &str = "/v1/openapi.json";
+
+/// The OpenAPI 3.1 description of every path above, served at [`OPENAPI`];
+/// schemathesis checks the live bridge against it (`tests/e2e/contract.rs`).
+pub const OPENAPI_DOCUMENT: &str = include_str!("openapi.json");
 
 /// What a service is doing, as `/v1/services` and `services{state}` say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -141,9 +147,35 @@ pub struct PoolView {
 pub struct ReserveRequest {
     /// The service.
     pub service: String,
-    /// A specific port, if asked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A specific port, if asked (absent or null: any free port). JSON has
+    /// one number type, so `8080.0` is the integer 8080, as JSON Schema says.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integral_port"
+    )]
     pub port: Option<u16>,
+}
+
+/// A port given as any JSON number with no fraction, within 0-65535.
+fn integral_port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=65535.0).contains(f))
+            .map(|f| f as u64)
+    });
+    whole
+        .and_then(|w| u16::try_from(w).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "`port` must be a whole number from 1 to 65535, not {n}"
+            ))
+        })
 }
 
 /// Answer of `POST /v1/reservations` (201 new, 200 already held) and of
@@ -202,5 +234,130 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&v).expect("json")).expect("back");
         assert_eq!(back, v);
         assert!(back.replicas[0].is_running());
+    }
+
+    fn json<T: Serialize>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).expect("serializes")
+    }
+
+    /// The document's schema named `name`.
+    fn schema(doc: &serde_json::Value, name: &str) -> serde_json::Value {
+        doc["components"]["schemas"][name].clone()
+    }
+
+    /// `value` has every key `schema` requires and none it does not list.
+    fn keys_agree(value: &serde_json::Value, schema: &serde_json::Value, what: &str) {
+        let obj = value.as_object().expect("an object");
+        let props = schema["properties"].as_object().expect("properties");
+        for k in obj.keys() {
+            assert!(
+                props.contains_key(k),
+                "{what}: `{k}` is served but not documented"
+            );
+        }
+        for k in schema["required"].as_array().expect("required") {
+            let k = k.as_str().expect("a key");
+            assert!(
+                obj.contains_key(k),
+                "{what}: `{k}` is required but not served"
+            );
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_path_and_body() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_DOCUMENT).expect("valid JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let documented: std::collections::BTreeSet<&str> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let service = format!("{SERVICE_PREFIX}{{name}}");
+        let reservation = format!("{RESERVATION_PREFIX}{{name}}");
+        let routed: std::collections::BTreeSet<&str> = [
+            METRICS,
+            HEALTHZ,
+            READYZ,
+            OPENAPI,
+            POOL,
+            SERVICES,
+            &service,
+            RESERVATIONS,
+            &reservation,
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(documented, routed);
+
+        let states: Vec<&str> = ServiceState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            schema(&doc, "ServiceState")["enum"],
+            serde_json::json!(states)
+        );
+
+        let replica = ReplicaView {
+            container_id: "abc".into(),
+            address: None,
+            state: REPLICA_RUNNING.into(),
+            sessions: Some(1),
+        };
+        let view = ServiceView {
+            name: "docs".into(),
+            port: Some(1),
+            state: ServiceState::Serving,
+            replicas: vec![replica.clone()],
+            since: None,
+            reason: None,
+        };
+        keys_agree(&json(&view), &schema(&doc, "Service"), "Service");
+        keys_agree(&json(&replica), &schema(&doc, "Replica"), "Replica");
+        keys_agree(&json(&PoolView::default()), &schema(&doc, "Pool"), "Pool");
+        let released = Reservation {
+            service: "docs".into(),
+            port: 1,
+            state: Some(ServiceState::Quarantined),
+        };
+        keys_agree(
+            &json(&released),
+            &schema(&doc, "Reservation"),
+            "Reservation",
+        );
+        assert_eq!(
+            schema(&doc, "Reservation")["properties"]["state"]["const"],
+            "quarantined"
+        );
+        let ask = ReserveRequest {
+            service: "docs".into(),
+            port: Some(1),
+        };
+        keys_agree(
+            &json(&ask),
+            &schema(&doc, "ReserveRequest"),
+            "ReserveRequest",
+        );
+        let e = ErrorBody { error: "x".into() };
+        keys_agree(&json(&e), &schema(&doc, "Error"), "Error");
+    }
+
+    #[test]
+    fn a_port_is_any_whole_json_number_and_nothing_else() {
+        let port = |body: &str| serde_json::from_str::<ReserveRequest>(body).map(|r| r.port);
+        assert_eq!(port(r#"{"service":"a"}"#).unwrap(), None);
+        assert_eq!(port(r#"{"service":"a","port":null}"#).unwrap(), None);
+        assert_eq!(port(r#"{"service":"a","port":8080}"#).unwrap(), Some(8080));
+        assert_eq!(
+            port(r#"{"service":"a","port":8080.0}"#).unwrap(),
+            Some(8080)
+        );
+        assert_eq!(port(r#"{"service":"a","port":8e3}"#).unwrap(), Some(8000));
+        for bad in ["8080.5", "-1", "65536", "1e300", "\"80\"", "true", "[80]"] {
+            let e = port(&format!(r#"{{"service":"a","port":{bad}}}"#)).unwrap_err();
+            assert!(
+                e.to_string().contains("port") || e.to_string().contains("invalid type"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

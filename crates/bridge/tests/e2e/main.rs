@@ -14,6 +14,7 @@
 mod support;
 
 mod api;
+mod contract;
 mod events;
 mod lifecycle;
 mod ports;

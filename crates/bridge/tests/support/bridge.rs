@@ -24,6 +24,8 @@ pub struct BridgeOpts {
     /// Give the ports in a `--config` file (which [`Bridge::set_file_ports`]
     /// rewrites for a reload) instead of `--ports`.
     pub ports_in_file: bool,
+    /// Give `--api-token-file` ([`TOKEN`]); without it mutations are disabled.
+    pub token: bool,
 }
 
 impl BridgeOpts {
@@ -37,6 +39,7 @@ impl BridgeOpts {
             leak_cycles: 3,
             docker_host: None,
             ports_in_file: false,
+            token: true,
         }
     }
 
@@ -143,8 +146,6 @@ impl Bridge {
             .arg(&o.hold)
             .arg("--leak-cycles")
             .arg(o.leak_cycles.to_string())
-            .arg("--api-token-file")
-            .arg(self.dir.path().join("token"))
             .env_remove("DOCKER_HOST")
             .env("MESH_BRIDGE_LOG", "info,mesh_bridge=debug")
             .env("NO_COLOR", "1")
@@ -156,11 +157,20 @@ impl Bridge {
                 cmd.env_remove(k);
             }
         }
+        if o.token {
+            cmd.arg("--api-token-file")
+                .arg(self.dir.path().join("token"));
+        }
         if let Some(h) = &o.docker_host {
             cmd.arg("--docker-host").arg(h);
         }
         self.spawned_at = Instant::now();
         self.child = Some(cmd.spawn().expect("spawn mesh-bridge"));
+    }
+
+    /// The bridge's own temporary directory (state, token, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The `--config` file of [`BridgeOpts::ports_in_file`].
