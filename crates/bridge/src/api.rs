@@ -38,7 +38,11 @@ const MAX_BODY: usize = 16 * 1024;
 /// Longest path accepted.
 const MAX_PATH: usize = 512;
 /// Concurrent connections served; more wait in the accept queue.
-const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (line and headers) read.
+const MAX_HEADERS: usize = 64 * 1024;
 
 pub use crate::contract::api::PoolView;
 
@@ -182,14 +186,7 @@ fn refuse_unauthorised(state: &ApiState, req: &Request<Incoming>) -> Option<Resp
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Compare without an early exit so timing says nothing about the token.
-    let a = given.as_bytes();
-    let b = token.as_bytes();
-    let mut diff = a.len() ^ b.len();
-    for (i, byte) in b.iter().enumerate() {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
-    }
-    if diff == 0 && !b.is_empty() {
+    if crate::token::matches(given.as_bytes(), token.as_bytes()) {
         None
     } else {
         Some(error(
@@ -399,24 +396,33 @@ pub async fn serve(listener: TcpListener, state: ApiState, shutdown: Cancellatio
         let token = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = token.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-                }
-            }
+            serve_connection(stream, state, token).await;
         });
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// Serves one client connection with the API's bounds until it ends or
+/// `shutdown` (then in-flight requests get 2 s).
+pub(crate) async fn serve_connection<I>(io: I, state: ApiState, shutdown: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADERS)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        }
+    }
 }
 
 /// Errors of the small API client used by `mesh-bridge status`.

@@ -1,5 +1,6 @@
 //! The API's bearer token file: read with its checks (length, not readable
-//! by every user), and written the way the checks want (mode 0600).
+//! by every user), written the way the checks want (mode 0600), and the
+//! constant-time comparison of a request's token with it.
 
 use std::io::Write;
 use std::path::Path;
@@ -7,6 +8,18 @@ use std::sync::Arc;
 
 /// Shortest token accepted.
 pub const MIN_LEN: usize = 16;
+
+/// Whether `given` is `expected`, in time that depends on neither: both
+/// are hashed to SHA-256 (so their lengths do not show either) and the
+/// digests compared with `subtle`'s constant-time equality. An empty
+/// `expected` matches nothing.
+pub fn matches(given: &[u8], expected: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let a = Sha256::digest(given);
+    let b = Sha256::digest(expected);
+    bool::from(a.ct_eq(&b)) && !expected.is_empty()
+}
 
 /// Why a token file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +96,23 @@ pub fn write(path: &Path, token: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_very_token_matches() {
+        let t = b"0123456789abcdef";
+        assert!(matches(t, t));
+        for wrong in [
+            &b""[..],
+            b"0123456789abcde",
+            b"0123456789abcdef0",
+            b"1123456789abcdef",
+            b"0123456789abcdeF",
+            b"0123456789abcdef\0",
+        ] {
+            assert!(!matches(wrong, t), "{:?}", String::from_utf8_lossy(wrong));
+        }
+        assert!(!matches(b"", b""), "an empty token matches nothing");
+    }
 
     #[test]
     fn a_written_token_reads_back() {

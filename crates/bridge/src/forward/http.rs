@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::sessions::{self, Sessions};
+use super::sessions::{self, SESSION_PARAMS, Sessions};
 use super::sse::EndpointRewrite;
 use super::{CONNECT_TIMEOUT, Inner, ServiceCtx, Upstream};
 use crate::contract::metric::{mcp_method, miss};
@@ -55,8 +55,6 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The MCP session header (streamable HTTP).
 pub const SESSION_HEADER: &str = "mcp-session-id";
-/// Query parameters naming a session on the `sse` transport's POSTs.
-const SESSION_PARAMS: [&str; 2] = ["session_id", "sessionId"];
 
 /// A response body: the replica's, streamed, or one of ours.
 pub(super) type Body = BoxBody<Bytes, hyper::Error>;
@@ -396,7 +394,7 @@ impl Drop for Pending<'_> {
 }
 
 /// The session a request names, and whether it came in the query.
-fn session_of(parts: &hyper::http::request::Parts) -> Option<(String, bool)> {
+pub(crate) fn session_of(parts: &hyper::http::request::Parts) -> Option<(String, bool)> {
     if let Some(v) = parts.headers.get(SESSION_HEADER) {
         return Some((String::from_utf8_lossy(v.as_bytes()).into_owned(), false));
     }
@@ -407,7 +405,7 @@ fn session_of(parts: &hyper::http::request::Parts) -> Option<(String, bool)> {
 }
 
 /// The URI with its session query parameter set to the replica's own id.
-fn with_session_param(uri: &Uri, id: &str) -> Uri {
+pub(crate) fn with_session_param(uri: &Uri, id: &str) -> Uri {
     let query = uri.query().unwrap_or("");
     let mut out = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -423,7 +421,7 @@ fn with_session_param(uri: &Uri, id: &str) -> Uri {
 
 /// The JSON-RPC methods of a POST body (one message or a batch), as
 /// bounded label values; a body that is not JSON-RPC counts nothing.
-fn methods(body: &[u8]) -> Vec<&'static str> {
+pub(crate) fn methods(body: &[u8]) -> Vec<&'static str> {
     /// Only the method is read; the rest of a message is skipped unparsed.
     #[derive(serde::Deserialize)]
     struct Message<'a> {

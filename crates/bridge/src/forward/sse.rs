@@ -23,8 +23,6 @@ use super::sessions;
 
 /// Most bytes held back while looking for the `endpoint` event.
 pub const SCAN_LIMIT: usize = 16 * 1024;
-/// Query parameters that carry the session in the endpoint URL.
-const PARAMS: [&str; 2] = ["session_id", "sessionId"];
 
 /// Rewrites the `endpoint` event of one stream from the replica `key`.
 pub(super) struct EndpointRewrite {
@@ -66,7 +64,7 @@ impl EndpointRewrite {
 
 /// What scanning the held-back bytes found.
 #[derive(Debug, PartialEq, Eq)]
-enum Scan {
+pub(crate) enum Scan {
     /// Not a whole event yet.
     More,
     /// Release these bytes and stop scanning.
@@ -76,7 +74,7 @@ enum Scan {
 /// Looks at the first whole event of `buf`: an `endpoint` event gets the
 /// session in its URL encoded for the replica `key` (returned too); any
 /// other event releases the bytes as they are.
-fn scan(buf: &[u8], key: &str) -> (Scan, Option<String>) {
+pub(crate) fn scan(buf: &[u8], key: &str) -> (Scan, Option<String>) {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
     let crlf = buf
         .windows(4)
@@ -119,12 +117,12 @@ fn scan(buf: &[u8], key: &str) -> (Scan, Option<String>) {
 
 /// The endpoint URL with its session parameter encoded for `key`, and that
 /// session's client id; `None` when the URL names no session.
-fn rewrite_url(url: &str, key: &str) -> Option<(String, String)> {
+pub(crate) fn rewrite_url(url: &str, key: &str) -> Option<(String, String)> {
     let (base, query) = url.split_once('?')?;
     let mut found = None;
     let mut out = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        if found.is_none() && PARAMS.contains(&k.as_ref()) {
+        if found.is_none() && sessions::SESSION_PARAMS.contains(&k.as_ref()) {
             let mine = sessions::encode(key, &v);
             out.append_pair(&k, &mine);
             found = Some(mine);

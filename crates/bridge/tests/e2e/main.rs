@@ -16,6 +16,7 @@ mod support;
 mod api;
 mod contract;
 mod events;
+mod hostile;
 mod lifecycle;
 mod ports;
 mod sdk;
