@@ -1,5 +1,6 @@
-//! Invariants I1-I7 and I9 (docs/DESIGN.md section 4), judged on a recorded
-//! [`History`]. (I8, session integrity, is reserved for MCP session probes.)
+//! Invariants I1-I7, I9 and I10 (docs/DESIGN.md section 4), judged on a
+//! recorded [`History`]. (I8, session integrity, is reserved for MCP
+//! session probes.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,7 +12,7 @@ use mesh_bridge::contract::metric;
 use crate::probe::{History, Outcome, PoolView, ServiceState, Snapshot};
 
 /// Every invariant [`check`] judges, in order.
-pub const IDS: [&str; 8] = ["I1", "I2", "I3", "I4", "I5", "I6", "I7", "I9"];
+pub const IDS: [&str; 9] = ["I1", "I2", "I3", "I4", "I5", "I6", "I7", "I9", "I10"];
 
 /// One invariant's verdict.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -199,7 +200,7 @@ fn broken_promises(h: &History) -> Vec<String> {
     out
 }
 
-/// Checks I1-I7 and I9, one function each.
+/// Checks I1-I7, I9 and I10, one function each.
 pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
     let fig = figures(h, marks);
     let out = vec![
@@ -211,6 +212,7 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
         i6_nothing_lost(h),
         i7_right_service(h),
         i9_catalog(h),
+        i10_binds(h),
     ];
     (out, fig)
 }
@@ -678,3 +680,58 @@ fn i9_catalog(h: &History) -> Verdict {
 
 #[cfg(test)]
 mod tests;
+
+/// I10: the bridge never listens on a port outside its ranges (the API's
+/// port aside), in any sample of its sockets; judged against the ranges
+/// the API showed at or before each sample (a reload may widen them).
+fn i10_binds(h: &History) -> Verdict {
+    let title = "no port outside the ranges is ever bound";
+    let read: Vec<_> = h.binds.iter().filter(|b| b.error.is_none()).collect();
+    if read.is_empty() {
+        let why = h
+            .binds
+            .iter()
+            .find_map(|b| b.error.clone())
+            .unwrap_or_else(|| "none was taken".into());
+        return v(
+            "I10",
+            title,
+            vec![format!(
+                "no sample of the bridge's sockets could be read: {why}"
+            )],
+            String::new(),
+        );
+    }
+    let mut p = Vec::new();
+    for b in &read {
+        let ranges = h
+            .snapshots
+            .iter()
+            .filter(|s| s.t_ms <= b.t_ms)
+            .filter_map(|s| s.pool.as_ref())
+            .next_back()
+            .or_else(|| h.snapshots.iter().find_map(|s| s.pool.as_ref()))
+            .map(|pool| pool.ranges.clone())
+            .unwrap_or_default();
+        for port in &b.ports {
+            let inside = ranges.iter().any(|[lo, hi]| (lo..=hi).contains(&port));
+            if !inside && h.api_port != Some(*port) {
+                p.push(format!(
+                    "t={}ms port {port} bound, outside the ranges {ranges:?} and not the API's",
+                    b.t_ms
+                ));
+            }
+        }
+    }
+    let most = read.iter().map(|b| b.ports.len()).max().unwrap_or(0);
+    v(
+        "I10",
+        title,
+        p,
+        format!(
+            "{} samples of the bridge's sockets (up to {most} listening), {} unreadable",
+            read.len(),
+            h.binds.len() - read.len()
+        ),
+    )
+}

@@ -1,6 +1,7 @@
 //! mesh-chaos: the reliability harness for mesh-bridge (faults, probes,
 //! invariants, reports). See docs/DESIGN.md section 4.
 
+pub mod binds;
 pub mod docker_query;
 pub mod docker_relay;
 pub mod faults;

@@ -200,6 +200,13 @@ pub struct History {
     /// snapshot: service -> running containers (I9).
     #[serde(default)]
     pub truth: Option<BTreeMap<String, usize>>,
+    /// The bridge's listening ports, sampled through the run (I10).
+    #[serde(default)]
+    pub binds: Vec<crate::binds::BindSample>,
+    /// The API's port as the bridge binds it (inside its network
+    /// namespace), the one port outside the ranges it may listen on.
+    #[serde(default)]
+    pub api_port: Option<u16>,
 }
 
 /// Shared, lock-protected recording used by the probe tasks.

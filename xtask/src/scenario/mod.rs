@@ -54,6 +54,9 @@ fn dind_image() -> (&'static str, &'static str) {
 pub const BRIDGE_IMAGE: &str = images::BRIDGE;
 /// The MCP stub image.
 pub const STUB_IMAGE: &str = images::STUB;
+/// The port the bridge's API listens on inside its network namespace
+/// (published to a free loopback port).
+pub const API_PORT: u16 = 9464;
 /// Label value every harness container carries.
 pub const TEST_VALUE: &str = "reliability";
 

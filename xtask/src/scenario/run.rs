@@ -77,7 +77,7 @@ pub(super) async fn run_scenario(
             cleanup.dind = Some(c);
             let hp = |p: u16| ports.map_to_host_port_ipv4(ContainerPort::Tcp(p));
             let engine_port = hp(2375).context("2375 not published")?;
-            let api_port = hp(9464).context("9464 not published")?;
+            let api_port = hp(API_PORT).context("the API port is not published")?;
             let mut map = HashMap::new();
             for p in &mesh_ports {
                 map.insert(*p, hp(*p).with_context(|| format!("{p} not published"))?);
@@ -140,7 +140,7 @@ pub(super) async fn run_scenario(
                 "-e".into(),
                 "MCP_STUB_PORT=1".into(),
             ]);
-            args.extend(["-p".into(), "127.0.0.1::9464".into()]);
+            args.extend(["-p".into(), format!("127.0.0.1::{API_PORT}")]);
             for p in &mesh_ports {
                 args.push("-p".into());
                 args.push(format!("127.0.0.1::{p}"));
@@ -162,7 +162,7 @@ pub(super) async fn run_scenario(
                     .next()
                     .and_then(|x| x.parse().ok())
                     .unwrap_or(0);
-                if c == 9464 {
+                if c == API_PORT {
                     api_port = h;
                 } else {
                     map.insert(c, h);
@@ -265,7 +265,7 @@ pub(super) async fn run_scenario(
             "--state-dir",
             "/state",
             "--listen",
-            "0.0.0.0:9464",
+            &format!("0.0.0.0:{API_PORT}"),
             "--bind-ip",
             "0.0.0.0",
         ]
@@ -323,6 +323,7 @@ pub(super) async fn run_scenario(
     let total = scn.duration()?;
     let settle = scn.settle()?;
     rec.with(|h| {
+        h.api_port = Some(API_PORT);
         h.probed = want.clone();
         h.live = want.clone();
         h.grace_ms = dur("grace", &scn.bridge.grace).map_or(0, |d| d.as_millis() as u64);
@@ -347,6 +348,12 @@ pub(super) async fn run_scenario(
         api,
         start,
         Duration::from_millis(500),
+        stop_rx.clone(),
+    ));
+    let binds = tokio::spawn(sample_binds(
+        rec.clone(),
+        bridge_name.clone(),
+        start,
         stop_rx.clone(),
     ));
     // Let the poller learn the ports before the probes start.
@@ -477,6 +484,7 @@ pub(super) async fn run_scenario(
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), probes).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), poller).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), binds).await;
     // Docker's truth (running containers per service) next to the final
     // snapshot, for I9.
     let truth = match target.inner.list(&labels).await {
@@ -578,4 +586,49 @@ pub(super) fn progress(
         total.as_secs_f64(),
         in_use.map_or("?".into(), |x| x.to_string())
     ));
+}
+
+/// Samples the bridge container's listening ports (its process's sockets,
+/// read from `/proc`) every second until `stop`, for I10.
+async fn sample_binds(
+    rec: Recorder,
+    bridge: String,
+    start: Instant,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let host = Docker::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Bounded: a day of samples.
+    for _ in 0..86_400 {
+        tick.tick().await;
+        if *stop.borrow() {
+            break;
+        }
+        let t_ms = start.elapsed().as_millis() as u64;
+        let pid = host
+            .run(&["inspect", "--format", "{{.State.Pid}}", &bridge])
+            .await
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|out| out.trim().parse::<u32>().map_err(|e| e.to_string()))
+            .and_then(|pid| match pid {
+                0 => Err("the bridge is not running".to_string()),
+                pid => Ok(pid),
+            });
+        let sample = match pid.and_then(|pid| {
+            mesh_chaos::binds::listening_ports(pid)
+                .map_err(|e| format!("reading /proc/{pid}: {e} (the harness needs root)"))
+        }) {
+            Ok(ports) => mesh_chaos::binds::BindSample {
+                t_ms,
+                ports,
+                error: None,
+            },
+            Err(e) => mesh_chaos::binds::BindSample {
+                t_ms,
+                ports: Vec::new(),
+                error: Some(e),
+            },
+        };
+        rec.with(|h| h.binds.push(sample));
+    }
 }

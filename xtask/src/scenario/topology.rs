@@ -40,11 +40,11 @@ pub(super) async fn start_dind(
             .with_entrypoint("/usr/bin/tini")
             .with_wait_for(WaitFor::Nothing)
             .with_exposed_port(ContainerPort::Tcp(2375))
-            .with_exposed_port(ContainerPort::Tcp(9464));
+            .with_exposed_port(ContainerPort::Tcp(API_PORT));
         for p in ports {
             img = img.with_exposed_port(ContainerPort::Tcp(*p));
         }
-        let mut all: Vec<u16> = vec![2375, 9464];
+        let mut all: Vec<u16> = vec![2375, API_PORT];
         all.extend_from_slice(ports);
         let mut req = img
             .with_cmd(["--", "/bin/sh", "-c", DIND_LOOP])

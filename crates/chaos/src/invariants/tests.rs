@@ -1,6 +1,7 @@
 //! Each invariant against a synthetic history that holds it and one that breaks it.
 
 use super::*;
+use crate::binds::BindSample;
 use crate::faults::StoreCheck;
 use crate::probe::{FaultRecord, Sample, ServiceSample, Snapshot};
 
@@ -86,6 +87,14 @@ fn good() -> History {
         end_ms: 10_000,
         grace_ms: 1_000,
         truth: Some([("a".to_string(), 1), ("b".to_string(), 1)].into()),
+        binds: (0..10)
+            .map(|i| BindSample {
+                t_ms: i * 1000 + 500,
+                ports: vec![9464, 11100, 11101],
+                error: None,
+            })
+            .collect(),
+        api_port: Some(9464),
         ..History::default()
     }
 }
@@ -361,4 +370,27 @@ fn i7_wrong_server_fails() {
     let mut h = good();
     h.samples[3] = sample(1500, "b", Outcome::Wrong, "a");
     assert!(!held(&h, "I7"));
+}
+
+#[test]
+fn i10_a_port_outside_the_ranges_fails_and_so_does_no_sample() {
+    let mut h = good();
+    h.binds[4].ports.push(8080);
+    assert!(!held(&h, "I10"));
+    let mut h = good();
+    h.api_port = None;
+    assert!(!held(&h, "I10"), "the API's port counts only when named");
+    let mut h = good();
+    for b in &mut h.binds {
+        b.ports.clear();
+        b.error = Some("permission denied".into());
+    }
+    assert!(
+        !held(&h, "I10"),
+        "a run whose sockets were never read proves nothing"
+    );
+    let mut h = good();
+    h.binds[0].error = Some("restarting".into());
+    h.binds[0].ports.clear();
+    assert!(held(&h, "I10"), "a sample lost to a restart is allowed");
 }
