@@ -6,6 +6,7 @@ mod bench;
 mod dashboards;
 mod dind;
 mod docker;
+mod fuzz;
 mod images;
 mod interrupt;
 mod mcp_python;
@@ -56,6 +57,9 @@ enum Command {
     /// Re-introduce known bugs into a scratch copy of the bridge, one at a
     /// time, and show which scenario and invariant catches each.
     Teeth(teeth::Args),
+    /// Run every fuzz target under libFuzzer (nightly, cargo-fuzz) from the
+    /// committed corpora; a table of executions and crashes.
+    Fuzz(fuzz::Args),
     /// Run the store crash test with more kills than `cargo test` does.
     Crash {
         /// How many times the writer is killed with SIGKILL.
@@ -98,6 +102,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Dashboards { command } => dashboards::run(&command),
         Command::Bench(args) => bench::run(&args),
         Command::Crash { iterations } => crash(iterations),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Scenario { command } => scenario::run(&command),
         Command::Reliability(args) => reliability::run(&args),
         Command::Teeth(args) => teeth::run(&args),

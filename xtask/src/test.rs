@@ -1,8 +1,8 @@
 //! `cargo xtask test [-- ARGS]`: the project's tests, set up and run in one
 //! step: provisioning (engine, Debian tools, images), then `cargo fmt
 //! --check` and `cargo clippy -D warnings` (unless `--no-lint`), the
-//! dashboards check (lint, promtool rule checks and rule tests), and
-//! `cargo test --workspace ARGS`. Each child is stopped on SIGINT/SIGTERM.
+//! dashboards check (lint, promtool rule checks and rule tests),
+//! `cargo test --workspace ARGS`, and a short fuzz pass (10 s a target). Each child is stopped on SIGINT/SIGTERM.
 
 use std::process::Command;
 use std::time::Instant;
@@ -69,6 +69,9 @@ pub fn run(args: &Args) -> Result<()> {
     interrupt::check()?;
     step(t0, "cargo test --workspace");
     cargo(&["test", "--workspace"], &args.cargo_args)?;
+    interrupt::check()?;
+    step(t0, "fuzz: a short pass of every target");
+    crate::fuzz::run(&crate::fuzz::Args::ci())?;
     step(t0, "done");
     Ok(())
 }

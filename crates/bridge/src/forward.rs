@@ -52,10 +52,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 mod ejection;
-mod http;
+pub(crate) mod http;
 mod metrics;
 pub mod sessions;
-mod sse;
+pub(crate) mod sse;
 
 use ejection::{Change, Ejections};
 pub use metrics::ForwardMetrics;

@@ -8,6 +8,8 @@ pub mod config;
 pub mod contract;
 pub mod docker;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod labels;
 pub mod metrics;
 pub mod pool;

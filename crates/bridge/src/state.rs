@@ -173,7 +173,7 @@ fn rfc3339(ms: u64) -> Result<String, StateError> {
     Ok(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
 }
 
-fn export(dir: &Path, file: Option<&Path>) -> Result<ExitCode, StateError> {
+pub(crate) fn export(dir: &Path, file: Option<&Path>) -> Result<ExitCode, StateError> {
     let db = dir.join(crate::contract::files::STORE);
     if !db.exists() {
         // Opening would create an empty store: say so instead.
@@ -659,7 +659,7 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn import(dir: &Path, file: &Path, ranges: &PortRanges) -> Result<ExitCode, StateError> {
+pub(crate) fn import(dir: &Path, file: &Path, ranges: &PortRanges) -> Result<ExitCode, StateError> {
     // A running daemon would not see the import and would later clash with it.
     let _lock = crate::store::DirLock::probe(dir)?;
     let bytes = read_limited(file)?;

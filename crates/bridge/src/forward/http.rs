@@ -400,7 +400,8 @@ pub(crate) fn session_of(parts: &hyper::http::request::Parts) -> Option<(String,
     }
     let query = parts.uri.query()?;
     form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| SESSION_PARAMS.contains(&k.as_ref()))
+        // As the endpoint event's rewrite: the first non-empty one.
+        .find(|(k, v)| !v.is_empty() && SESSION_PARAMS.contains(&k.as_ref()))
         .map(|(_, v)| (v.into_owned(), true))
 }
 

@@ -116,13 +116,20 @@ pub(crate) fn scan(buf: &[u8], key: &str) -> (Scan, Option<String>) {
 }
 
 /// The endpoint URL with its session parameter encoded for `key`, and that
-/// session's client id; `None` when the URL names no session.
+/// session's client id; `None` when the URL names no session (or an empty
+/// one, which [`sessions::decode`] could never route back).
 pub(crate) fn rewrite_url(url: &str, key: &str) -> Option<(String, String)> {
+    // A `?` after the `#` is the fragment's, not the query's.
+    let (url, fragment) = match url.split_once('#') {
+        Some((u, f)) => (u, Some(f)),
+        None => (url, None),
+    };
     let (base, query) = url.split_once('?')?;
     let mut found = None;
     let mut out = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        if found.is_none() && sessions::SESSION_PARAMS.contains(&k.as_ref()) {
+        // An empty id names no session (and could not be routed back).
+        if found.is_none() && !v.is_empty() && sessions::SESSION_PARAMS.contains(&k.as_ref()) {
             let mine = sessions::encode(key, &v);
             out.append_pair(&k, &mine);
             found = Some(mine);
@@ -131,7 +138,8 @@ pub(crate) fn rewrite_url(url: &str, key: &str) -> Option<(String, String)> {
         }
     }
     let mine = found?;
-    Some((format!("{base}?{}", out.finish()), mine))
+    let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+    Some((format!("{base}?{}{fragment}", out.finish()), mine))
 }
 
 struct Rewriting {
