@@ -117,6 +117,21 @@ fn crash_input(log: &str) -> Option<String> {
         .next_back()
 }
 
+/// `cargo +nightly fuzz run --sanitizer S NAME`, to which the corpus
+/// directories and libFuzzer's flags are added.
+fn fuzz_run(name: &str, args: &Args) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root()).args([
+        TOOLCHAIN,
+        "fuzz",
+        "run",
+        "--sanitizer",
+        &args.sanitizer,
+        name,
+    ]);
+    cmd
+}
+
 fn run_one(name: &'static str, args: &Args) -> Result<Outcome> {
     let (seconds, keep) = (args.seconds, args.keep);
     let committed = fuzz_dir().join("corpus").join(name);
@@ -125,17 +140,8 @@ fn run_one(name: &'static str, args: &Args) -> Result<Outcome> {
     let log_path = target_dir().join("fuzz").join(format!("{name}.log"));
     let log = fs::File::create(&log_path)?;
     let t0 = Instant::now();
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root())
-        .args([
-            TOOLCHAIN,
-            "fuzz",
-            "run",
-            "--sanitizer",
-            &args.sanitizer,
-            name,
-        ])
-        .arg(&found)
+    let mut cmd = fuzz_run(name, args);
+    cmd.arg(&found)
         .arg(&committed)
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
@@ -149,16 +155,7 @@ fn run_one(name: &'static str, args: &Args) -> Result<Outcome> {
     });
     if keep && crashed.is_none() {
         let st = interrupt::status(
-            Command::new("cargo")
-                .current_dir(workspace_root())
-                .args([
-                    TOOLCHAIN,
-                    "fuzz",
-                    "run",
-                    "--sanitizer",
-                    &args.sanitizer,
-                    name,
-                ])
+            fuzz_run(name, args)
                 .arg(&committed)
                 .arg(&found)
                 .args(["--", "-merge=1"])
