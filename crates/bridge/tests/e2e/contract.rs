@@ -5,23 +5,10 @@
 //! documented, invalid input refused with a 4xx, valid input accepted.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use super::*;
-
-/// schemathesis's directory (`MESH_SCHEMATHESIS`, else `target/schemathesis`).
-fn schemathesis_dir() -> PathBuf {
-    let dir = std::env::var_os("MESH_SCHEMATHESIS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target").join("schemathesis"));
-    assert!(
-        dir.join("schemathesis").is_dir(),
-        "schemathesis is not in {}: run `cargo xtask provision`",
-        dir.display()
-    );
-    dir
-}
 
 /// A fixed seed, so that CI runs the same cases each time; change it (or
 /// drop `--seed`) locally to search further.

@@ -13,17 +13,33 @@ use std::process::ChildStdout;
 /// The FastMCP image.
 pub const MCP_PYTHON_IMAGE: &str = mesh_bridge::contract::images::MCP_PYTHON;
 
-/// Where the SDK is (`MESH_MCP_SDK`, else `target/mcp-sdk` of the workspace).
-pub fn sdk_dir() -> PathBuf {
-    let dir = std::env::var_os("MESH_MCP_SDK")
+/// Where provisioning put a Python tool: `$var`, else `target/{name}` of
+/// the workspace; fails unless its package `package` is there.
+fn provisioned(var: &str, name: &str, package: &str, what: &str) -> PathBuf {
+    let dir = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target").join("mcp-sdk"));
+        .unwrap_or_else(|| workspace_root().join("target").join(name));
     assert!(
-        dir.join("mcp").is_dir(),
-        "the MCP Python SDK is not in {}: run `cargo xtask provision`",
+        dir.join(package).is_dir(),
+        "{what} is not in {}: run `cargo xtask provision`",
         dir.display()
     );
     dir
+}
+
+/// Where the SDK is (`MESH_MCP_SDK`, else `target/mcp-sdk` of the workspace).
+pub fn sdk_dir() -> PathBuf {
+    provisioned("MESH_MCP_SDK", "mcp-sdk", "mcp", "the MCP Python SDK")
+}
+
+/// Where schemathesis is (`MESH_SCHEMATHESIS`, else `target/schemathesis`).
+pub fn schemathesis_dir() -> PathBuf {
+    provisioned(
+        "MESH_SCHEMATHESIS",
+        "schemathesis",
+        "schemathesis",
+        "schemathesis",
+    )
 }
 
 /// Fails unless the FastMCP image is on the engine.
