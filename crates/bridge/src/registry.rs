@@ -358,6 +358,44 @@ mod tests {
     }
 
     #[test]
+    fn replicas_of_one_service_speak_one_transport() {
+        let mut r = Registry::new();
+        let mut sse = info("a", "docs", true);
+        sse.labels
+            .insert(labels::TRANSPORT.to_string(), "sse".to_string());
+        assert!(matches!(r.observe(&sse, 1), Change::Added { .. }));
+        assert_eq!(r.transport("docs"), Transport::Sse, "the replica decides");
+        assert_eq!(r.transport("none"), Transport::default());
+        // A second replica with the default transport disagrees: rejected.
+        assert!(matches!(
+            r.observe(&info("b", "docs", true), 2),
+            Change::Rejected(_)
+        ));
+        assert_eq!(r.rejected().count(), 1);
+        assert_eq!(r.services()["docs"].containers.len(), 1);
+        // The first replica observed again is not judged against itself.
+        assert_eq!(r.observe(&sse, 3), Change::Unchanged);
+    }
+
+    #[test]
+    fn a_container_whose_service_changed_moves_to_the_new_service() {
+        let mut r = Registry::new();
+        let _ = r.observe(&info("a", "docs", true), 1);
+        assert_eq!(
+            r.observe(&info("a", "wiki", true), 2),
+            Change::Added {
+                service: "wiki".into(),
+                new_service: true
+            }
+        );
+        assert!(
+            !r.services().contains_key("docs"),
+            "{:?}",
+            r.services().keys()
+        );
+    }
+
+    #[test]
     fn registration_is_idempotent_and_counts_duplicates() {
         let mut r = Registry::new();
         assert_eq!(

@@ -4,11 +4,15 @@
 //! the real pool: a port is never given to two services, never outside the
 //! ranges, never while quarantined for another service or conflicted; a
 //! reservation fails only when the model has no free port (no "counter only
-//! grows" exhaustion); sticky ports stay sticky.
+//! grows" exhaustion); sticky ports stay sticky; a new port is the next
+//! free one after the cursor (round robin across every range and every
+//! 64-port word of the pool's bitmap); and every query (a port's state, the
+//! entries, a service's holding and last port, the next deadline) answers
+//! what the model holds.
 
 use std::collections::{BTreeMap, HashMap};
 
-use mesh_bridge::pool::{Millis, Outcome, Pool, PoolError, PortRanges, Reservation};
+use mesh_bridge::pool::{Millis, Outcome, Pool, PoolError, PortRanges, PortState, Reservation};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -21,7 +25,11 @@ enum M {
 #[derive(Debug, Clone)]
 enum Op {
     Reserve(usize),
+    /// An API reservation naming a port: the model's port at this index,
+    /// or one past the ranges when the index is past them.
+    ReservePort(usize, usize),
     Release(usize),
+    Forget(usize),
     Advance(Millis),
     Conflict(usize),
     Widen,
@@ -33,9 +41,11 @@ const GRACE: Millis = 100;
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0..SERVICES).prop_map(Op::Reserve),
+        2 => (0..SERVICES, 0usize..220).prop_map(|(s, i)| Op::ReservePort(s, i)),
         3 => (0..SERVICES).prop_map(Op::Release),
+        1 => (0..SERVICES).prop_map(Op::Forget),
         2 => (1u64..150).prop_map(Op::Advance),
-        1 => (0usize..64).prop_map(Op::Conflict),
+        1 => (0usize..200).prop_map(Op::Conflict),
         1 => Just(Op::Widen),
     ]
 }
@@ -44,6 +54,8 @@ struct Model {
     ranges: Vec<(u16, u16)>,
     ports: BTreeMap<u16, M>,
     last: HashMap<usize, u16>,
+    /// Index (into `all_ports`) where the search for a new port starts.
+    cursor: usize,
 }
 
 impl Model {
@@ -69,6 +81,14 @@ impl Model {
             .iter()
             .find(|(_, st)| matches!(st, M::Reserved(x) | M::Quarantined(x, _) if *x == s))
             .map(|(p, st)| (*p, st))
+    }
+    /// The first free port at or after the cursor, wrapping, with its index.
+    fn next_free(&self) -> Option<(usize, u16)> {
+        let all = self.all_ports();
+        (0..all.len())
+            .map(|k| (self.cursor + k) % all.len())
+            .map(|i| (i, all[i]))
+            .find(|(_, p)| !self.ports.contains_key(p))
     }
     fn free_count(&self) -> usize {
         self.all_ports().len() - self.ports.len()
@@ -121,6 +141,75 @@ fn check_agreement(pool: &Pool, model: &Model) -> Result<(), TestCaseError> {
         by_service.len(),
         "a port shared by two services"
     );
+    // Every port's state, and the entries, as the model has them.
+    let as_state = |m: &M| match *m {
+        M::Reserved(s) => PortState::Reserved(name(s).into()),
+        M::Quarantined(s, u) => PortState::Quarantined(name(s).into(), u),
+        M::Conflicted(u) => PortState::Conflicted(u),
+    };
+    for port in model.all_ports() {
+        let want = model.ports.get(&port).map_or(PortState::Free, as_state);
+        prop_assert_eq!(pool.state(port), want, "state of {}", port);
+    }
+    let entries: Vec<(u16, PortState)> =
+        model.ports.iter().map(|(&p, m)| (p, as_state(m))).collect();
+    prop_assert_eq!(pool.entries(), entries);
+    // Every service's holding and history.
+    for s in 0..SERVICES {
+        let svc = name(s);
+        let held = model.held(s).map(|(p, m)| match *m {
+            M::Quarantined(_, u) => (p, Some(u)),
+            _ => (p, None),
+        });
+        prop_assert_eq!(pool.holding_of(&svc), held, "holding of {}", svc);
+        prop_assert_eq!(
+            pool.port_of(&svc),
+            held.filter(|h| h.1.is_none()).map(|h| h.0)
+        );
+        prop_assert_eq!(
+            pool.quarantined_port_of(&svc),
+            held.filter(|h| h.1.is_some()).map(|h| h.0)
+        );
+        prop_assert_eq!(
+            pool.last_port_of(&svc),
+            model.last.get(&s).copied(),
+            "last port of {}",
+            svc
+        );
+    }
+    let mut last: Vec<(String, u16)> = pool.last_ports().map(|(s, p)| (s.to_string(), p)).collect();
+    last.sort();
+    let mut want_last: Vec<(String, u16)> =
+        model.last.iter().map(|(&s, &p)| (name(s), p)).collect();
+    want_last.sort();
+    prop_assert_eq!(last, want_last);
+    Ok(())
+}
+
+/// After an expiry at `now` the next deadline is the model's earliest one:
+/// none left means None, and a stale deadline (of a quarantine that was
+/// reclaimed) may come first but never lies at or before `now`.
+fn check_deadline(pool: &Pool, model: &Model, now: Millis) -> Result<(), TestCaseError> {
+    let earliest = model
+        .ports
+        .values()
+        .filter_map(|m| match *m {
+            M::Quarantined(_, u) | M::Conflicted(u) => Some(u),
+            M::Reserved(_) => None,
+        })
+        .min();
+    match (pool.next_deadline(), earliest) {
+        (None, None) => {}
+        (Some(d), Some(e)) => prop_assert!(
+            now < d && d <= e,
+            "next deadline {} (model {}, now {})",
+            d,
+            e,
+            now
+        ),
+        (Some(d), None) => prop_assert!(now < d, "stale deadline {} at or before now {}", d, now),
+        (None, Some(e)) => prop_assert!(false, "no next deadline, the model has {}", e),
+    }
     Ok(())
 }
 
@@ -135,6 +224,7 @@ fn step(
             *now += dt;
             pool.expire(*now);
             model.expire(*now);
+            check_deadline(pool, model, *now)?;
         }
         Op::Reserve(s) => {
             model.expire(*now);
@@ -163,6 +253,11 @@ fn step(
                             if let Some(&lp) = last_free {
                                 prop_assert_eq!(port, lp, "last port is tried first");
                                 prop_assert_eq!(outcome, Outcome::Sticky);
+                            } else {
+                                let (i, next) = model.next_free().expect("a port was given");
+                                prop_assert_eq!(port, next, "the next free port after the cursor");
+                                prop_assert_eq!(outcome, Outcome::New);
+                                model.cursor = (i + 1) % model.all_ports().len();
                             }
                         }
                     }
@@ -174,6 +269,67 @@ fn step(
                     prop_assert_eq!(model.free_count(), 0, "exhausted while a port was free");
                 }
                 Err(e) => prop_assert!(false, "unexpected error {}", e),
+            }
+        }
+        Op::ReservePort(s, i) => {
+            model.expire(*now);
+            let all = model.all_ports();
+            let port = all
+                .get(i)
+                .copied()
+                .unwrap_or(model.ranges.last().expect("non-empty").1 + 1);
+            let got = pool.reserve_port(&name(s), port, *now);
+            let held = model.held(s).map(|(p, m)| (p, m.clone()));
+            match (&got, held) {
+                (Err(PoolError::OutsideRanges { .. }), _) => prop_assert!(!all.contains(&port)),
+                (Ok(Reservation::AlreadyHeld(p)), Some((q, M::Reserved(_)))) => {
+                    prop_assert_eq!((*p, q), (port, port));
+                }
+                (Err(PoolError::ServiceHoldsOther { held, .. }), Some((q, M::Reserved(_)))) => {
+                    prop_assert!(q != port && *held == q);
+                }
+                (Err(PoolError::PortTaken { .. }), held) => {
+                    prop_assert!(model.ports.contains_key(&port), "port {} was free", port);
+                    prop_assert!(held.is_none_or(|(q, _)| q != port));
+                }
+                (Ok(Reservation::Assigned { port: p, outcome }), held) => {
+                    prop_assert_eq!(*p, port);
+                    match held {
+                        Some((q, M::Quarantined(..))) if q == port => {
+                            prop_assert_eq!(*outcome, Outcome::Sticky);
+                        }
+                        Some((q, M::Quarantined(..))) => {
+                            prop_assert!(!model.ports.contains_key(&port));
+                            // The caller chose another port: the quarantined one is given up.
+                            model.ports.remove(&q);
+                        }
+                        Some(other) => prop_assert!(false, "assigned while holding {:?}", other),
+                        None => prop_assert!(!model.ports.contains_key(&port)),
+                    }
+                    let sticky = model.last.get(&s) == Some(&port);
+                    prop_assert_eq!(
+                        *outcome == Outcome::Sticky,
+                        sticky,
+                        "sticky means the last port"
+                    );
+                    model.ports.insert(port, M::Reserved(s));
+                    model.last.insert(s, port);
+                }
+                (got, held) => prop_assert!(
+                    false,
+                    "reserve_port({}) = {:?} while holding {:?}",
+                    port,
+                    got,
+                    held
+                ),
+            }
+        }
+        Op::Forget(s) => {
+            let got = pool.forget(&name(s));
+            let held = model.held(s).map(|(p, _)| p);
+            prop_assert_eq!(got, held);
+            if let Some(p) = held {
+                model.ports.remove(&p);
             }
         }
         Op::Release(s) => {
@@ -257,10 +413,11 @@ proptest! {
     #[test]
     fn pool_agrees_with_model(
         start in 1000u16..2000,
-        len in 1u16..10,
+        // Up to three 64-port words: the search for a free port crosses words.
+        len in prop_oneof![1u16..10, 60u16..150],
         ops in proptest::collection::vec(op(), 1..200),
     ) {
-        let mut model = Model { ranges: vec![(start, start + len - 1)], ports: BTreeMap::new(), last: HashMap::new() };
+        let mut model = Model { ranges: vec![(start, start + len - 1)], ports: BTreeMap::new(), last: HashMap::new(), cursor: 0 };
         let mut pool = Pool::new(model.ranges(), GRACE);
         pool.track_changes();
         let mut now: Millis = 0;

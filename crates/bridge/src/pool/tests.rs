@@ -216,3 +216,115 @@ fn narrowing_drops_only_unused_ports_and_names_what_blocks_it() {
         Err(PoolError::Exhausted { .. })
     ));
 }
+
+#[test]
+fn outcomes_name_their_metric_labels() {
+    assert_eq!(Outcome::New.as_str(), outcome::NEW);
+    assert_eq!(Outcome::Sticky.as_str(), outcome::STICKY);
+    assert_eq!(Outcome::Restored.as_str(), outcome::RESTORED);
+}
+
+#[test]
+fn a_taken_port_is_refused_with_its_state_in_words() {
+    let mut p = pool("100-103", 50);
+    p.reserve("docs", 0).unwrap();
+    p.reserve("wiki", 0).unwrap();
+    p.release("wiki", 0);
+    p.mark_conflicted(102, 70);
+    let refusal = |p: &mut Pool, port| p.reserve_port("api", port, 1).unwrap_err().to_string();
+    assert_eq!(
+        refusal(&mut p, 100),
+        "port 100 is not free: reserved by `docs`"
+    );
+    assert_eq!(
+        refusal(&mut p, 101),
+        "port 101 is not free: quarantined for `wiki` until 50 ms"
+    );
+    assert_eq!(
+        refusal(&mut p, 102),
+        "port 102 is not free: held by another process (conflicted until 70 ms)"
+    );
+    assert!(refusal(&mut p, 99).contains("outside the configured ranges 100-103"));
+    assert_eq!(p.grace_ms(), 50);
+}
+
+#[test]
+fn forgetting_frees_the_record_only_without_history() {
+    let mut p = pool("100-103", 50);
+    p.restore("ghost", 101, &RestoreState::Reserved).unwrap();
+    let live = p.services.live;
+    // A record with a last port stays (sticky reuse later).
+    assert_eq!(p.forget("ghost"), Some(101));
+    assert_eq!(p.services.live, live);
+    assert_eq!(p.last_port_of("ghost"), Some(101));
+    // A conflict drops that history; the record then holds nothing and goes.
+    p.reserve("ghost", 1).unwrap();
+    assert_eq!(p.mark_conflicted(101, 10).as_deref(), Some("ghost"));
+    assert_eq!(p.last_port_of("ghost"), None);
+    assert_eq!(p.services.live, live - 1);
+}
+
+#[test]
+fn restored_history_must_lie_in_the_ranges() {
+    let mut p = pool("100-103", 0);
+    p.restore_last_port("docs", 102);
+    p.restore_last_port("far", 200);
+    assert_eq!(p.last_port_of("docs"), Some(102));
+    assert_eq!(p.last_port_of("far"), None);
+    assert_eq!(
+        p.reserve("docs", 0).unwrap().port(),
+        102,
+        "sticky from history"
+    );
+}
+
+#[test]
+fn a_lookup_never_returns_another_name_of_the_same_hash() {
+    let mut p = pool("100-103", 0);
+    p.reserve("docs", 0).unwrap();
+    let hash = p.services.hash("docs");
+    assert!(p.services.find("docs", hash).is_some());
+    assert_eq!(p.services.find("wiki", hash), None, "same hash, other name");
+}
+
+#[test]
+fn narrowing_names_at_most_ten_holders_and_counts_the_rest() {
+    let mut p = pool("100-119", 0);
+    for i in 0..12 {
+        p.reserve(&format!("s{i:02}"), 0).unwrap();
+    }
+    let err = p
+        .set_ranges("200-219".parse().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("s09 holds 109") && !err.contains("s10 holds"),
+        "{err}"
+    );
+    assert!(err.contains("s09 holds 109 and 2 more;"), "{err}");
+    let mut p = pool("100-119", 0);
+    for i in 0..10 {
+        p.reserve(&format!("s{i:02}"), 0).unwrap();
+    }
+    let err = p
+        .set_ranges("200-219".parse().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("s09 holds 109;"), "{err}");
+}
+
+#[test]
+fn ranges_answer_membership_subsets_and_pairs() {
+    let r = |s: &str| s.parse::<PortRanges>().expect("valid");
+    let wide = r("100-199,300-399");
+    assert!(r("100-150,300").is_subset_of(&wide));
+    assert!(r("150-199").is_subset_of(&wide));
+    assert!(!r("150-200").is_subset_of(&wide), "one past the end");
+    assert!(!r("99-150").is_subset_of(&wide), "one before the start");
+    assert!(!r("250").is_subset_of(&wide));
+    assert_eq!(wide.as_pairs(), vec![[100, 199], [300, 399]]);
+    for one in wide.ranges().iter().chain(r("500").ranges()) {
+        assert!(!one.is_empty(), "{one:?}");
+        assert_eq!(one.len() > 1, one.start < one.end);
+    }
+}

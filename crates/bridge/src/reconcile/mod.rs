@@ -631,6 +631,117 @@ mod tests {
     }
 
     #[test]
+    fn api_reservations_pin_until_a_container_or_a_delete() {
+        let mut c = core("100-101", 3);
+        assert_eq!(c.reserve_api("ext", None, 7).unwrap(), (100, false));
+        assert_eq!(c.pinned_since("ext"), Some(7));
+        assert_eq!(c.pinned().collect::<Vec<_>>(), vec![("ext", 7)]);
+        assert_eq!(c.take_pin_changes(), vec!["ext".to_string()]);
+        assert!(c.take_pin_changes().is_empty(), "taken once");
+        // The same pin again is no change.
+        c.pin("ext", 7);
+        assert!(c.take_pin_changes().is_empty());
+        // A pinned service is opened by the API, not by a restore.
+        assert!(c.open_all().is_empty());
+        // A container of it arrives: Docker owns it now, the pin goes.
+        let _ = c.started(&info("a", "ext", true), false, 8);
+        assert_eq!(c.pinned_since("ext"), None);
+        assert_eq!(c.take_pin_changes(), vec!["ext".to_string()]);
+        assert_eq!(
+            c.open_all(),
+            vec![Effect::Open {
+                service: "ext".into(),
+                port: 100
+            }]
+        );
+        assert!(matches!(
+            c.unreserve_api("ext", 9),
+            Err(ReserveError::OwnedByDocker(_))
+        ));
+        // Another API reservation, deleted: unpinned and released.
+        c.reserve_api("other", Some(101), 10).unwrap();
+        let _ = c.take_pin_changes();
+        assert_eq!(c.unreserve_api("other", 11).unwrap(), 101);
+        assert_eq!(c.take_pin_changes(), vec!["other".to_string()]);
+        assert_eq!(c.pool().quarantined_port_of("other"), Some(101));
+    }
+
+    #[test]
+    fn views_give_times_in_rfc3339() {
+        assert_eq!(to_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(to_rfc3339(86_400_000 + 1_500), "1970-01-02T00:00:01Z");
+        let mut c = core("100-101", 3);
+        c.reserve_api("ext", None, 86_400_000).unwrap();
+        let v = c.service_views();
+        assert_eq!(v[0].since.as_deref(), Some("1970-01-02T00:00:00Z"));
+    }
+
+    #[test]
+    fn widening_gives_pending_services_ports_at_once() {
+        let mut c = core("100-100", 3);
+        let _ = c.started(&info("a", "one", true), false, 0);
+        let _ = c.started(&info("b", "two", true), false, 1);
+        assert_eq!(c.pending(), 1);
+        let fx = c.set_ranges("100-101".parse().unwrap(), 2).unwrap();
+        assert!(fx.contains(&Effect::Open {
+            service: "two".into(),
+            port: 101
+        }));
+        assert_eq!(routed(&fx, "two"), Some(1));
+        assert_eq!(c.pending(), 0);
+    }
+
+    #[test]
+    fn a_conflict_on_the_services_own_port_counts_a_release() {
+        let mut c = core("100-102", 3);
+        let _ = c.started(&info("a", "docs", true), false, 0);
+        let released = |c: &Core| {
+            c.metrics
+                .releases
+                .with_label_values(&[release::CONFLICT])
+                .get()
+        };
+        // A port it does not hold: no release.
+        let _ = c.conflicted("docs", 102, 1);
+        assert_eq!(released(&c), 0);
+        let _ = c.conflicted("docs", 100, 2);
+        assert_eq!(released(&c), 1);
+        assert_eq!(c.pool().port_of("docs"), Some(101));
+    }
+
+    #[test]
+    fn restored_reservations_are_counted() {
+        let c = core("100-101", 3);
+        c.count_restored();
+        let n = |o: Outcome| c.metrics.allocations.with_label_values(&[o.as_str()]).get();
+        assert_eq!((n(Outcome::Restored), n(Outcome::New)), (1, 0));
+    }
+
+    #[test]
+    fn a_resync_reroutes_a_service_that_lost_one_of_two_replicas() {
+        let mut c = core("100-101", 3);
+        let mut b = info("b", "docs", true);
+        b.networks = vec![("bridge".into(), "172.17.0.3".parse().ok())];
+        let fx = c.resync(&[info("a", "docs", true), b.clone()], 0);
+        assert_eq!(routed(&fx, "docs"), Some(2));
+        let fx = c.resync(&[b], 1);
+        assert_eq!(routed(&fx, "docs"), Some(1), "{fx:?}");
+        // The last replica gone: no endpoints effect for a service that is no more.
+        let fx = c.resync(&[], 2);
+        assert_eq!(routed(&fx, "docs"), None, "{fx:?}");
+    }
+
+    #[test]
+    fn handed_changes_name_what_the_core_reserved() {
+        let mut c = core("100-101", 3);
+        c.pool.track_changes();
+        let _ = c.started(&info("a", "docs", true), false, 0);
+        let mut seen = Vec::new();
+        c.take_changed(|s, h| seen.push((s.to_string(), h)));
+        assert_eq!(seen, vec![("docs".to_string(), Some((100, None)))]);
+    }
+
+    #[test]
     fn api_reservations_are_idempotent_and_not_leaked() {
         let mut c = core("100-101", 1);
         assert_eq!(c.reserve_api("ext", None, 0).unwrap(), (100, false));

@@ -283,6 +283,13 @@ fn newer_schema_is_refused_and_left_alone() {
     s.conn
         .pragma_update(None, "user_version", 7)
         .expect("bump version");
+    // A rollback-journal file, as another writer may leave it: a read-write
+    // open would switch it to WAL (a header change), so it must be judged
+    // read-only first.
+    let _: String = s
+        .conn
+        .pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get(0))
+        .expect("rollback journal");
     drop(s);
     let before = files(dir.path());
     let err = Store::open(dir.path()).expect_err("too new");
@@ -476,4 +483,24 @@ fn check_finds_truncation_and_bad_rows() {
         matches!(&err, StoreError::Inconsistent { problems, .. } if problems.len() == 1),
         "{err}"
     );
+}
+
+#[test]
+fn times_up_to_year_9999_are_kept_and_later_ones_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(dir.path()).expect("open");
+    s.apply(&[reserve("docs", 11117, MAX_MS)])
+        .expect("the last millisecond of 9999");
+    let err = s
+        .apply(&[reserve("wiki", 11118, MAX_MS + 1)])
+        .expect_err("after 9999");
+    assert!(err.to_string().contains("after year 9999"), "{err}");
+    let snap = s.load().expect("load");
+    assert_eq!(
+        snap.reservations.len(),
+        1,
+        "the refused change wrote nothing"
+    );
+    assert_eq!(snap.reservations[0].service, "docs");
+    assert_eq!(snap.reservations[0].since_ms, MAX_MS);
 }
