@@ -321,3 +321,76 @@ fn ranges_answer_membership_subsets_and_pairs() {
         assert_eq!(one.len() > 1, one.start < one.end);
     }
 }
+
+#[test]
+fn the_cursor_walks_every_bitmap_word_and_wraps() {
+    // 200 ports span four bitmap words (64, 64, 64, 8). Free ports are
+    // planted in word 0 and in word 1 behind the cursor, then in word 0
+    // while the cursor sits in word 1 (the search crosses the end of the
+    // bitmap), in word 2 while it sits in word 0 (it skips a full word)
+    // and in its own word behind it (it comes back round).
+    let mut p = pool("100-299", 0);
+    let mut holder: HashMap<u16, String> = HashMap::new();
+    let take = |p: &mut Pool, holder: &mut HashMap<u16, String>, name: String| {
+        let port = p.reserve(&name, 0).unwrap().port();
+        holder.insert(port, name);
+        port
+    };
+    for i in 0..70u16 {
+        assert_eq!(take(&mut p, &mut holder, format!("s{i}")), 100 + i);
+    }
+    for i in (0..10).chain([65]) {
+        assert_eq!(p.forget(&format!("s{i}")), Some(100 + i));
+    }
+    // The cursor goes on after 169 to the end before it wraps.
+    for i in 0..130u16 {
+        assert_eq!(take(&mut p, &mut holder, format!("n{i}")), 170 + i);
+    }
+    let refill: Vec<u16> = (0..11).map(|i| take(&mut p, &mut holder, format!("r{i}"))).collect();
+    let mut expected: Vec<u16> = (100..110).collect();
+    expected.push(165);
+    assert_eq!(refill, expected);
+    assert!(matches!(
+        p.reserve("full", 0),
+        Err(PoolError::Exhausted { .. })
+    ));
+    // Cursor in word 1; the only free port is in word 0.
+    assert_eq!(p.forget(&holder[&105]), Some(105));
+    assert_eq!(take(&mut p, &mut holder, "again".into()), 105);
+    // Cursor in word 0; the only free port is two words on.
+    assert_eq!(p.forget(&holder[&240]), Some(240));
+    assert_eq!(take(&mut p, &mut holder, "later".into()), 240);
+    // Cursor in word 2; the only free port is in word 2 behind it.
+    assert_eq!(p.forget(&holder[&230]), Some(230));
+    assert_eq!(take(&mut p, &mut holder, "behind".into()), 230);
+}
+
+#[test]
+fn a_quarantine_ends_at_its_deadline_for_every_way_to_reserve() {
+    // One port, quarantined for "a" until 10: at 10 it is free for
+    // another service, whether it asks for any port or for this one.
+    for by_port in [false, true] {
+        let mut p = pool("100-100", 10);
+        p.reserve("a", 0).unwrap();
+        assert_eq!(p.release("a", 0), Some(100));
+        let ask = |p: &mut Pool, now| {
+            if by_port {
+                p.reserve_port("b", 100, now)
+            } else {
+                p.reserve("b", now)
+            }
+        };
+        assert!(ask(&mut p, 9).is_err(), "by_port={by_port}");
+        assert_eq!(ask(&mut p, 10).unwrap().port(), 100, "by_port={by_port}");
+    }
+}
+
+#[test]
+fn a_conflict_takes_the_port_out_of_the_history() {
+    let mut p = pool("100-109", 0);
+    p.reserve("a", 0).unwrap();
+    assert_eq!(p.mark_conflicted(100, 50).as_deref(), Some("a"));
+    assert_eq!(p.last_len, 0);
+    assert_eq!(p.last_ports().count(), 0);
+    assert_eq!(p.last_port_of("a"), None);
+}
