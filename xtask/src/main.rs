@@ -10,6 +10,7 @@ mod fuzz;
 mod images;
 mod interrupt;
 mod mcp_python;
+mod mutants;
 mod owner;
 mod paths;
 mod pip_target;
@@ -60,6 +61,9 @@ enum Command {
     /// Run every fuzz target under libFuzzer (nightly, cargo-fuzz) from the
     /// committed corpora; a table of executions and crashes.
     Fuzz(fuzz::Args),
+    /// Run cargo-mutants over pool, registry, reconcile and store (not in
+    /// CI: over an hour); a score per file and every missed mutant.
+    Mutants(mutants::Args),
     /// Run the store crash test with more kills than `cargo test` does.
     Crash {
         /// How many times the writer is killed with SIGKILL.
@@ -103,6 +107,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Crash { iterations } => crash(iterations),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Mutants(args) => mutants::run(&args),
         Command::Scenario { command } => scenario::run(&command),
         Command::Reliability(args) => reliability::run(&args),
         Command::Teeth(args) => teeth::run(&args),

@@ -346,7 +346,9 @@ fn the_cursor_walks_every_bitmap_word_and_wraps() {
     for i in 0..130u16 {
         assert_eq!(take(&mut p, &mut holder, format!("n{i}")), 170 + i);
     }
-    let refill: Vec<u16> = (0..11).map(|i| take(&mut p, &mut holder, format!("r{i}"))).collect();
+    let refill: Vec<u16> = (0..11)
+        .map(|i| take(&mut p, &mut holder, format!("r{i}")))
+        .collect();
     let mut expected: Vec<u16> = (100..110).collect();
     expected.push(165);
     assert_eq!(refill, expected);
