@@ -1,4 +1,4 @@
-//! `cargo xtask mutants [--file F]... [--iterate] [--jobs N]`: cargo-mutants
+//! `cargo xtask mutants [--re REGEX]... [--iterate] [--jobs N]`: cargo-mutants
 //! over the modules `.cargo/mutants.toml` names (pool, registry, reconcile,
 //! store), judged by the tests that need no Docker engine, then a table per
 //! file, the score and every missed mutant, each with the reason it is
@@ -68,9 +68,11 @@ struct Harmless {
 /// Flags of `cargo xtask mutants`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Only mutants of these files (repeatable; a glob as cargo-mutants' `-f`).
-    #[arg(long = "file")]
-    pub files: Vec<String>,
+    /// Only mutants whose name (`file:line:col: description`) matches this
+    /// regex, e.g. `store/check\.rs` (repeatable; cargo-mutants' `-F`).
+    /// Narrows what `.cargo/mutants.toml` names, where `-f` would add to it.
+    #[arg(long = "re")]
+    pub only: Vec<String>,
     /// Test only what the last run missed, plus mutants of changed code.
     #[arg(long)]
     pub iterate: bool,
@@ -234,8 +236,8 @@ pub fn run(args: &Args) -> Result<()> {
     if args.iterate {
         cmd.arg("--iterate");
     }
-    for f in &args.files {
-        cmd.arg("-f").arg(f);
+    for re in &args.only {
+        cmd.arg("-F").arg(re);
     }
     println!(
         "[mutants] cargo mutants -j {} (config .cargo/mutants.toml; output {})",
@@ -297,9 +299,9 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     println!("\n[mutants] {minutes:.0} min");
-    if args.iterate || !args.files.is_empty() {
+    if args.iterate || !args.only.is_empty() {
         println!(
-            "[mutants] a partial run (--iterate or --file): the score covers only what it tested"
+            "[mutants] a partial run (--iterate or --re): the score covers only what it tested"
         );
         return Ok(());
     }

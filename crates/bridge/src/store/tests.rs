@@ -504,3 +504,125 @@ fn times_up_to_year_9999_are_kept_and_later_ones_refused() {
     assert_eq!(snap.reservations[0].service, "docs");
     assert_eq!(snap.reservations[0].since_ms, MAX_MS);
 }
+
+/// A file with the store's tables but none of its constraints (written by
+/// hand or by another tool), holding `reservations` and `last_ports` rows.
+fn unconstrained_store(dir: &Path, reservations: &str, last_ports: &str) {
+    let conn = Connection::open(dir.join(FILE_NAME)).expect("open");
+    conn.execute_batch(&format!(
+        "CREATE TABLE reservations (service, port, state, until_ms, since_ms);
+         CREATE TABLE last_ports (service, port, seen_ms);
+         CREATE TABLE pinned (service, since_ms);
+         INSERT INTO reservations VALUES {reservations};
+         INSERT INTO last_ports VALUES {last_ports};
+         PRAGMA user_version = {SCHEMA_VERSION};"
+    ))
+    .expect("write");
+}
+
+#[test]
+fn check_counts_what_a_consistent_store_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    unconstrained_store(
+        dir.path(),
+        "('a', 1, 'reserved', NULL, 0), ('b', 65535, 'quarantined', 0, 5),
+         ('c', 11100, 'quarantined', 9, 5)",
+        "('a', 1, 0), ('z', 65535, 0)",
+    );
+    let r = Store::check(dir.path(), None).expect("consistent");
+    assert_eq!(
+        (
+            r.schema_version,
+            r.reservations,
+            r.quarantined,
+            r.last_ports
+        ),
+        (SCHEMA_VERSION, 3, 2, 2)
+    );
+    assert_eq!(
+        r.to_string(),
+        format!(
+            "store {} is ok: schema v{SCHEMA_VERSION}, 3 reservations (2 quarantined), 2 last ports, integrity ok",
+            dir.path().join(FILE_NAME).display()
+        )
+    );
+}
+
+#[test]
+fn check_names_every_inconsistent_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    unconstrained_store(
+        dir.path(),
+        "('a', 11100, 'reserved', NULL, 0),
+         ('a', 11101, 'reserved', NULL, 0),
+         ('b', 11100, 'reserved', NULL, 0),
+         ('Bad Name', 11102, 'reserved', NULL, 0),
+         (7, 11103, 'reserved', NULL, 0),
+         ('c', 0, 'reserved', NULL, 0),
+         ('d', 65536, 'reserved', NULL, 0),
+         ('e', 12000, 'reserved', NULL, 0),
+         ('f', 11104, 'quarantined', -1, 0),
+         ('g', 11105, 'reserved', 5, 0),
+         ('h', 11106, 'held', NULL, 0),
+         ('i', 11107, 'quarantined', NULL, 0),
+         ('j', 11108, 'reserved', NULL, -1)",
+        "('Bad Name', 11100, 0), (8, 11100, 0), ('k', 0, 0), ('l', 65536, 0), ('m', 'x', 0)",
+    );
+    let ranges: PortRanges = "11100-11199".parse().expect("ranges");
+    let err = Store::check(dir.path(), Some(&ranges)).expect_err("inconsistent");
+    let StoreError::Inconsistent { problems, .. } = &err else {
+        panic!("{err}");
+    };
+    let expected = [
+        "reservation 1: service `a` appears twice",
+        "port 11100 is held by both `a` and `b`",
+        "reservation 3: ",
+        "reservation 4: service is Integer(7)",
+        "`c` has port Integer(0), not 1-65535",
+        "`d` has port Integer(65536), not 1-65535",
+        "`e` holds port 12000, outside the ranges 11100-11199",
+        "`f` has state Text(\"quarantined\") with until_ms Integer(-1)",
+        "`g` has state Text(\"reserved\") with until_ms Integer(5)",
+        "`h` has state Text(\"held\")",
+        "`i` has state Text(\"quarantined\") with until_ms Null",
+        "`j` has since_ms Integer(-1)",
+        "last port 0: ",
+        "last port 1: service is Integer(8)",
+        "last port 2: port Integer(0) is not 1-65535",
+        "last port 3: port Integer(65536) is not 1-65535",
+        "last port 4: port Text(\"x\") is not 1-65535",
+    ];
+    assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    for (got, want) in problems.iter().zip(expected) {
+        assert!(
+            got.starts_with(want),
+            "{got:?} does not start with {want:?}"
+        );
+    }
+}
+
+#[test]
+fn check_reads_a_store_whose_first_commit_is_only_in_the_wal() {
+    // A writer killed right after its first commit: the main file may
+    // still be empty, the WAL holds everything.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(dir.path()).expect("open");
+    s.apply(&[reserve("docs", 11117, 1)]).expect("apply");
+    std::mem::forget(s);
+    let r = Store::check(dir.path(), None).expect("check");
+    assert_eq!((r.reservations, r.schema_version), (1, SCHEMA_VERSION));
+}
+
+#[test]
+fn an_empty_file_checks_as_not_initialised() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join(FILE_NAME), b"").expect("create");
+    let r = Store::check(dir.path(), None).expect("empty is fine");
+    assert_eq!((r.schema_version, r.reservations), (0, 0));
+    assert!(
+        r.to_string()
+            .ends_with("is ok: empty, not initialised yet (the bridge initialises it on start)"),
+        "{r}"
+    );
+    assert_eq!(files(dir.path()).len(), 1, "check created nothing");
+}
