@@ -7,7 +7,8 @@
 //!
 //! Not in CI: a full run builds and tests about 700 mutants, over an hour
 //! on two cores. `--iterate` tests again only what the last run (kept in
-//! `target/mutants/mutants.out`) did not catch, plus mutants of changed code.
+//! `target/mutants/mutants.out`) did not catch, plus mutants of changed
+//! code, and counts what earlier runs caught, so its score is the whole one.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -194,12 +195,20 @@ fn results(dir: &Path) -> Result<Results> {
     let mut per_file: BTreeMap<String, Counts> = BTreeMap::new();
     let mut total = Counts::default();
     let mut missed = Vec::new();
-    for name in ["caught.txt", "timeout.txt", "missed.txt", "unviable.txt"] {
+    // `--iterate` carries what earlier runs caught in `previously_caught.txt`.
+    let names = [
+        "caught.txt",
+        "previously_caught.txt",
+        "timeout.txt",
+        "missed.txt",
+        "unviable.txt",
+    ];
+    for name in names {
         let list = read_list(dir, name)?;
         for m in &list {
             for c in [per_file.entry(m.file.clone()).or_default(), &mut total] {
                 match name {
-                    "caught.txt" => c.caught += 1,
+                    "caught.txt" | "previously_caught.txt" => c.caught += 1,
                     "timeout.txt" => c.timeout += 1,
                     "missed.txt" => c.missed += 1,
                     _ => c.unviable += 1,
@@ -299,10 +308,8 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     println!("\n[mutants] {minutes:.0} min");
-    if args.iterate || !args.only.is_empty() {
-        println!(
-            "[mutants] a partial run (--iterate or --re): the score covers only what it tested"
-        );
+    if !args.only.is_empty() {
+        println!("[mutants] a partial run (--re): the score covers only what it tested");
         return Ok(());
     }
     let score = t.score().unwrap_or(0.0);
@@ -369,6 +376,12 @@ mod tests {
         assert_eq!(r.total.missed, 1);
         assert_eq!(r.per_file["a.rs"].score(), Some(0.5));
         assert_eq!(r.missed[0].line, 3);
+        fs::write(
+            dir.path().join("previously_caught.txt"),
+            "a.rs:9:1: replace x with y in h\n",
+        )
+        .unwrap();
+        assert_eq!(results(dir.path()).unwrap().per_file["a.rs"].caught, 2);
         fs::write(dir.path().join("timeout.txt"), "garbage\n").unwrap();
         assert!(results(dir.path()).is_err());
     }
