@@ -17,5 +17,6 @@ pub mod reconcile;
 pub mod registry;
 pub mod splice;
 pub mod state;
+pub mod stdio;
 pub mod store;
 pub mod token;

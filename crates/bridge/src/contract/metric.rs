@@ -293,10 +293,20 @@ pub const ALL: [Def; 27] = [
 pub mod mcp_method {
     /// A method not in the specification, or a response.
     pub const OTHER: &str = "other";
+    /// The request that opens a session.
+    pub const INITIALIZE: &str = "initialize";
+    /// Liveness, either way.
+    pub const PING: &str = "ping";
+    /// The client's notice that initialisation is done.
+    pub const INITIALIZED: &str = "notifications/initialized";
+    /// Either side giving up on a request it sent.
+    pub const CANCELLED: &str = "notifications/cancelled";
+    /// Progress of a request that carried `_meta.progressToken`.
+    pub const PROGRESS: &str = "notifications/progress";
     /// Every method of the specification.
     pub const SPEC: &[&str] = &[
-        "initialize",
-        "ping",
+        INITIALIZE,
+        PING,
         "tools/list",
         "tools/call",
         "resources/list",
@@ -308,9 +318,9 @@ pub mod mcp_method {
         "prompts/get",
         "completion/complete",
         "logging/setLevel",
-        "notifications/initialized",
-        "notifications/cancelled",
-        "notifications/progress",
+        INITIALIZED,
+        CANCELLED,
+        PROGRESS,
         "notifications/roots/list_changed",
     ];
 

@@ -1,0 +1,11 @@
+//! stdio MCP servers: many client sessions share one server process that
+//! speaks newline-delimited JSON-RPC on its stdin and stdout.
+//!
+//! [`mux`] holds the rules that make the sharing safe (one `initialize` per
+//! process, JSON-RPC ids and progress tokens rewritten so two clients never
+//! meet, responses and notifications routed back to the session they belong
+//! to); [`framing`] turns the server's stdout into bounded lines. Both are
+//! pure: the attach to the container and the HTTP side drive them.
+
+pub mod framing;
+pub mod mux;
