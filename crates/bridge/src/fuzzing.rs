@@ -4,7 +4,8 @@
 //! when the code itself panics: a parsed label set round-trips, a refused
 //! `state import` changes nothing, a refused store file is left as it was,
 //! every API answer has a documented status and a JSON body, an MCP session
-//! id comes back to the replica that made it.
+//! id comes back to the replica that made it, a stdio server's answer
+//! reaches only the session that asked.
 //!
 //! Built only with the `fuzzing` feature. `tests/fuzz_corpus.rs` replays the
 //! committed corpora (`fuzz/corpus/<target>/`) through these same functions
@@ -30,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("store_open", store_open),
     ("api", api),
     ("mcp", mcp),
+    ("stdio", stdio),
 ];
 
 /// Longest error message a hostile input may produce (messages reach logs
@@ -453,5 +455,154 @@ pub fn mcp(data: &[u8]) {
                 })
             });
         assert!(carried, "the event carries the id {mine}: {out}");
+    }
+}
+
+/// stdio: the server's stdout through the framer, and a conversation of
+/// sessions and a server through the multiplexer. Lines of `data` are a
+/// script: `o` opens a session, `x<d>` closes session `d`, `r` restarts
+/// the server, `c<d><json>` is session `d`'s message, `s<bytes>` is server
+/// output (framed first). Properties:
+/// - a framed line is a JSON object or array, or reported as not JSON or
+///   too long (then the input had a line over the limit);
+/// - a reply reaches an open session under an id that session sent and
+///   that is not answered yet (or null, for a message with no usable id);
+/// - a push reaches an open session, and one about a request names an id
+///   of that session;
+/// - every request the server gets has a bridge id it never got before,
+///   across restarts too, and every line for it is a JSON object;
+/// - requests in flight stay within the per-session bound.
+pub fn stdio(data: &[u8]) {
+    use crate::stdio::framing::{Framer, Line};
+    use crate::stdio::mux::{Limits, Mux, Out, SessionId};
+    use std::collections::HashSet;
+
+    /// Client ids of a session not answered yet, as JSON text, with counts.
+    type Outstanding = HashMap<SessionId, HashMap<String, usize>>;
+    const LIMIT: usize = 256;
+    const IN_FLIGHT: usize = 4;
+    let mut framer = Framer::new(LIMIT);
+    let mut mux = Mux::new(Limits {
+        in_flight: IN_FLIGHT,
+        waiting: 8,
+    });
+    let mut open: Vec<SessionId> = Vec::new();
+    let mut asked: Outstanding = HashMap::new();
+    let mut server_ids: HashSet<u64> = HashSet::new();
+    let mut check = |out: Vec<Out>, open: &[SessionId], asked: &mut Outstanding| {
+        for o in out {
+            match o {
+                Out::Server(v) => {
+                    let obj = v.as_object().expect("a server line is an object");
+                    let is_request = obj.get("method").is_some_and(|m| m.is_string())
+                        && !obj.contains_key("result")
+                        && !obj.contains_key("error");
+                    if is_request && let Some(id) = obj.get("id") {
+                        let id = id
+                            .as_u64()
+                            .expect("requests reach the server under bridge ids");
+                        assert!(server_ids.insert(id), "bridge id {id} used twice");
+                    }
+                }
+                Out::Reply { session, msg } => {
+                    assert!(open.contains(&session), "reply to closed session {session}");
+                    let id = msg.get("id").expect("a reply has an id");
+                    if !id.is_null() {
+                        let n = asked
+                            .get_mut(&session)
+                            .and_then(|ids| ids.get_mut(&id.to_string()))
+                            .filter(|n| **n > 0)
+                            .unwrap_or_else(|| {
+                                panic!("session {session} has no unanswered id {id}")
+                            });
+                        *n -= 1;
+                    }
+                }
+                Out::Push { session, about, .. } => {
+                    assert!(open.contains(&session), "push to closed session {session}");
+                    if let Some(id) = about {
+                        assert!(
+                            asked
+                                .get(&session)
+                                .is_some_and(|ids| ids.contains_key(&id.to_string())),
+                            "progress for an id session {session} never sent"
+                        );
+                    }
+                }
+            }
+        }
+    };
+    for line in data.split(|b| *b == b'\n').take(200) {
+        let Some((&op, rest)) = line.split_first() else {
+            continue;
+        };
+        let pick = |rest: &[u8]| -> Option<SessionId> {
+            let d = *rest.first()?;
+            (!open.is_empty()).then(|| open[usize::from(d) % open.len()])
+        };
+        match op {
+            b'o' => {
+                let s = mux.open();
+                open.push(s);
+                asked.insert(s, HashMap::new());
+            }
+            b'x' => {
+                if let Some(s) = pick(rest) {
+                    let out = mux.close(s);
+                    open.retain(|o| *o != s);
+                    check(out, &open, &mut asked);
+                }
+            }
+            b'r' => {
+                let out = mux.restarted();
+                check(out, &open, &mut asked);
+            }
+            b'c' => {
+                let Some(s) = pick(rest) else { continue };
+                let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&rest[1..]) else {
+                    continue;
+                };
+                // Everything but a response may be answered under its id.
+                let response = msg.get("method").is_none()
+                    && (msg.get("result").is_some() || msg.get("error").is_some());
+                if let Some(id) = msg.get("id")
+                    && !response
+                {
+                    *asked
+                        .entry(s)
+                        .or_default()
+                        .entry(id.to_string())
+                        .or_insert(0) += 1;
+                }
+                let out = mux.from_client(s, msg);
+                check(out, &open, &mut asked);
+            }
+            b's' => {
+                let mut buf = bytes::BytesMut::from(rest);
+                buf.extend_from_slice(b"\n");
+                while let Some(l) = framer.next(&mut buf) {
+                    match l {
+                        Line::Message(v) => {
+                            assert!(v.is_object() || v.is_array());
+                            let out = mux.from_server(v);
+                            check(out, &open, &mut asked);
+                        }
+                        Line::NotJson { excerpt } => assert!(excerpt.len() <= LIMIT),
+                        Line::TooLong { limit } => {
+                            assert_eq!(limit, LIMIT);
+                            assert!(rest.len() > LIMIT, "too long at {} bytes", rest.len());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        assert!(
+            mux.in_flight() <= IN_FLIGHT * open.len(),
+            "{} in flight for {} sessions",
+            mux.in_flight(),
+            open.len()
+        );
+        assert_eq!(mux.sessions(), open.len());
     }
 }
