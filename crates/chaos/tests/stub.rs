@@ -419,6 +419,48 @@ async fn binary_serves_probes_and_exits_on_sigterm() {
 }
 
 #[test]
+fn binary_speaks_stdio_until_stdin_ends() {
+    use std::io::{BufRead, BufReader, Write};
+    let child = Command::new(env!("CARGO_BIN_EXE_mcp-stub"))
+        .arg("--stdio")
+        .env("MCP_STUB_NAME", "stdio-test")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let mut stdin = child.0.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let mut ask = |msg: Value| -> Value {
+        writeln!(stdin, "{msg}").unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    let init = ask(stub::initialize_request());
+    assert_eq!(init["result"]["serverInfo"]["name"], "stdio-test");
+    let again = ask(stub::initialize_request());
+    assert_eq!(again["error"]["message"], stub::stdio::ALREADY_INITIALIZED);
+    let echo = ask(json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "over stdio"}}}));
+    assert_eq!(echo["result"]["content"][0]["text"], "over stdio");
+    drop(stdin);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "mcp-stub --stdio did not exit within 5 s of stdin's end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit at stdin's end: {status}");
+}
+
+#[test]
 fn binary_rejects_a_bad_port() {
     let out = Command::new(env!("CARGO_BIN_EXE_mcp-stub"))
         .env("MCP_STUB_PORT", "99999")

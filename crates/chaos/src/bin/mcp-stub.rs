@@ -5,7 +5,8 @@
 //! `http://127.0.0.1:$MCP_STUB_PORT/healthz` and exits 0 (healthy) or 1, for an
 //! exec-form Docker HEALTHCHECK in a `FROM scratch` image; `mcp-stub --delay MS`
 //! sets the running stub's answer delay (the `net-latency` fault, run through
-//! `docker exec`).
+//! `docker exec`); `mcp-stub --stdio` speaks MCP on stdin and stdout instead
+//! (a stdio server: `docker run -d -i`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -14,9 +15,11 @@ use std::time::Duration;
 use mesh_chaos::stub::{self, StubConfig};
 
 const USAGE: &str = "\
-usage: mcp-stub [--probe | --delay MS]
+usage: mcp-stub [--probe | --delay MS | --stdio]
 
 Serves MCP (JSON-RPC 2.0) on POST /mcp and GET /healthz.
+  --stdio        serve MCP as newline-delimited JSON-RPC on stdin and stdout
+                 instead (until stdin ends); a second initialize is refused
   --probe        GET http://127.0.0.1:$MCP_STUB_PORT/healthz, exit 0 if healthy, else 1
   --delay MS     make the stub on 127.0.0.1:$MCP_STUB_PORT delay every /mcp answer
                  by MS milliseconds (0 ends it); prints the delay in force
@@ -29,6 +32,7 @@ environment:
 
 enum Mode {
     Serve,
+    Stdio,
     Probe,
     Delay(u64),
 }
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--probe" => mode = Mode::Probe,
+            "--stdio" => mode = Mode::Stdio,
             "--delay" => {
                 let raw = args.next().unwrap_or_default();
                 match stub::parse_delay(raw.as_bytes()) {
@@ -99,6 +104,33 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("mcp-stub --delay: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Mode::Stdio => {
+            let config = match StubConfig::from_env() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("mcp-stub: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            eprintln!(
+                "mcp-stub {}: serving {:?} on stdio",
+                env!("CARGO_PKG_VERSION"),
+                config.name
+            );
+            let served = runtime.block_on(async {
+                tokio::select! {
+                    r = stub::stdio::serve(&config, tokio::io::stdin(), tokio::io::stdout()) => r,
+                    () = stub::shutdown_signal() => Ok(()),
+                }
+            });
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mcp-stub --stdio: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -34,6 +34,7 @@ use serde_json::{Value, json};
 use crate::http::HttpError;
 
 mod stateful;
+pub mod stdio;
 
 /// A response body of the stub: whole, or a stream (stateful GET).
 pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
