@@ -5,7 +5,10 @@
 //! process, JSON-RPC ids and progress tokens rewritten so two clients never
 //! meet, responses and notifications routed back to the session they belong
 //! to); [`framing`] turns the server's stdout into bounded lines. Both are
-//! pure: the attach to the container and the HTTP side drive them.
+//! pure. [`process`] is the task that drives them for one server: it owns
+//! the multiplexer and the attach's streams, and hands each session its
+//! own messages without ever waiting on a client.
 
 pub mod framing;
 pub mod mux;
+pub mod process;

@@ -26,7 +26,9 @@
 //! - **Ends.** A closed session's requests in flight are cancelled at the
 //!   server; a server request sent to it is answered with an error. A
 //!   server restart answers every request in flight with an error; the
-//!   sessions stay.
+//!   sessions stay. A lost attach to a process that still runs answers
+//!   the requests in flight with an error too, and keeps the
+//!   initialisation.
 //! - **Bounds.** At most [`Limits::in_flight`] requests per session and
 //!   [`Limits::waiting`] requests waiting for the initialisation; past
 //!   them a request is answered with an error at once.
@@ -716,6 +718,7 @@ impl Mux {
                     });
                 }
                 self.fail_waiting(
+                    code::INTERNAL,
                     "the server refused to initialise; send initialize again",
                     out,
                 );
@@ -724,7 +727,7 @@ impl Mux {
     }
 
     /// Answers every request waiting for the initialisation with an error.
-    fn fail_waiting(&mut self, message: &str, out: &mut Vec<Out>) {
+    fn fail_waiting(&mut self, code: i64, message: &str, out: &mut Vec<Out>) {
         for msg in std::mem::take(&mut self.waiting) {
             let Some(bid) = msg.get("id").and_then(as_bridge_id) else {
                 continue;
@@ -732,7 +735,7 @@ impl Mux {
             if let Some(p) = self.finish(bid) {
                 out.push(Out::Reply {
                     session: p.session,
-                    msg: error(p.client_id, code::INTERNAL, message),
+                    msg: error(p.client_id, code, message),
                 });
             }
         }
@@ -785,6 +788,71 @@ impl Mux {
                     code::NO_SESSION,
                     "the client session this request was sent to ended",
                 )));
+            }
+        }
+        out
+    }
+
+    /// A line [`Out::Server`] gave could not be written (stdin's queue is
+    /// full, or nothing is attached): a client request in it is answered
+    /// with an error now instead of waiting for an answer that cannot come.
+    pub fn unsent(&mut self, line: &Value) -> Vec<Out> {
+        let mut out = Vec::new();
+        let is_request = line.get("method").is_some();
+        let Some(bid) = line.get("id").and_then(as_bridge_id).filter(|_| is_request) else {
+            return out;
+        };
+        const WHY: &str =
+            "the MCP server cannot take input now (not running, or not reading it); try again";
+        if self.init == Init::Sent(bid) {
+            // The initialisation itself: its waiters fail, the next
+            // request or initialize tries again.
+            self.init = Init::Idle;
+            for (session, id) in std::mem::take(&mut self.init_waiters) {
+                out.push(Out::Reply {
+                    session,
+                    msg: error(id, code::OVERLOADED, WHY),
+                });
+            }
+            self.fail_waiting(code::OVERLOADED, WHY, &mut out);
+            return out;
+        }
+        if let Some(p) = self.finish(bid) {
+            out.push(Out::Reply {
+                session: p.session,
+                msg: error(p.client_id, code::OVERLOADED, WHY),
+            });
+        }
+        out
+    }
+
+    /// The bridge lost its attach to a process that may still run (the
+    /// engine connection broke): answers written meanwhile are lost, so
+    /// every request in flight is answered with an error now; the process
+    /// keeps its initialisation, and server requests wait for their answer.
+    pub fn lost_answers(&mut self) -> Vec<Out> {
+        let mut out = Vec::new();
+        let mut all: Vec<u64> = self.pending.keys().copied().collect();
+        all.sort_unstable();
+        let waiting: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter_map(|m| m.get("id").and_then(as_bridge_id))
+            .collect();
+        for bid in all {
+            if waiting.contains(&bid) {
+                // Not sent yet: it goes once the process is reached again.
+                continue;
+            }
+            if let Some(p) = self.finish(bid) {
+                out.push(Out::Reply {
+                    session: p.session,
+                    msg: error(
+                        p.client_id,
+                        code::INTERNAL,
+                        "the bridge lost its connection to the MCP server while this request was in flight; send it again",
+                    ),
+                });
             }
         }
         out

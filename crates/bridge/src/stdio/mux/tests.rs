@@ -459,3 +459,48 @@ fn a_resumed_multiplexer_sends_nothing_again_and_never_reuses_an_id() {
     assert_eq!(sent[0]["id"], 1000);
     assert_eq!(r.next_id(), 1001);
 }
+
+#[test]
+fn a_lost_attach_fails_what_was_sent_and_keeps_the_initialisation() {
+    let (mut m, s) = ready(1);
+    m.from_client(s[0], req(json!(1), "tools/call", json!({})));
+    let out = m.lost_answers();
+    let [Out::Reply { msg, .. }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(msg["error"]["code"], code::INTERNAL);
+    assert_eq!(m.in_flight(), 0);
+    // Still initialised: the next request goes straight to the server.
+    let sent = to_server(&m.from_client(s[0], req(json!(2), "tools/list", json!({}))));
+    assert_eq!(sent[0]["method"], "tools/list");
+}
+
+#[test]
+fn an_unsent_line_answers_its_request_or_resets_the_initialisation() {
+    let mut m = Mux::new(Limits::default());
+    let a = m.open();
+    let init = to_server(&m.from_client(a, req(json!(1), INITIALIZE, init_params("2025-06-18"))));
+    m.from_client(a, req(json!(2), "tools/list", json!({})));
+    let out = m.unsent(&init[0]);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(
+        out.iter().all(
+            |o| matches!(o, Out::Reply { msg, .. } if msg["error"]["code"] == code::OVERLOADED)
+        )
+    );
+    assert_eq!(m.in_flight(), 0);
+    // The next initialize is sent again.
+    let again = to_server(&m.from_client(a, req(json!(3), INITIALIZE, init_params("2025-06-18"))));
+    assert_eq!(again[0]["method"], INITIALIZE);
+    let (mut m, s) = ready(1);
+    let sent = to_server(&m.from_client(s[0], req(json!(9), "tools/call", json!({}))));
+    let out = m.unsent(&sent[0]);
+    let [Out::Reply { msg, .. }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(msg["id"], 9);
+    assert!(
+        m.unsent(&json!({"jsonrpc": "2.0", "method": INITIALIZED}))
+            .is_empty()
+    );
+}

@@ -1,0 +1,451 @@
+//! One stdio server driven by its multiplexer: a task that owns the
+//! [`Mux`], writes the server's stdin through a writer task, reads its
+//! stdout through the [`Framer`], and hands each session what is its own.
+//!
+//! Nothing waits on a client: answers go to the waiting request's bounded
+//! channel and pushes to the session's bounded stream with `try_send`, so a
+//! slow or stuck client loses its own messages (counted in [`Stats`]) and
+//! never stalls the server or another session. Writing to the server goes
+//! through a bounded queue to its own task, so a server that stops reading
+//! stdin makes new requests fail fast instead of stopping stdout reads.
+//!
+//! The caller attaches the process ([`Handle::attach`]) with a key naming
+//! the process (the container's start time): a new key means a new process
+//! ([`Mux::restarted`]), the same key a re-attach to the one still running
+//! ([`Mux::lost_answers`] when the old attach broke).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use super::framing::{Framer, Line};
+use super::mux::{InitRecord, Limits, Mux, Out, SessionId};
+
+/// What a server writes: stdout carries the protocol, stderr its log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chunk {
+    /// Bytes of stdout.
+    Stdout(Bytes),
+    /// Bytes of stderr.
+    Stderr(Bytes),
+}
+
+/// The server's output, as the attach delivers it.
+pub type Output = Pin<Box<dyn Stream<Item = std::io::Result<Chunk>> + Send>>;
+/// The server's stdin.
+pub type Input = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// Bounds of one process.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// The multiplexer's bounds.
+    pub limits: Limits,
+    /// Longest line read from stdout.
+    pub max_message: usize,
+    /// Lines queued for stdin.
+    pub stdin_queue: usize,
+    /// Messages queued on a session's stream.
+    pub stream_queue: usize,
+    /// Most stderr lines logged per minute (the rest are only counted).
+    pub stderr_per_minute: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: Limits::default(),
+            max_message: super::framing::DEFAULT_MAX_MESSAGE,
+            stdin_queue: 256,
+            stream_queue: 64,
+            stderr_per_minute: 60,
+        }
+    }
+}
+
+/// Counters of one process, shared with the metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Attaches (the first and every re-attach).
+    pub attaches: AtomicU64,
+    /// New processes seen (a changed process key).
+    pub restarts: AtomicU64,
+    /// stdout lines that were not JSON-RPC, or too long.
+    pub dropped_lines: AtomicU64,
+    /// stderr lines.
+    pub stderr_lines: AtomicU64,
+    /// Messages a session's client was too slow to take.
+    pub dropped_pushes: AtomicU64,
+    /// Lines for stdin that could not be queued (not attached, or full).
+    pub unsent_lines: AtomicU64,
+    /// Client requests in flight at the server.
+    pub in_flight: AtomicU64,
+    /// Open sessions.
+    pub sessions: AtomicU64,
+}
+
+/// A session as its HTTP side holds it.
+#[derive(Debug)]
+pub struct Session {
+    /// The multiplexer's id of it.
+    pub id: SessionId,
+    /// Messages for it that answer nothing it sent (the GET stream).
+    pub stream: mpsc::Receiver<Value>,
+}
+
+enum Command {
+    Attach {
+        key: String,
+        input: Input,
+        output: Output,
+    },
+    Open(oneshot::Sender<Session>),
+    Send {
+        session: SessionId,
+        msg: Value,
+        answers: Option<mpsc::Sender<Value>>,
+    },
+    Close(SessionId),
+}
+
+/// The way to one process's task; cheap to clone. The task ends when every
+/// handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    /// What to keep durable (see [`InitRecord`]).
+    pub record: watch::Receiver<Option<InitRecord>>,
+    /// Its counters.
+    pub stats: Arc<Stats>,
+}
+
+/// The process's task is gone (every handle but this one dropped, or it
+/// panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("the stdio server's task has ended")]
+pub struct Gone;
+
+impl Handle {
+    /// Starts the task of one server (`service` names it in logs). `resume`
+    /// is the record a previous bridge kept, with the first bridge id to use.
+    pub fn spawn(service: &str, config: Config, resume: Option<(InitRecord, u64)>) -> Handle {
+        let (tx, rx) = mpsc::channel(1024);
+        let mux = match resume {
+            Some((record, first_id)) => Mux::resume(config.limits, record, first_id),
+            None => Mux::new(config.limits),
+        };
+        let (record_tx, record) = watch::channel(mux.record());
+        let stats = Arc::new(Stats::default());
+        let task = Task {
+            service: service.to_string(),
+            config,
+            mux,
+            waiters: HashMap::new(),
+            streams: HashMap::new(),
+            stdin: None,
+            key: None,
+            framer: Framer::new(config.max_message),
+            buf: BytesMut::new(),
+            record: record_tx,
+            stats: stats.clone(),
+            stderr_window: (tokio::time::Instant::now(), 0),
+        };
+        tokio::spawn(task.run(rx));
+        Handle { tx, record, stats }
+    }
+
+    /// Attaches the process named `key` (its container's start time).
+    pub async fn attach(&self, key: String, input: Input, output: Output) -> Result<(), Gone> {
+        self.tx
+            .send(Command::Attach { key, input, output })
+            .await
+            .map_err(|_| Gone)
+    }
+
+    /// Opens a client session.
+    pub async fn open(&self) -> Result<Session, Gone> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Open(tx)).await.map_err(|_| Gone)?;
+        rx.await.map_err(|_| Gone)
+    }
+
+    /// Sends a client's message; the answers to its requests (and progress
+    /// about them) arrive on `answers` when given, else nowhere.
+    pub async fn send(
+        &self,
+        session: SessionId,
+        msg: Value,
+        answers: Option<mpsc::Sender<Value>>,
+    ) -> Result<(), Gone> {
+        self.tx
+            .send(Command::Send {
+                session,
+                msg,
+                answers,
+            })
+            .await
+            .map_err(|_| Gone)
+    }
+
+    /// Ends a client session.
+    pub async fn close(&self, session: SessionId) -> Result<(), Gone> {
+        self.tx
+            .send(Command::Close(session))
+            .await
+            .map_err(|_| Gone)
+    }
+}
+
+struct Task {
+    service: String,
+    config: Config,
+    mux: Mux,
+    /// Where the answer to (session, client id as JSON text) goes.
+    waiters: HashMap<(SessionId, String), mpsc::Sender<Value>>,
+    streams: HashMap<SessionId, mpsc::Sender<Value>>,
+    stdin: Option<mpsc::Sender<Value>>,
+    key: Option<String>,
+    framer: Framer,
+    buf: BytesMut,
+    record: watch::Sender<Option<InitRecord>>,
+    stats: Arc<Stats>,
+    /// Start of the stderr log window and lines logged in it.
+    stderr_window: (tokio::time::Instant, u32),
+}
+
+/// Writes queued lines to the server's stdin until the queue closes or a
+/// write fails.
+async fn write_stdin(mut input: Input, mut rx: mpsc::Receiver<Value>) {
+    while let Some(msg) = rx.recv().await {
+        let mut line = serde_json::to_vec(&msg).unwrap_or_default();
+        line.push(b'\n');
+        if input.write_all(&line).await.is_err() || input.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut output: Option<Output> = None;
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    None => return,
+                    Some(Command::Attach { key, input, output: out }) => {
+                        self.attached(key, input);
+                        output = Some(out);
+                    }
+                    Some(cmd) => self.command(cmd),
+                },
+                chunk = async {
+                    match output.as_mut() {
+                        Some(o) => o.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => match chunk {
+                    Some(Ok(Chunk::Stdout(b))) => self.stdout(&b),
+                    Some(Ok(Chunk::Stderr(b))) => self.stderr(&b),
+                    Some(Err(_)) | None => {
+                        output = None;
+                        self.detached();
+                    }
+                },
+            }
+            self.publish();
+        }
+    }
+
+    fn attached(&mut self, key: String, input: Input) {
+        let (tx, rx) = mpsc::channel(self.config.stdin_queue);
+        tokio::spawn(write_stdin(input, rx));
+        self.stdin = Some(tx);
+        self.buf.clear();
+        self.framer = Framer::new(self.config.max_message);
+        self.stats.attaches.fetch_add(1, Ordering::Relaxed);
+        let same = self.key.as_deref() == Some(key.as_str());
+        let first = self.key.is_none();
+        self.key = Some(key);
+        if same {
+            info!(service = %self.service, "stdio server re-attached (same process)");
+        } else if first {
+            info!(service = %self.service, "stdio server attached");
+            // A resumed record was kept for this very process; a fresh
+            // one has nothing to send yet.
+        } else {
+            info!(service = %self.service, "stdio server restarted: a new process");
+            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+            let out = self.mux.restarted();
+            self.deliver(out);
+        }
+    }
+
+    fn detached(&mut self) {
+        self.stdin = None;
+        warn!(service = %self.service, "stdio server's attach ended (process stopped or connection lost)");
+        let out = self.mux.lost_answers();
+        self.deliver(out);
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Attach { .. } => {}
+            Command::Open(reply) => {
+                let id = self.mux.open();
+                let (tx, rx) = mpsc::channel(self.config.stream_queue);
+                self.streams.insert(id, tx);
+                if reply.send(Session { id, stream: rx }).is_err() {
+                    let out = self.mux.close(id);
+                    self.streams.remove(&id);
+                    self.deliver(out);
+                }
+            }
+            Command::Send {
+                session,
+                msg,
+                answers,
+            } => {
+                if let (Some(tx), Some(id)) = (answers, msg.get("id"))
+                    && msg.get("method").is_some()
+                {
+                    self.waiters.insert((session, id.to_string()), tx);
+                }
+                let out = self.mux.from_client(session, msg);
+                self.deliver(out);
+            }
+            Command::Close(session) => {
+                let out = self.mux.close(session);
+                self.streams.remove(&session);
+                self.waiters.retain(|(s, _), _| *s != session);
+                self.deliver(out);
+            }
+        }
+    }
+
+    fn stdout(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        while let Some(line) = self.framer.next(&mut self.buf) {
+            match line {
+                Line::Message(v) => {
+                    let out = self.mux.from_server(v);
+                    self.deliver(out);
+                }
+                Line::NotJson { excerpt } => {
+                    self.stats.dropped_lines.fetch_add(1, Ordering::Relaxed);
+                    self.log_stderr_like(&format!(
+                        "stdout line is not JSON-RPC, skipped: {excerpt}"
+                    ));
+                }
+                Line::TooLong { limit } => {
+                    self.stats.dropped_lines.fetch_add(1, Ordering::Relaxed);
+                    self.log_stderr_like(&format!(
+                        "stdout line longer than {limit} bytes, skipped (raise --stdio-max-message)"
+                    ));
+                }
+            }
+        }
+    }
+
+    fn stderr(&mut self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            self.stats.stderr_lines.fetch_add(1, Ordering::Relaxed);
+            self.log_stderr_like(line);
+        }
+    }
+
+    /// Logs a line of the server's, at most `stderr_per_minute` a minute.
+    fn log_stderr_like(&mut self, line: &str) {
+        let now = tokio::time::Instant::now();
+        let (start, n) = &mut self.stderr_window;
+        if now.duration_since(*start) >= std::time::Duration::from_secs(60) {
+            if *n > self.config.stderr_per_minute {
+                let skipped = *n - self.config.stderr_per_minute;
+                info!(service = %self.service, skipped, "stdio server: lines not logged in the last minute");
+            }
+            *start = now;
+            *n = 0;
+        }
+        *n += 1;
+        if *n <= self.config.stderr_per_minute {
+            let line: String = line.chars().take(400).collect();
+            info!(service = %self.service, "stdio server: {line}");
+        }
+    }
+
+    fn deliver(&mut self, out: Vec<Out>) {
+        for o in out {
+            match o {
+                Out::Server(msg) => {
+                    let refused = match &self.stdin {
+                        Some(tx) => tx.try_send(msg).err().map(|e| match e {
+                            mpsc::error::TrySendError::Full(m)
+                            | mpsc::error::TrySendError::Closed(m) => m,
+                        }),
+                        None => Some(msg),
+                    };
+                    if let Some(msg) = refused {
+                        // Not attached, or stdin's queue is full: a request
+                        // in the line is answered with an error at once.
+                        self.stats.unsent_lines.fetch_add(1, Ordering::Relaxed);
+                        let more = self.mux.unsent(&msg);
+                        self.deliver(more);
+                    }
+                }
+                Out::Reply { session, msg } => {
+                    let key = (
+                        session,
+                        msg.get("id").map(Value::to_string).unwrap_or_default(),
+                    );
+                    if let Some(tx) = self.waiters.remove(&key)
+                        && tx.try_send(msg).is_err()
+                    {
+                        self.stats.dropped_pushes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Out::Push {
+                    session,
+                    msg,
+                    about,
+                } => {
+                    let waiter = about
+                        .map(|id| (session, id.to_string()))
+                        .and_then(|k| self.waiters.get(&k));
+                    let to = waiter.or_else(|| self.streams.get(&session));
+                    if to.is_none_or(|tx| tx.try_send(msg).is_err()) {
+                        self.stats.dropped_pushes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes the gauges and, when it changed, the durable record.
+    fn publish(&mut self) {
+        self.stats
+            .in_flight
+            .store(self.mux.in_flight() as u64, Ordering::Relaxed);
+        self.stats
+            .sessions
+            .store(self.mux.sessions() as u64, Ordering::Relaxed);
+        let record = self.mux.record();
+        self.record.send_if_modified(|r| {
+            if *r != record {
+                *r = record;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
