@@ -396,3 +396,20 @@ fn a_conflict_takes_the_port_out_of_the_history() {
     assert_eq!(p.last_ports().count(), 0);
     assert_eq!(p.last_port_of("a"), None);
 }
+
+#[test]
+fn the_history_keeps_twice_the_capacity_plus_1024_before_a_prune() {
+    // Ten ports; 2 * 10 + 1024 idle services keep their last port (sticky
+    // after grace); one more triggers the prune.
+    let mut p = pool("100-109", 0);
+    let keep = 2 * 10 + 1024;
+    for i in 0..keep {
+        let name = format!("s{i}");
+        p.reserve(&name, 0).unwrap();
+        p.release(&name, 0);
+    }
+    assert_eq!(p.last_len, keep, "nothing pruned at the bound");
+    assert_eq!(p.last_port_of("s0"), Some(100));
+    p.reserve("one-more", 0).unwrap();
+    assert!(p.last_len < keep, "pruned past the bound: {}", p.last_len);
+}

@@ -533,6 +533,18 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_view_shows_what_was_started() {
+        let mut c = core("100-101", 3);
+        assert!(c.registry().known_ids().is_empty());
+        let _ = c.started(&info("a", "docs", true), false, 0);
+        assert_eq!(
+            c.registry().known_ids().into_iter().collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(c.registry().replicas("docs").len(), 1);
+    }
+
+    #[test]
     fn start_reserves_and_replay_counts_no_duplicate() {
         let mut c = core("100-101", 3);
         let (fx, fresh) = c.started(&info("a", "docs", true), false, 0);

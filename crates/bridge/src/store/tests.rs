@@ -626,3 +626,32 @@ fn an_empty_file_checks_as_not_initialised() {
     );
     assert_eq!(files(dir.path()).len(), 1, "check created nothing");
 }
+
+#[test]
+fn check_refuses_a_file_whose_integrity_check_reports_one_problem() {
+    // An index that no longer matches its table: `integrity_check` reports
+    // exactly one line, which is not "ok".
+    let dir = tempfile::tempdir().expect("tempdir");
+    unconstrained_store(
+        dir.path(),
+        "('a', 11100, 'reserved', NULL, 0)",
+        "('a', 11100, 5)",
+    );
+    let conn = Connection::open(dir.path().join(FILE_NAME)).expect("open");
+    conn.execute_batch(
+        "CREATE INDEX last_ports_seen ON last_ports (seen_ms);
+         PRAGMA writable_schema = ON;
+         UPDATE sqlite_schema SET sql = 'CREATE INDEX last_ports_seen ON last_ports (port)'
+             WHERE name = 'last_ports_seen';",
+    )
+    .expect("corrupt the index");
+    drop(conn);
+    let err = Store::check(dir.path(), None).expect_err("damaged");
+    let StoreError::Damaged { reason, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(
+        reason.contains("missing from index last_ports_seen"),
+        "{reason}"
+    );
+}
