@@ -9,6 +9,7 @@
 //! the multiplexer and the attach's streams, and hands each session its
 //! own messages without ever waiting on a client.
 
+pub mod attach;
 pub mod framing;
 pub mod mux;
 pub mod process;
