@@ -120,10 +120,34 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
-    /// What to keep durable (see [`InitRecord`]).
-    pub record: watch::Receiver<Option<InitRecord>>,
+    /// What to keep durable, to [`Resume`] after a bridge restart.
+    pub record: watch::Receiver<Option<Durable>>,
     /// Its counters.
     pub stats: Arc<Stats>,
+}
+
+/// What a bridge keeps about a process it serves: the initialisation and
+/// the key of the process it belongs to.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Durable {
+    /// The multiplexer's record.
+    pub record: InitRecord,
+    /// The process the result belongs to (None: not attached yet).
+    pub key: Option<String>,
+}
+
+/// Going on after a bridge restart: what the previous bridge kept, and the
+/// first bridge id to use. The id must exceed every id the previous bridge
+/// used while the process may still answer it; the caller derives it from
+/// the clock (milliseconds since the epoch times 1000 outgrows any id a
+/// bridge that lived less than the gap handed out at up to 1000 a
+/// millisecond).
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// What was kept.
+    pub durable: Durable,
+    /// The first bridge id.
+    pub first_id: u64,
 }
 
 /// The process's task is gone (every handle but this one dropped, or it
@@ -133,15 +157,24 @@ pub struct Handle {
 pub struct Gone;
 
 impl Handle {
-    /// Starts the task of one server (`service` names it in logs). `resume`
-    /// is the record a previous bridge kept, with the first bridge id to use.
-    pub fn spawn(service: &str, config: Config, resume: Option<(InitRecord, u64)>) -> Handle {
+    /// Starts the task of one server (`service` names it in logs), going on
+    /// from what a previous bridge kept when `resume` is given: the first
+    /// attach of the same process is then not initialised again, one of
+    /// another process is.
+    pub fn spawn(service: &str, config: Config, resume: Option<Resume>) -> Handle {
         let (tx, rx) = mpsc::channel(1024);
-        let mux = match resume {
-            Some((record, first_id)) => Mux::resume(config.limits, record, first_id),
-            None => Mux::new(config.limits),
+        let (mux, key) = match resume {
+            Some(r) => (
+                Mux::resume(config.limits, r.durable.record, r.first_id),
+                r.durable.key,
+            ),
+            None => (Mux::new(config.limits), None),
         };
-        let (record_tx, record) = watch::channel(mux.record());
+        let durable = mux.record().map(|record| Durable {
+            record,
+            key: key.clone(),
+        });
+        let (record_tx, record) = watch::channel(durable);
         let stats = Arc::new(Stats::default());
         let task = Task {
             service: service.to_string(),
@@ -150,7 +183,7 @@ impl Handle {
             waiters: HashMap::new(),
             streams: HashMap::new(),
             stdin: None,
-            key: None,
+            key,
             framer: Framer::new(config.max_message),
             buf: BytesMut::new(),
             record: record_tx,
@@ -214,7 +247,7 @@ struct Task {
     key: Option<String>,
     framer: Framer,
     buf: BytesMut,
-    record: watch::Sender<Option<InitRecord>>,
+    record: watch::Sender<Option<Durable>>,
     stats: Arc<Stats>,
     /// Start of the stderr log window and lines logged in it.
     stderr_window: (tokio::time::Instant, u32),
@@ -276,9 +309,8 @@ impl Task {
         if same {
             info!(service = %self.service, "stdio server re-attached (same process)");
         } else if first {
+            // Nothing was kept: a fresh multiplexer has nothing to send yet.
             info!(service = %self.service, "stdio server attached");
-            // A resumed record was kept for this very process; a fresh
-            // one has nothing to send yet.
         } else {
             info!(service = %self.service, "stdio server restarted: a new process");
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
@@ -435,7 +467,10 @@ impl Task {
         self.stats
             .sessions
             .store(self.mux.sessions() as u64, Ordering::Relaxed);
-        let record = self.mux.record();
+        let record = self.mux.record().map(|record| Durable {
+            record,
+            key: self.key.clone(),
+        });
         self.record.send_if_modified(|r| {
             if *r != record {
                 *r = record;

@@ -82,7 +82,7 @@ async fn twenty_sessions_share_one_process_with_their_own_ids() {
         .borrow()
         .clone()
         .expect("kept after the initialisation");
-    assert!(record.result.is_some());
+    assert!(record.record.result.is_some());
     for s in &sessions {
         h.close(s.id).await.unwrap();
     }
@@ -156,4 +156,48 @@ fn tokio_stream_from(rx: mpsc::Receiver<std::io::Result<Chunk>>) -> Output {
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|c| (c, rx))
     }))
+}
+
+#[tokio::test]
+async fn a_resumed_task_initialises_only_a_process_it_did_not_know() {
+    let h = Handle::spawn("svc", Config::default(), None);
+    let (input, output, stub) = stub_process("one");
+    h.attach("p1".into(), input, output).await.unwrap();
+    let s = h.open().await.unwrap();
+    ask(&h, s.id, init()).await;
+    let kept = h.record.borrow().clone().expect("kept");
+    assert_eq!(kept.key.as_deref(), Some("p1"));
+    drop(h);
+    // The same process key after a bridge restart: not initialised again
+    // (had it been, the client's initialize would get the new stub's name).
+    let resume = |first_id| Resume {
+        durable: kept.clone(),
+        first_id,
+    };
+    let h = Handle::spawn("svc", Config::default(), Some(resume(1000)));
+    stub.abort();
+    let (input, output, _stub) = stub_process("two");
+    h.attach("p1".into(), input, output).await.unwrap();
+    let s = h.open().await.unwrap();
+    let answer = ask(&h, s.id, init()).await;
+    assert_eq!(
+        answer["result"]["serverInfo"]["name"], "one",
+        "the kept result"
+    );
+    assert_eq!(h.stats.restarts.load(Ordering::Relaxed), 0);
+    // Another process: initialised with the kept parameters first.
+    let h = Handle::spawn("svc", Config::default(), Some(resume(2000)));
+    let (input, output, _stub) = stub_process("three");
+    h.attach("p9".into(), input, output).await.unwrap();
+    let s = h.open().await.unwrap();
+    let call = ask(&h, s.id, req(json!(5), "tools/call", echo("new process"))).await;
+    assert_eq!(call["result"]["content"][0]["text"], "new process");
+    assert_eq!(h.stats.restarts.load(Ordering::Relaxed), 1);
+    let kept = h.record.borrow().clone().expect("kept");
+    assert_eq!(kept.key.as_deref(), Some("p9"));
+    assert_eq!(
+        kept.record.result.as_ref().unwrap()["serverInfo"]["name"],
+        "three",
+        "the new process's own result is kept"
+    );
 }
