@@ -413,3 +413,27 @@ fn the_history_keeps_twice_the_capacity_plus_1024_before_a_prune() {
     p.reserve("one-more", 0).unwrap();
     assert!(p.last_len < keep, "pruned past the bound: {}", p.last_len);
 }
+
+#[test]
+fn a_service_asking_for_its_own_quarantined_port_gets_it_back() {
+    let mut p = pool("100-109", 1000);
+    assert_eq!(p.reserve("a", 0).unwrap().port(), 100);
+    assert_eq!(p.release("a", 0), Some(100));
+    let r = p.reserve_port("a", 100, 10).unwrap();
+    assert!(
+        matches!(
+            r,
+            Reservation::Assigned {
+                port: 100,
+                outcome: Outcome::Sticky
+            }
+        ),
+        "{r:?}"
+    );
+    // Another service asking for it meanwhile is refused.
+    assert_eq!(p.release("a", 20), Some(100));
+    assert!(matches!(
+        p.reserve_port("b", 100, 30),
+        Err(PoolError::PortTaken { .. })
+    ));
+}
