@@ -107,6 +107,48 @@ const HARMLESS: &[Harmless] = &[
         at: "Change::Rejected(reason) =>",
         why: "the arm only logs the rejection; the state and reason the API and the metrics show come from the registry",
     },
+    Harmless {
+        file: "crates/bridge/src/pool/slot.rs",
+        mutant: "replace | with ^ in Slot::quarantined",
+        at: "| 3)",
+        why: "the low two bits of `service << 2` are zero, so `^ 3` sets them as `| 3` does",
+    },
+    Harmless {
+        file: "crates/bridge/src/pool/services.rs",
+        mutant: "replace | with ^ in Services::place",
+        at: "| u64::from(i);",
+        why: "the hash sits above bit 32 and the record index below it: disjoint bits, so `^` gives what `|` gives",
+    },
+    Harmless {
+        file: "crates/bridge/src/pool/services.rs",
+        mutant: "replace > with >= in Services::insert",
+        at: "> 3 * self.index.len()",
+        why: "the index grows at exactly 3/8 full instead of just above it: a load factor, not a lookup result",
+    },
+    Harmless {
+        file: "crates/bridge/src/pool/services.rs",
+        mutant: "replace * with + in Services::insert",
+        at: "* self.index.len()",
+        why: "the index grows once it is 1/8 full instead of 3/8: more memory, the same lookups",
+    },
+    Harmless {
+        file: "crates/bridge/src/pool/services.rs",
+        mutant: "replace > with >= in Services::remove",
+        at: "> 4096",
+        why: "compaction at exactly 4096 bytes of garbage instead of 4097: a one-byte memory threshold",
+    },
+    Harmless {
+        file: "crates/bridge/src/pool/services.rs",
+        mutant: "replace > with >= in Services::remove",
+        at: "> self.arena.len()",
+        why: "compaction at exactly half garbage instead of just over it: a memory threshold, names stay found either way",
+    },
+    Harmless {
+        file: "crates/bridge/src/pool/ranges.rs",
+        mutant: "replace PortRange::is_empty -> bool with false",
+        at: "self.end < self.start",
+        why: "parsing and validation never make a range with its end before its start; the method exists for clippy's len_without_is_empty",
+    },
 ];
 
 /// A missed mutant known to be harmless; see [`HARMLESS`].

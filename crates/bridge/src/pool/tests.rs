@@ -437,3 +437,39 @@ fn a_service_asking_for_its_own_quarantined_port_gets_it_back() {
         Err(PoolError::PortTaken { .. })
     ));
 }
+
+#[test]
+fn the_name_arena_is_compacted_only_past_4096_bytes_and_half_garbage() {
+    let mut s = services::Services::default();
+    let add = |s: &mut services::Services, name: &str| {
+        let h = s.hash(name);
+        s.insert(name, h)
+    };
+    // Ten names of ten bytes; six freed: little garbage, no compaction.
+    let small: Vec<u32> = (0..10)
+        .map(|i| add(&mut s, &format!("small-{i:04}")))
+        .collect();
+    for &i in &small[..6] {
+        s.remove(i);
+    }
+    assert_eq!(s.arena.len(), 100, "60 bytes of garbage are kept");
+    // A thousand more; free them one by one: past 4096 bytes of garbage
+    // but under half the arena, still nothing moves.
+    let big: Vec<u32> = (0..1000)
+        .map(|i| add(&mut s, &format!("big-{i:06}")))
+        .collect();
+    assert_eq!(s.arena.len(), 10_100);
+    for &i in &big[..404] {
+        s.remove(i);
+    }
+    assert_eq!(s.arena.len(), 10_100, "4100 bytes of garbage, under half");
+    // Past half: compacted to the live names, which are all still found.
+    for &i in &big[404..500] {
+        s.remove(i);
+    }
+    assert_eq!(s.arena.len(), 4 * 10 + 500 * 10);
+    for j in 500..1000 {
+        let name = format!("big-{j:06}");
+        assert_eq!(s.find(&name, s.hash(&name)), Some(big[j]), "{name}");
+    }
+}

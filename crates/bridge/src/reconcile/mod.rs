@@ -545,6 +545,20 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_replica_is_waiting_for_a_replica_and_the_pool_view_counts_it() {
+        let mut c = core("100-101", 3);
+        let _ = c.started(&info("a", "docs", true), false, 0);
+        let _ = c.stopped("a");
+        let v = c.service_views();
+        let docs = v.iter().find(|v| v.name == "docs").expect("listed");
+        assert_eq!(docs.state, ServiceState::Waiting);
+        assert_eq!(docs.reason.as_deref(), Some("no running replica"));
+        let p = c.pool_view();
+        assert_eq!(p.ranges, vec![[100, 101]]);
+        assert_eq!((p.capacity, p.in_use, p.free, p.pending), (2, 1, 1, 0));
+    }
+
+    #[test]
     fn start_reserves_and_replay_counts_no_duplicate() {
         let mut c = core("100-101", 3);
         let (fx, fresh) = c.started(&info("a", "docs", true), false, 0);
