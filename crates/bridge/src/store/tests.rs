@@ -655,3 +655,44 @@ fn check_refuses_a_file_whose_integrity_check_reports_one_problem() {
         "{reason}"
     );
 }
+
+#[test]
+fn only_a_damaged_file_says_it_is_damaged() {
+    let path = Path::new("/x/state.db");
+    let damaged = StoreError::Damaged {
+        path: path.into(),
+        reason: "r".into(),
+    };
+    assert!(damaged.is_damaged());
+    assert!(!StoreError::NotFound { path: path.into() }.is_damaged());
+    let code = |c| {
+        StoreError::sql(
+            path,
+            "reading",
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(c), None),
+        )
+    };
+    assert!(matches!(
+        code(rusqlite::ffi::SQLITE_BUSY),
+        StoreError::Busy { .. }
+    ));
+    assert!(matches!(
+        code(rusqlite::ffi::SQLITE_LOCKED),
+        StoreError::Busy { .. }
+    ));
+    assert!(code(rusqlite::ffi::SQLITE_CORRUPT).is_damaged());
+    assert!(code(rusqlite::ffi::SQLITE_NOTADB).is_damaged());
+    let other = code(rusqlite::ffi::SQLITE_IOERR);
+    assert!(matches!(other, StoreError::Sqlite { .. }) && !other.is_damaged());
+}
+
+#[test]
+fn a_lock_file_that_cannot_be_opened_is_an_error_not_a_missing_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(matches!(DirLock::probe(dir.path()), Ok(None)));
+    fs::create_dir(dir.path().join(LOCK_NAME)).expect("a directory where the lock goes");
+    assert!(matches!(
+        DirLock::probe(dir.path()),
+        Err(StoreError::Io { .. })
+    ));
+}
