@@ -741,6 +741,27 @@ impl Mux {
         }
     }
 
+    /// Bridge ids of the requests in flight whose session `keep` accepts,
+    /// in the order they were sent.
+    fn pending_ids(&self, keep: impl Fn(SessionId) -> bool) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| keep(p.session))
+            .map(|(bid, _)| *bid)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Bridge ids of the requests waiting for the initialisation (not sent).
+    fn waiting_ids(&self) -> Vec<u64> {
+        self.waiting
+            .iter()
+            .filter_map(|m| m.get("id").and_then(as_bridge_id))
+            .collect()
+    }
+
     /// Ends `session`: its requests in flight are cancelled at the server,
     /// server requests sent to it are answered with an error.
     pub fn close(&mut self, session: SessionId) -> Vec<Out> {
@@ -749,18 +770,8 @@ impl Mux {
             return out;
         }
         self.init_waiters.retain(|(s, _)| *s != session);
-        let mut mine: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.session == session)
-            .map(|(bid, _)| *bid)
-            .collect();
-        mine.sort_unstable();
-        let waiting: Vec<u64> = self
-            .waiting
-            .iter()
-            .filter_map(|m| m.get("id").and_then(as_bridge_id))
-            .collect();
+        let mine = self.pending_ids(|s| s == session);
+        let waiting = self.waiting_ids();
         for bid in mine {
             self.finish(bid);
             if waiting.contains(&bid) {
@@ -832,14 +843,8 @@ impl Mux {
     /// keeps its initialisation, and server requests wait for their answer.
     pub fn lost_answers(&mut self) -> Vec<Out> {
         let mut out = Vec::new();
-        let mut all: Vec<u64> = self.pending.keys().copied().collect();
-        all.sort_unstable();
-        let waiting: Vec<u64> = self
-            .waiting
-            .iter()
-            .filter_map(|m| m.get("id").and_then(as_bridge_id))
-            .collect();
-        for bid in all {
+        let waiting = self.waiting_ids();
+        for bid in self.pending_ids(|_| true) {
             if waiting.contains(&bid) {
                 // Not sent yet: it goes once the process is reached again.
                 continue;
@@ -865,9 +870,7 @@ impl Mux {
     pub fn restarted(&mut self) -> Vec<Out> {
         let mut out = Vec::new();
         self.waiting.clear();
-        let mut all: Vec<u64> = self.pending.keys().copied().collect();
-        all.sort_unstable();
-        for bid in all {
+        for bid in self.pending_ids(|_| true) {
             if let Some(p) = self.finish(bid) {
                 out.push(Out::Reply {
                     session: p.session,

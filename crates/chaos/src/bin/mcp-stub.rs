@@ -37,6 +37,13 @@ enum Mode {
     Delay(u64),
 }
 
+/// The stub's configuration from its environment; None (reported) when bad.
+fn config_from_env() -> Option<StubConfig> {
+    StubConfig::from_env()
+        .inspect_err(|e| eprintln!("mcp-stub: {e}"))
+        .ok()
+}
+
 fn main() -> ExitCode {
     let mut mode = Mode::Serve;
     let mut args = std::env::args().skip(1);
@@ -109,12 +116,8 @@ fn main() -> ExitCode {
             }
         }
         Mode::Stdio => {
-            let config = match StubConfig::from_env() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("mcp-stub: {e}");
-                    return ExitCode::from(2);
-                }
+            let Some(config) = config_from_env() else {
+                return ExitCode::from(2);
             };
             eprintln!(
                 "mcp-stub {}: serving {:?} on stdio",
@@ -136,12 +139,8 @@ fn main() -> ExitCode {
             }
         }
         Mode::Serve => {
-            let config = match StubConfig::from_env() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("mcp-stub: {e}");
-                    return ExitCode::from(2);
-                }
+            let Some(config) = config_from_env() else {
+                return ExitCode::from(2);
             };
             eprintln!(
                 "mcp-stub {}: serving {:?} on 0.0.0.0:{port}",
