@@ -21,7 +21,6 @@ mod lifecycle;
 mod ports;
 mod sdk;
 mod serving;
-mod stdio;
 
 use std::collections::BTreeMap;
 use std::io::Write;
