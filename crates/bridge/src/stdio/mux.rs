@@ -396,49 +396,36 @@ impl Mux {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
-        if s.in_flight >= self.limits.in_flight {
-            out.push(Out::Reply {
-                session,
-                msg: error(
-                    id,
-                    code::OVERLOADED,
-                    "too many requests of this session in flight; wait for answers",
-                ),
-            });
-            return;
-        }
         let must_wait = self.init != Init::Done;
-        if must_wait && self.waiting.len() >= self.limits.waiting {
-            out.push(Out::Reply {
-                session,
-                msg: error(
-                    id,
-                    code::OVERLOADED,
-                    "too many requests waiting for the server to initialise",
-                ),
-            });
-            return;
-        }
-        if must_wait && self.params.is_none() {
-            out.push(Out::Reply {
-                session,
-                msg: error(
-                    id,
-                    code::INVALID_REQUEST,
-                    "the server has not been initialised: send initialize first",
-                ),
-            });
-            return;
-        }
         let key = (session, id.to_string());
-        if self.by_client.contains_key(&key) {
+        // The first bound or rule the request breaks, if any.
+        let refusal = if s.in_flight >= self.limits.in_flight {
+            Some((
+                code::OVERLOADED,
+                "too many requests of this session in flight; wait for answers",
+            ))
+        } else if must_wait && self.waiting.len() >= self.limits.waiting {
+            Some((
+                code::OVERLOADED,
+                "too many requests waiting for the server to initialise",
+            ))
+        } else if must_wait && self.params.is_none() {
+            Some((
+                code::INVALID_REQUEST,
+                "the server has not been initialised: send initialize first",
+            ))
+        } else if self.by_client.contains_key(&key) {
+            Some((
+                code::INVALID_REQUEST,
+                "this session already has a request with this id in flight",
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refusal {
             out.push(Out::Reply {
                 session,
-                msg: error(
-                    id,
-                    code::INVALID_REQUEST,
-                    "this session already has a request with this id in flight",
-                ),
+                msg: error(id, code, message),
             });
             return;
         }
