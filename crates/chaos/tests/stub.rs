@@ -372,6 +372,25 @@ async fn wait_for_initialize(addr: SocketAddr, deadline: Duration) -> String {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The child's exit status, polled until `limit` after `after` happened.
+fn exit_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+    after: &str,
+) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "mcp-stub did not exit within {limit:?} of {after}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn probe(port: u16) -> std::process::ExitStatus {
     Command::new(env!("CARGO_BIN_EXE_mcp-stub"))
         .arg("--probe")
@@ -403,17 +422,7 @@ async fn binary_serves_probes_and_exits_on_sigterm() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "mcp-stub did not exit within 5 s of SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = exit_within(&mut child.0, Duration::from_secs(5), "SIGTERM");
     assert!(status.success(), "exit after SIGTERM: {status}");
     assert!(!probe(addr.port()).success(), "--probe against nothing");
 }
@@ -446,17 +455,7 @@ fn binary_speaks_stdio_until_stdin_ends() {
         "params": {"name": "echo", "arguments": {"text": "over stdio"}}}));
     assert_eq!(echo["result"]["content"][0]["text"], "over stdio");
     drop(stdin);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "mcp-stub --stdio did not exit within 5 s of stdin's end"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(&mut child.0, Duration::from_secs(5), "stdin's end");
     assert!(status.success(), "exit at stdin's end: {status}");
 }
 
