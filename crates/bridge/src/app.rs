@@ -620,12 +620,19 @@ pub async fn run(
         .map_err(|e| StartError::Listen(api::describe_bind_error(config.listen, &e)))?;
     tracing::info!(listen = %config.listen, "api listening");
 
-    let forwarder = Forwarder::new(
+    let hub = stdio_hub(&config).await?;
+    let forwarder = Forwarder::with_stdio(
         config.bind_ip,
         config.hold,
         forward_metrics,
         shutdown.clone(),
+        Arc::clone(&hub),
     );
+    let keeper_task = tokio::spawn(keep_stdio(
+        Arc::clone(&hub),
+        config.state_dir.clone(),
+        shutdown.clone(),
+    ));
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot {
         pool: PoolView::default(),
         services: Arc::new(Vec::new()),
@@ -730,7 +737,71 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), api_task).await;
     let _ = tokio::time::timeout(Duration::from_millis(500), watcher_task).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), keeper_task).await;
     drop(d);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The stdio servers' hub: attached through the engine the watcher follows,
+/// going on from what the state directory kept.
+async fn stdio_hub(config: &Config) -> Result<Arc<crate::stdio::hub::Hub>, StartError> {
+    use crate::stdio::{hub, kept};
+    let secret = kept::secret(&config.state_dir).map_err(|e| {
+        StartError::Listen(format!(
+            "cannot read or write {} in {}: {e}",
+            crate::contract::files::STDIO_SECRET,
+            config.state_dir.display()
+        ))
+    })?;
+    let attach: Arc<dyn hub::Attach> = Arc::new(hub::Engine::new(config.docker_host.clone()));
+    let kept = kept::load(&config.state_dir);
+    Ok(Arc::new(hub::Hub::new(
+        Some(attach),
+        crate::stdio::process::Config::default(),
+        secret,
+        kept,
+    )))
+}
+
+/// How often the stdio processes' records are compared with the file.
+const KEEP_EVERY: Duration = Duration::from_millis(200);
+
+/// Writes the stdio processes' records to the state directory when they
+/// change (a new process initialised, a container gone), until shutdown,
+/// and once more then.
+async fn keep_stdio(
+    hub: Arc<crate::stdio::hub::Hub>,
+    dir: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
+    let mut written = crate::stdio::kept::load(&dir);
+    let mut failing = false;
+    loop {
+        let stop = tokio::select! {
+            () = shutdown.cancelled() => true,
+            () = tokio::time::sleep(KEEP_EVERY) => false,
+        };
+        let now = hub.kept();
+        if now != written {
+            match crate::stdio::kept::save(&dir, &now) {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("stdio: records written again");
+                        failing = false;
+                    }
+                    written = now;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "stdio: cannot write the processes' records; a bridge restart would initialise them again");
+                        failing = true;
+                    }
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+    }
 }

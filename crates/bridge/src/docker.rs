@@ -158,7 +158,7 @@ pub async fn list(docker: &Docker) -> Result<Vec<ContainerInfo>, bollard::errors
         ..Default::default()
     };
     let summaries = docker.list_containers(Some(opts)).await?;
-    Ok(summaries
+    let mut infos: Vec<ContainerInfo> = summaries
         .into_iter()
         .filter_map(|s| {
             let id = s.id?;
@@ -182,9 +182,24 @@ pub async fn list(docker: &Docker) -> Result<Vec<ContainerInfo>, bollard::errors
                 labels: s.labels.unwrap_or_default(),
                 networks: parse_networks(networks),
                 running,
+                stdio_unservable: None,
             })
         })
-        .collect())
+        .collect();
+    // The list does not say how a container's stdin was set up; a stdio
+    // server's registration needs it.
+    for info in infos.iter_mut().filter(|i| is_stdio(&i.labels)) {
+        if let Some(full) = inspect(docker, &info.id).await? {
+            *info = full;
+        }
+    }
+    Ok(infos)
+}
+
+fn is_stdio(labels: &HashMap<String, String>) -> bool {
+    labels
+        .get(crate::contract::labels::TRANSPORT)
+        .is_some_and(|t| t.trim() == crate::contract::labels::Transport::Stdio.as_str())
 }
 
 /// Inspects one container; None when it is already gone.
@@ -204,6 +219,11 @@ pub async fn inspect(
     };
     let state = r.state.unwrap_or_default();
     let running = state.running.unwrap_or(false) && !state.paused.unwrap_or(false);
+    let config = r.config.unwrap_or_default();
+    let labels = config.labels.clone().unwrap_or_default();
+    let stdio_unservable = is_stdio(&labels)
+        .then(|| crate::stdio::attach::unservable(&config).map(str::to_string))
+        .flatten();
     let networks = r
         .network_settings
         .and_then(|n| n.networks)
@@ -216,9 +236,10 @@ pub async fn inspect(
             .name
             .map(|n| n.trim_start_matches('/').to_string())
             .unwrap_or_default(),
-        labels: r.config.and_then(|c| c.labels).unwrap_or_default(),
+        labels,
         networks: parse_networks(networks),
         running,
+        stdio_unservable,
     }))
 }
 

@@ -56,7 +56,10 @@ pub(crate) mod http;
 mod metrics;
 pub mod sessions;
 pub(crate) mod sse;
+mod stdio;
 
+use crate::stdio::hub::{Hub, Kept};
+use crate::stdio::process::Config as StdioConfig;
 use ejection::{Change, Ejections};
 pub use metrics::ForwardMetrics;
 use metrics::ServiceMetrics;
@@ -67,7 +70,8 @@ pub use crate::contract::labels::Transport;
 /// One running replica to forward to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// Where to dial it.
+    /// Where to dial it (unspecified for a `stdio` replica, which is
+    /// reached through the Docker attach, never dialled).
     pub addr: SocketAddr,
     /// The start of its container id: names it in the session ids clients
     /// see ([`sessions::key_of`]).
@@ -82,6 +86,11 @@ impl Upstream {
             key: sessions::key_of(container_id),
         }
     }
+
+    /// The `stdio` replica of container `container_id`.
+    pub fn stdio(container_id: &str) -> Self {
+        Self::new(SocketAddr::from(([0, 0, 0, 0], 0)), container_id)
+    }
 }
 
 /// What a service's listener forwards to: its transport and replicas.
@@ -91,6 +100,9 @@ pub struct Endpoints {
     pub transport: Transport,
     /// The running replicas (empty: none runs).
     pub upstreams: Vec<Upstream>,
+    /// `stdio` only: the replicas that exist but do not run now (their
+    /// sessions wait for them instead of ending).
+    pub stopped: Vec<Upstream>,
 }
 
 impl Endpoints {
@@ -146,6 +158,8 @@ struct Inner {
     bind_ip: IpAddr,
     hold: Duration,
     metrics: ForwardMetrics,
+    /// The processes of `stdio` services.
+    stdio: Arc<Hub>,
     /// Cancelled by [`Forwarder::shutdown`] or by the caller's shutdown token: stops
     /// every accept loop and every connection still waiting for a replica.
     stop: CancellationToken,
@@ -223,11 +237,24 @@ impl Forwarder {
         metrics: ForwardMetrics,
         shutdown: CancellationToken,
     ) -> Self {
+        let hub = Hub::new(None, StdioConfig::default(), rand::random(), Kept::new());
+        Self::with_stdio(bind_ip, hold, metrics, shutdown, Arc::new(hub))
+    }
+
+    /// [`Forwarder::new`] serving `stdio` services through `hub`.
+    pub fn with_stdio(
+        bind_ip: IpAddr,
+        hold: Duration,
+        metrics: ForwardMetrics,
+        shutdown: CancellationToken,
+        hub: Arc<Hub>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 bind_ip,
                 hold,
                 metrics,
+                stdio: hub,
                 stop: shutdown.child_token(),
                 abort: CancellationToken::new(),
                 aborted: AtomicUsize::new(0),
@@ -372,8 +399,22 @@ impl Forwarder {
             }
         });
         if changed {
+            if endpoints.transport == Transport::Stdio {
+                let keys =
+                    |u: &[Upstream]| u.iter().map(|u| Arc::clone(&u.key)).collect::<Vec<_>>();
+                self.inner.stdio.sync(
+                    service,
+                    &keys(&endpoints.upstreams),
+                    &keys(&endpoints.stopped),
+                );
+            }
             if !endpoints.upstreams.is_empty() {
-                let keys: Vec<&str> = endpoints.upstreams.iter().map(|u| &*u.key).collect();
+                let keys: Vec<&str> = endpoints
+                    .upstreams
+                    .iter()
+                    .chain(&endpoints.stopped)
+                    .map(|u| &*u.key)
+                    .collect();
                 let mut s = svc.sessions.lock().unwrap_or_else(PoisonError::into_inner);
                 s.keep_replicas(&keys);
                 let n = s.len();
@@ -426,6 +467,7 @@ impl Forwarder {
             info!(service, port = l.port, "forward: closed");
         }
         drop(state);
+        self.inner.stdio.forget(service);
         self.inner.metrics.remove_service(service);
     }
 
@@ -468,6 +510,7 @@ impl Forwarder {
             inner.abort.cancel();
             inner.conn_tasks.wait().await;
         }
+        inner.stdio.shutdown();
         let aborted = inner.aborted.load(Ordering::Relaxed);
         info!(in_flight, aborted, "forward: shut down");
         aborted

@@ -4,7 +4,8 @@
 //! `mesh-bridge.port=N` (the container's port, default 8080) and
 //! `mesh-bridge.network=NAME` (which network's address to dial) and
 //! `mesh-bridge.transport=streamable-http|sse|stdio|tcp` (what it speaks;
-//! default `streamable-http`; `stdio` is refused until it is served).
+//! default `streamable-http`; a `stdio` container must also have been
+//! started with stdin open and no TTY, which the registry checks).
 
 use std::collections::HashMap;
 
@@ -33,7 +34,7 @@ pub enum LabelError {
     Network,
     /// The transport label names no transport.
     #[error(
-        "label `mesh-bridge.transport={0}` is not a transport; use streamable-http (the default), sse or tcp"
+        "label `mesh-bridge.transport={0}` is not a transport; use streamable-http (the default), sse, stdio or tcp"
     )]
     Transport(String),
     /// Replicas of one service that disagree on the transport.
@@ -51,13 +52,9 @@ pub enum LabelError {
         /// What this container says.
         ours: Transport,
     },
-    /// A stdio server: the bridge cannot serve it yet.
-    #[error(
-        "label `mesh-bridge.transport=stdio`: stdio MCP servers are not served yet; \
-         run the server with its streamable HTTP (or SSE) transport and label it so, \
-         or put an HTTP bridge in front of it in the container"
-    )]
-    StdioUnsupported,
+    /// A stdio server started so that the bridge cannot attach to it.
+    #[error("label `mesh-bridge.transport=stdio`: {0}")]
+    StdioUnservable(String),
 }
 
 /// Checks a service name against `[a-z0-9][a-z0-9._-]{0,62}`.
@@ -117,7 +114,6 @@ pub fn parse(labels: &HashMap<String, String>) -> Result<ServiceLabels, LabelErr
     let transport = match labels.get(TRANSPORT) {
         None => Transport::default(),
         Some(t) => match Transport::parse(t.trim()) {
-            Some(Transport::Stdio) => return Err(LabelError::StdioUnsupported),
             Some(t) => t,
             None => return Err(LabelError::Transport(truncate(t))),
         },
@@ -191,7 +187,7 @@ mod tests {
             parse(&labels(&[(SERVICE, "docs")])).unwrap().transport,
             Transport::StreamableHttp
         );
-        assert_eq!(t("stdio"), Err(LabelError::StdioUnsupported));
+        assert_eq!(t("stdio").unwrap().transport, Transport::Stdio);
         assert!(matches!(t("http"), Err(LabelError::Transport(_))));
         for tr in Transport::ALL {
             assert_eq!(Transport::parse(tr.as_str()), Some(tr));

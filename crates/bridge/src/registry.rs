@@ -28,6 +28,10 @@ pub struct ContainerInfo {
     pub networks: Vec<(String, Option<IpAddr>)>,
     /// Whether it runs (not paused, not exited).
     pub running: bool,
+    /// Why it could not be served over stdio, were it a `stdio` service
+    /// (stdin closed, a TTY: [`crate::stdio::attach::unservable`]); None
+    /// when it can, or when the watcher did not look (not `stdio`).
+    pub stdio_unservable: Option<String>,
 }
 
 /// One registered container.
@@ -170,8 +174,18 @@ impl Registry {
             };
             return self.reject(info, &e);
         }
+        if parsed.transport == Transport::Stdio
+            && let Some(reason) = &info.stdio_unservable
+        {
+            return self.reject(info, &LabelError::StdioUnservable(reason.clone()));
+        }
         self.rejected.remove(&info.id);
-        let (address, problem) = dial_address(info, parsed.network.as_deref());
+        // A stdio server is attached through the engine, never dialled.
+        let (address, problem) = if parsed.transport == Transport::Stdio {
+            (None, None)
+        } else {
+            dial_address(info, parsed.network.as_deref())
+        };
         let next = Container {
             id: info.id.clone(),
             name: info.name.clone(),
@@ -313,9 +327,22 @@ impl Registry {
             .into_iter()
             .filter(|c| c.running)
             .filter_map(|c| {
+                if c.transport == Transport::Stdio {
+                    return Some(Upstream::stdio(&c.id));
+                }
                 let addr = SocketAddr::new(c.address?, c.port);
                 Some(Upstream::new(addr, &c.id))
             })
+            .collect()
+    }
+
+    /// The `stdio` replicas that exist but do not run (empty for the other
+    /// transports, whose sessions do not outlive their process).
+    pub fn stopped(&self, service: &str) -> Vec<Upstream> {
+        self.replicas(service)
+            .into_iter()
+            .filter(|c| !c.running && c.transport == Transport::Stdio)
+            .map(|c| Upstream::stdio(&c.id))
             .collect()
     }
 
@@ -346,6 +373,7 @@ pub(crate) fn sample(id: &str, service: &str, running: bool) -> ContainerInfo {
         labels: [(labels::SERVICE.to_string(), service.to_string())].into(),
         networks: vec![("bridge".into(), "172.17.0.2".parse().ok())],
         running,
+        stdio_unservable: None,
     }
 }
 
@@ -375,6 +403,45 @@ mod tests {
         assert_eq!(r.services()["docs"].containers.len(), 1);
         // The first replica observed again is not judged against itself.
         assert_eq!(r.observe(&sse, 3), Change::Unchanged);
+    }
+
+    #[test]
+    fn stdio_replicas_need_open_stdin_and_no_address_and_are_listed_when_stopped() {
+        let mut r = Registry::new();
+        let stdio = |id: &str, running: bool, unservable: Option<&str>| {
+            let mut c = info(id, "tools", running);
+            c.labels
+                .insert(labels::TRANSPORT.to_string(), "stdio".to_string());
+            c.networks.clear();
+            c.stdio_unservable = unservable.map(str::to_string);
+            c
+        };
+        let refused = r.observe(&stdio("c", true, Some("its stdin is closed")), 1);
+        assert!(
+            matches!(&refused, Change::Rejected(why) if why.contains("stdin is closed")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            r.observe(&stdio("a", true, None), 1),
+            Change::Added { .. }
+        ));
+        assert!(matches!(
+            r.observe(&stdio("b", false, None), 1),
+            Change::Added { .. }
+        ));
+        let keys = |u: Vec<Upstream>| u.into_iter().map(|u| u.key.to_string()).collect::<Vec<_>>();
+        assert_eq!(keys(r.endpoints("tools")), ["a"], "no address needed");
+        assert_eq!(keys(r.stopped("tools")), ["b"]);
+        assert!(r.container("a").unwrap().problem.is_none());
+        // The same container served over HTTP would need an address.
+        let mut http = info("h", "web", true);
+        http.networks.clear();
+        let _ = r.observe(&http, 1);
+        assert!(r.endpoints("web").is_empty());
+        assert!(
+            r.stopped("web").is_empty(),
+            "only stdio lists stopped replicas"
+        );
     }
 
     #[test]

@@ -11,5 +11,7 @@
 
 pub mod attach;
 pub mod framing;
+pub mod hub;
+pub mod kept;
 pub mod mux;
 pub mod process;

@@ -25,7 +25,8 @@ pub enum Transport {
     /// The 2024-11-05 HTTP+SSE transport: a GET event stream and the POSTs
     /// to the URL its `endpoint` event names, pinned to one replica.
     Sse,
-    /// A stdio MCP server (`docker run -i`); not served yet.
+    /// A stdio MCP server (`docker run -d -i`): the bridge attaches to its
+    /// stdin and stdout and serves streamable HTTP for it.
     Stdio,
     /// Opaque bytes: each connection spliced to a replica.
     Tcp,
@@ -57,7 +58,7 @@ impl Transport {
 
     /// Whether the bridge reads HTTP on the mesh port (routes per request).
     pub fn is_http(self) -> bool {
-        matches!(self, Transport::StreamableHttp | Transport::Sse)
+        !matches!(self, Transport::Tcp)
     }
 }
 

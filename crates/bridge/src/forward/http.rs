@@ -194,7 +194,11 @@ async fn route(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let t0 = Instant::now();
-    let answer = route_inner(inner, ctx, kept, req).await;
+    let answer = if ctx.is_stdio() {
+        super::stdio::route(inner, ctx, req).await
+    } else {
+        route_inner(inner, ctx, kept, req).await
+    };
     ctx.metrics.mcp_duration.observe(t0.elapsed().as_secs_f64());
     answer
 }
@@ -468,7 +472,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// A JSON-RPC error answer of ours (id null: we did not read the request).
-fn error(status: StatusCode, message: &str) -> Response<Body> {
+pub(super) fn error(status: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({
         "jsonrpc": "2.0",
         "id": null,
@@ -488,7 +492,7 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 /// 404 for a session the bridge cannot route: the client starts anew.
-fn session_not_found(message: &str) -> Response<Body> {
+pub(super) fn session_not_found(message: &str) -> Response<Body> {
     error(StatusCode::NOT_FOUND, message)
 }
 

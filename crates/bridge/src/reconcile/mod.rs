@@ -9,6 +9,7 @@
 //! service that finds no port is `pending`, counted once as an exhaustion
 //! event when it becomes pending, and retried whenever a port frees up.
 
+use crate::contract::labels::Transport;
 use crate::forward::Endpoints;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -180,14 +181,26 @@ impl Core {
     }
 
     fn endpoints(&self, service: &str) -> Effect {
-        let upstreams = if self.engine_lost {
-            Vec::new()
+        let transport = self.registry.transport(service);
+        let (upstreams, stopped) = if self.engine_lost {
+            // Nothing is known to run; a stdio process's sessions wait for
+            // it (no address is trusted, and a stdio one has none).
+            let mut all = Vec::new();
+            if transport == Transport::Stdio {
+                all = self.registry.endpoints(service);
+                all.extend(self.registry.stopped(service));
+            }
+            (Vec::new(), all)
         } else {
-            self.registry.endpoints(service)
+            (
+                self.registry.endpoints(service),
+                self.registry.stopped(service),
+            )
         };
         let endpoints = Endpoints {
-            transport: self.registry.transport(service),
+            transport,
             upstreams,
+            stopped,
         };
         Effect::Endpoints {
             service: service.to_string(),

@@ -31,6 +31,14 @@ pub enum AttachError {
         /// The container.
         container: String,
     },
+    /// No engine could be reached.
+    #[error("docker, container {container}: {reason}")]
+    Engine {
+        /// The container.
+        container: String,
+        /// Why.
+        reason: String,
+    },
     /// The engine refused or failed.
     #[error("docker, container {container}: {source}")]
     Docker {

@@ -177,7 +177,7 @@ fn invalid_labels_are_rejected_with_a_reason() {
     assert!(r2.contains("99999"), "{r2}");
     let r3 = reason_of(&stdio.id);
     assert!(
-        r3.contains("stdio") && r3.contains("not served yet"),
+        r3.contains("stdio") && r3.contains("docker run -d -i"),
         "{r3}"
     );
     let r4 = reason_of(&bad_transport.id);

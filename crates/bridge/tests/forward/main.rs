@@ -7,6 +7,7 @@
 mod mcp;
 mod process;
 mod routing;
+mod stdio;
 mod stream;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -117,6 +118,7 @@ fn tcp(addrs: &[SocketAddr]) -> Endpoints {
     Endpoints {
         transport: Transport::Tcp,
         upstreams,
+        stopped: Vec::new(),
     }
 }
 

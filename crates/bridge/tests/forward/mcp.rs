@@ -75,6 +75,7 @@ fn replicas(addrs: &[(SocketAddr, &str)]) -> Endpoints {
     Endpoints {
         transport: Transport::StreamableHttp,
         upstreams: addrs.iter().map(|(a, id)| Upstream::new(*a, id)).collect(),
+        stopped: Vec::new(),
     }
 }
 

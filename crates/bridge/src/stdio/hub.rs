@@ -1,0 +1,516 @@
+//! The stdio servers a bridge serves: one [`Handle`] per container of a
+//! `stdio` service, kept while the container exists (running or not), and
+//! one supervisor task per container that attaches the process whenever it
+//! runs.
+//!
+//! The forwarder tells the hub which containers of a service run and which
+//! are only stopped ([`Hub::sync`]). A stopped container keeps its handle,
+//! so its client sessions outlive a restart (the new process is initialised
+//! again by the multiplexer); a container that is gone loses it, and its
+//! sessions get 404. The supervisor attaches when the container runs, waits
+//! for the attach to end (the process stopped, or the engine connection
+//! broke), and attaches again while the container is said to run, backing
+//! off from [`RETRY_MIN`] to [`RETRY_MAX`]; an attach error is logged once
+//! per kind, not per try.
+//!
+//! The client sessions of a process are named by tokens ([`Replica::issue`])
+//! that carry their own proof: `N-TAG`, where `TAG` is a SHA-256 digest of
+//! the hub's secret, the replica and `N`. A bridge restarted with the same
+//! secret (kept in the state directory) recognises a session it never saw
+//! and takes it up again ([`Replica::session`]), so sessions go on across a
+//! bridge kill -9 with no session table to keep.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::attach::{AttachError, Attached};
+use super::mux::SessionId;
+use super::process::{Chunk, Config, Durable, Handle, Output, Resume};
+
+/// First pause before attaching again after a failed attach.
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between attach attempts.
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Hex digits of the digest in a session token.
+const TAG_HEX: usize = 32;
+
+/// Attaches a container's process: the Engine API in the daemon
+/// ([`bollard::Docker`]); the tests' in-process servers elsewhere.
+pub trait Attach: Send + Sync + 'static {
+    /// Attaches the running process of `container` (an id or its prefix).
+    fn attach<'a>(&'a self, container: &'a str) -> BoxFuture<'a, Result<Attached, AttachError>>;
+}
+
+impl Attach for bollard::Docker {
+    fn attach<'a>(&'a self, container: &'a str) -> BoxFuture<'a, Result<Attached, AttachError>> {
+        Box::pin(super::attach::attach(self, container))
+    }
+}
+
+/// Attaches through the engine at `host` (`--docker-host`, else
+/// `DOCKER_HOST` or the local socket), connecting on first use and again
+/// after the engine failed a call: a bridge may start before its engine.
+#[derive(Debug)]
+pub struct Engine {
+    host: Option<String>,
+    docker: tokio::sync::Mutex<Option<bollard::Docker>>,
+}
+
+impl Engine {
+    /// The engine at `host`; nothing is connected yet.
+    pub fn new(host: Option<String>) -> Engine {
+        Engine {
+            host,
+            docker: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Attach for Engine {
+    fn attach<'a>(&'a self, container: &'a str) -> BoxFuture<'a, Result<Attached, AttachError>> {
+        Box::pin(async move {
+            let docker = {
+                let mut d = self.docker.lock().await;
+                match &*d {
+                    Some(d) => d.clone(),
+                    None => {
+                        let c =
+                            crate::docker::connect(self.host.as_deref())
+                                .await
+                                .map_err(|e| AttachError::Engine {
+                                    container: container.to_string(),
+                                    reason: e.to_string(),
+                                })?;
+                        *d = Some(c.clone());
+                        c
+                    }
+                }
+            };
+            let r = super::attach::attach(&docker, container).await;
+            if matches!(r, Err(AttachError::Docker { .. })) {
+                *self.docker.lock().await = None;
+            }
+            r
+        })
+    }
+}
+
+/// What a bridge keeps about the processes it serves, to go on after its
+/// own restart: by replica key, the multiplexer's record.
+pub type Kept = HashMap<String, Durable>;
+
+/// A client session of a replica.
+#[derive(Debug)]
+struct Entry {
+    id: SessionId,
+    /// The session's stream of pushes, while no GET holds it.
+    stream: Option<mpsc::Receiver<Value>>,
+}
+
+/// One container of a stdio service.
+struct Proc {
+    service: Arc<str>,
+    handle: Handle,
+    running: watch::Sender<bool>,
+    attached: watch::Receiver<bool>,
+    sessions: Arc<Mutex<HashMap<u64, Entry>>>,
+    cancel: CancellationToken,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// The stdio servers of every service; see the module doc.
+pub struct Hub {
+    attach: Option<Arc<dyn Attach>>,
+    config: Config,
+    secret: [u8; 32],
+    /// The first bridge id of every process's multiplexer (see [`Resume`]).
+    first_id: u64,
+    kept: Mutex<Kept>,
+    procs: Mutex<HashMap<Arc<str>, Proc>>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("attaches", &self.attach.is_some())
+            .field("processes", &self.lock().len())
+            .finish()
+    }
+}
+
+/// A replica's process as a request handler holds it.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// The replica key (the start of its container id).
+    pub key: Arc<str>,
+    /// Its process task.
+    pub handle: Handle,
+    /// Whether an attach is up now.
+    pub attached: watch::Receiver<bool>,
+    sessions: Arc<Mutex<HashMap<u64, Entry>>>,
+    secret: [u8; 32],
+}
+
+/// Why a session token was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not a token this bridge (or one with its secret) issued.
+    Unknown,
+}
+
+impl Hub {
+    /// A hub that attaches through `attach` (None: stdio services are
+    /// listed but never attached, for a forwarder without an engine).
+    /// `secret` signs session tokens; `kept` is what the previous bridge
+    /// kept (see [`Hub::kept`]).
+    pub fn new(
+        attach: Option<Arc<dyn Attach>>,
+        config: Config,
+        secret: [u8; 32],
+        kept: Kept,
+    ) -> Hub {
+        let first_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64 * 1000);
+        Hub {
+            attach,
+            config,
+            secret,
+            first_id,
+            kept: Mutex::new(kept),
+            procs: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Proc>> {
+        self.procs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Brings `service`'s processes in line with its containers: `running`
+    /// and `stopped` replica keys. New ones get a task (going on from what
+    /// was kept for them), known ones are told whether they run, and the
+    /// service's others are dropped with their sessions.
+    pub fn sync(&self, service: &str, running: &[Arc<str>], stopped: &[Arc<str>]) {
+        let mut procs = self.lock();
+        procs.retain(|key, p| {
+            &*p.service != service || running.contains(key) || stopped.contains(key)
+        });
+        for (key, run) in running
+            .iter()
+            .map(|k| (k, true))
+            .chain(stopped.iter().map(|k| (k, false)))
+        {
+            match procs.get(key) {
+                Some(p) => {
+                    p.running
+                        .send_if_modified(|r| std::mem::replace(r, run) != run);
+                }
+                None => {
+                    let p = self.spawn(service, key, run);
+                    procs.insert(Arc::clone(key), p);
+                }
+            }
+        }
+    }
+
+    /// Drops every process of `service`.
+    pub fn forget(&self, service: &str) {
+        self.lock().retain(|_, p| &*p.service != service);
+    }
+
+    fn spawn(&self, service: &str, key: &Arc<str>, run: bool) -> Proc {
+        let resume = self
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&**key)
+            .map(|durable| Resume {
+                durable,
+                first_id: self.first_id,
+            });
+        let handle = Handle::spawn(service, self.config, resume);
+        let (running, running_rx) = watch::channel(run);
+        let (attached_tx, attached) = watch::channel(false);
+        let cancel = self.stop.child_token();
+        if let Some(attach) = &self.attach {
+            tokio::spawn(supervise(Supervisor {
+                attach: Arc::clone(attach),
+                service: Arc::from(service),
+                key: Arc::clone(key),
+                handle: handle.clone(),
+                running: running_rx,
+                attached: attached_tx,
+                cancel: cancel.clone(),
+            }));
+        }
+        Proc {
+            service: Arc::from(service),
+            handle,
+            running,
+            attached,
+            sessions: Arc::default(),
+            cancel,
+        }
+    }
+
+    /// The process of replica `key`, while its container exists.
+    pub fn replica(&self, key: &str) -> Option<Replica> {
+        let procs = self.lock();
+        let (k, p) = procs.get_key_value(key)?;
+        Some(Replica {
+            key: Arc::clone(k),
+            handle: p.handle.clone(),
+            attached: p.attached.clone(),
+            sessions: Arc::clone(&p.sessions),
+            secret: self.secret,
+        })
+    }
+
+    /// What to keep durable now: every process's record, by replica key.
+    pub fn kept(&self) -> Kept {
+        self.lock()
+            .iter()
+            .filter_map(|(k, p)| Some((k.to_string(), p.handle.record.borrow().clone()?)))
+            .collect()
+    }
+
+    /// Open client sessions of each replica of `service`.
+    pub fn sessions(&self, service: &str) -> HashMap<Arc<str>, usize> {
+        self.lock()
+            .iter()
+            .filter(|(_, p)| &*p.service == service)
+            .map(|(k, p)| {
+                let n = p
+                    .sessions
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len();
+                (Arc::clone(k), n)
+            })
+            .collect()
+    }
+
+    /// Ends every supervisor (the processes' tasks end with their handles).
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+        self.lock().clear();
+    }
+}
+
+/// The digest that proves a session token.
+fn tag(secret: &[u8; 32], key: &str, n: u64) -> String {
+    let mut h = Sha256::new();
+    h.update(secret);
+    h.update(key.as_bytes());
+    h.update(n.to_be_bytes());
+    let d = h.finalize();
+    d.iter()
+        .take(TAG_HEX / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Replica {
+    fn entries(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens a client session and returns its token.
+    pub async fn issue(&self) -> Result<(String, SessionId), super::process::Gone> {
+        let s = self.handle.open().await?;
+        // A random number, not the multiplexer's: a restarted bridge's
+        // multiplexer counts from 1 again while earlier tokens live on.
+        let mut entries = self.entries();
+        let n = loop {
+            let n = rand::random::<u64>();
+            if !entries.contains_key(&n) {
+                break n;
+            }
+        };
+        entries.insert(
+            n,
+            Entry {
+                id: s.id,
+                stream: Some(s.stream),
+            },
+        );
+        Ok((format!("{n}-{}", tag(&self.secret, &self.key, n)), s.id))
+    }
+
+    /// The session a token names: known, or issued with this secret before
+    /// a bridge restart (then it is opened again under the same number).
+    pub async fn session(&self, token: &str) -> Result<SessionId, Refused> {
+        let (n, t) = token.split_once('-').ok_or(Refused::Unknown)?;
+        let n: u64 = n.parse().map_err(|_| Refused::Unknown)?;
+        let good = tag(&self.secret, &self.key, n);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(good.as_bytes(), t.as_bytes())) {
+            return Err(Refused::Unknown);
+        }
+        if let Some(e) = self.entries().get(&n) {
+            return Ok(e.id);
+        }
+        // Issued by an earlier bridge: a new multiplexer session stands
+        // for it under the same token.
+        let s = self.handle.open().await.map_err(|_| Refused::Unknown)?;
+        let mut entries = self.entries();
+        let e = entries.entry(n).or_insert(Entry {
+            id: s.id,
+            stream: Some(s.stream),
+        });
+        Ok(e.id)
+    }
+
+    /// Takes the session's stream of pushes (for a GET); None when another
+    /// GET holds it or the session is gone.
+    pub fn take_stream(&self, session: SessionId) -> Option<mpsc::Receiver<Value>> {
+        let mut entries = self.entries();
+        let (_, e) = entries.iter_mut().find(|(_, e)| e.id == session)?;
+        e.stream.take()
+    }
+
+    /// Gives a stream back when its GET ends.
+    pub fn return_stream(&self, session: SessionId, stream: mpsc::Receiver<Value>) {
+        let mut entries = self.entries();
+        if let Some((_, e)) = entries.iter_mut().find(|(_, e)| e.id == session) {
+            e.stream = Some(stream);
+        }
+    }
+
+    /// Ends a session (a DELETE).
+    pub async fn end(&self, session: SessionId) {
+        self.entries().retain(|_, e| e.id != session);
+        let _ = self.handle.close(session).await;
+    }
+}
+
+/// What one container's supervisor needs.
+struct Supervisor {
+    attach: Arc<dyn Attach>,
+    service: Arc<str>,
+    key: Arc<str>,
+    handle: Handle,
+    running: watch::Receiver<bool>,
+    attached: watch::Sender<bool>,
+    cancel: CancellationToken,
+}
+
+/// The output of one attach, telling `ended` when it is dropped (the
+/// process task drops it when it ends or a new attach replaces it).
+struct Watched {
+    inner: Output,
+    _ended: oneshot::Sender<()>,
+}
+
+impl Stream for Watched {
+    type Item = std::io::Result<Chunk>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// Attaches the container whenever it runs, until cancelled.
+async fn supervise(mut s: Supervisor) {
+    let mut retry = RETRY_MIN;
+    let mut reported: Option<String> = None;
+    loop {
+        // Wait until the container is said to run.
+        loop {
+            if *s.running.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                () = s.cancel.cancelled() => return,
+                changed = s.running.changed() => if changed.is_err() { return },
+            }
+        }
+        let attached = tokio::select! {
+            () = s.cancel.cancelled() => return,
+            a = s.attach.attach(&s.key) => a,
+        };
+        match attached {
+            Ok(a) => {
+                let (ended_tx, ended) = oneshot::channel();
+                let output: Output = Box::pin(Watched {
+                    inner: a.output,
+                    _ended: ended_tx,
+                });
+                if s.handle.attach(a.key, a.input, output).await.is_err() {
+                    return;
+                }
+                if reported.take().is_some() {
+                    info!(
+                        service = &*s.service,
+                        replica = &*s.key,
+                        "stdio: attached again"
+                    );
+                }
+                s.attached.send_replace(true);
+                retry = RETRY_MIN;
+                tokio::select! {
+                    () = s.cancel.cancelled() => return,
+                    _ = ended => {}
+                }
+                s.attached.send_replace(false);
+            }
+            Err(e) => {
+                let kind = match &e {
+                    AttachError::NotRunning { .. } => "not-running",
+                    AttachError::NotServable { .. } => "not-servable",
+                    AttachError::Docker { .. } | AttachError::Engine { .. } => "docker",
+                };
+                if reported.as_deref() != Some(kind) {
+                    if kind == "not-running" {
+                        info!(
+                            service = &*s.service,
+                            replica = &*s.key,
+                            "stdio: waiting for the container to run"
+                        );
+                    } else {
+                        warn!(service = &*s.service, replica = &*s.key, error = %e, "stdio: cannot attach; retrying");
+                    }
+                    reported = Some(kind.to_string());
+                }
+                tokio::select! {
+                    () = s.cancel.cancelled() => return,
+                    () = tokio::time::sleep(retry) => {}
+                    changed = s.running.changed() => if changed.is_err() { return },
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_proves_itself_only_for_its_replica_and_secret() {
+        let a = tag(&[1; 32], "0123456789ab", 7);
+        assert_eq!(a.len(), TAG_HEX);
+        assert_eq!(a, tag(&[1; 32], "0123456789ab", 7));
+        assert_ne!(a, tag(&[2; 32], "0123456789ab", 7));
+        assert_ne!(a, tag(&[1; 32], "0123456789ac", 7));
+        assert_ne!(a, tag(&[1; 32], "0123456789ab", 8));
+    }
+}
