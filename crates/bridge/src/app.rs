@@ -620,7 +620,7 @@ pub async fn run(
         .map_err(|e| StartError::Listen(api::describe_bind_error(config.listen, &e)))?;
     tracing::info!(listen = %config.listen, "api listening");
 
-    let hub = stdio_hub(&config).await?;
+    let hub = stdio_hub(&config, &metrics.registry)?;
     let forwarder = Forwarder::with_stdio(
         config.bind_ip,
         config.hold,
@@ -745,7 +745,10 @@ pub async fn run(
 
 /// The stdio servers' hub: attached through the engine the watcher follows,
 /// going on from what the state directory kept.
-async fn stdio_hub(config: &Config) -> Result<Arc<crate::stdio::hub::Hub>, StartError> {
+fn stdio_hub(
+    config: &Config,
+    registry: &prometheus::Registry,
+) -> Result<Arc<crate::stdio::hub::Hub>, StartError> {
     use crate::stdio::{hub, kept};
     let secret = kept::secret(&config.state_dir).map_err(|e| {
         StartError::Listen(format!(
@@ -756,8 +759,10 @@ async fn stdio_hub(config: &Config) -> Result<Arc<crate::stdio::hub::Hub>, Start
     })?;
     let attach: Arc<dyn hub::Attach> = Arc::new(hub::Engine::new(config.docker_host.clone()));
     let kept = kept::load(&config.state_dir);
+    let metrics = hub::StdioMetrics::register(registry)?;
     Ok(Arc::new(hub::Hub::new(
         Some(attach),
+        Some(metrics),
         crate::stdio::process::Config::default(),
         secret,
         kept,

@@ -237,7 +237,13 @@ impl Forwarder {
         metrics: ForwardMetrics,
         shutdown: CancellationToken,
     ) -> Self {
-        let hub = Hub::new(None, StdioConfig::default(), rand::random(), Kept::new());
+        let hub = Hub::new(
+            None,
+            None,
+            StdioConfig::default(),
+            rand::random(),
+            Kept::new(),
+        );
         Self::with_stdio(bind_ip, hold, metrics, shutdown, Arc::new(hub))
     }
 

@@ -214,6 +214,8 @@ mod tests {
         f.mcp_requests.with_label_values(&["x", "ping"]);
         f.mcp_misses.with_label_values(&["x", "expired"]);
         f.mcp_duration.with_label_values(&["x"]);
+        let s = crate::stdio::hub::StdioMetrics::register(&m.registry).unwrap();
+        let _ = s.meters("x");
         m.docker_event("start");
         let mut registered: Vec<(String, prometheus::proto::MetricType, Vec<String>)> = m
             .registry

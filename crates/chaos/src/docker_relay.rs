@@ -148,6 +148,9 @@ async fn relay(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
         let sender = Arc::clone(&sender);
         let shared = Arc::clone(&shared);
         async move {
+            if req.uri().path().ends_with("/attach") {
+                return attach(req, &shared).await;
+            }
             let (mut parts, body) = req.into_parts();
             let path = parts.uri.path().to_string();
             let events = path.ends_with("/events");
@@ -186,10 +189,60 @@ async fn relay(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
             }))
         }
     });
-    let server =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    let server = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
     tokio::select! {
         _ = conn => {}
         _ = server => {}
     }
+}
+
+/// An attach (a stdio server's stdin and stdout): relayed on a connection
+/// of its own, and once the engine switches protocols, the two upgraded
+/// connections are copied both ways until either ends or the relay is cut.
+async fn attach(
+    mut req: hyper::Request<hyper::body::Incoming>,
+    shared: &Shared,
+) -> Result<
+    hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>>,
+    hyper::Error,
+> {
+    let client_side = hyper::upgrade::on(&mut req);
+    let upstream = match tokio::net::UnixStream::connect(DOCKER_SOCK).await {
+        Ok(u) => u,
+        Err(_) => {
+            let mut r = hyper::Response::new(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+            return Ok(r);
+        }
+    };
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, hyper::body::Incoming>(TokioIo::new(upstream))
+            .await?;
+    tokio::spawn(conn.with_upgrades());
+    let mut resp = sender.send_request(req).await?;
+    if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+        let engine_side = hyper::upgrade::on(&mut resp);
+        let kill = shared
+            .kill
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        tokio::spawn(async move {
+            let (Ok(client), Ok(engine)) = (client_side.await, engine_side.await) else {
+                return;
+            };
+            let (mut client, mut engine) = (TokioIo::new(client), TokioIo::new(engine));
+            tokio::select! {
+                () = kill.cancelled() => {}
+                _ = tokio::io::copy_bidirectional(&mut client, &mut engine) => {}
+            }
+        });
+    }
+    Ok(resp.map(|b| b.boxed()))
 }

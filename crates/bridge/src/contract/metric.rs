@@ -256,8 +256,61 @@ pub const MCP_REQUEST_DURATION: Def = def(
     "Time from an MCP HTTP request to its response headers, through the bridge, by service.",
 );
 
+/// `stdio_attaches_total{service}`.
+pub const STDIO_ATTACHES: Def = def(
+    "mesh_bridge_stdio_attaches_total",
+    Counter,
+    &["service"],
+    "Attaches to stdio servers' processes (the first and every re-attach), by service.",
+);
+/// `stdio_restarts_total{service}`.
+pub const STDIO_RESTARTS: Def = def(
+    "mesh_bridge_stdio_restarts_total",
+    Counter,
+    &["service"],
+    "New processes of stdio servers seen (a container restarted or crashed), each initialised again, by service.",
+);
+/// `stdio_in_flight{service}`.
+pub const STDIO_IN_FLIGHT: Def = def(
+    "mesh_bridge_stdio_in_flight",
+    Gauge,
+    &["service"],
+    "Client requests at stdio servers not answered yet, by service.",
+);
+/// `stdio_dropped_lines_total{service}`.
+pub const STDIO_DROPPED_LINES: Def = def(
+    "mesh_bridge_stdio_dropped_lines_total",
+    Counter,
+    &["service"],
+    "Lines stdio servers wrote to stdout that were not JSON-RPC or were too long, skipped, by service.",
+);
+/// `stdio_stderr_lines_total{service}`.
+pub const STDIO_STDERR_LINES: Def = def(
+    "mesh_bridge_stdio_stderr_lines_total",
+    Counter,
+    &["service"],
+    "Lines stdio servers wrote to stderr (logged at most 60 a minute each), by service.",
+);
+/// `stdio_dropped_messages_total{service}`.
+pub const STDIO_DROPPED_MESSAGES: Def = def(
+    "mesh_bridge_stdio_dropped_messages_total",
+    Counter,
+    &["service"],
+    "Messages for stdio clients that were too slow to take them, or for stdin while it was full or detached, by service.",
+);
+
+/// The metrics only a `stdio` service has series of.
+pub const STDIO: [Def; 6] = [
+    STDIO_ATTACHES,
+    STDIO_RESTARTS,
+    STDIO_IN_FLIGHT,
+    STDIO_DROPPED_LINES,
+    STDIO_STDERR_LINES,
+    STDIO_DROPPED_MESSAGES,
+];
+
 /// The whole table, in DESIGN's order.
-pub const ALL: [Def; 27] = [
+pub const ALL: [Def; 33] = [
     PORTS_CAPACITY,
     PORTS_IN_USE,
     PORTS_QUARANTINED,
@@ -285,6 +338,12 @@ pub const ALL: [Def; 27] = [
     MCP_REQUESTS,
     MCP_SESSION_MISSES,
     MCP_REQUEST_DURATION,
+    STDIO_ATTACHES,
+    STDIO_RESTARTS,
+    STDIO_IN_FLIGHT,
+    STDIO_DROPPED_LINES,
+    STDIO_STDERR_LINES,
+    STDIO_DROPPED_MESSAGES,
 ];
 
 /// Values of `mcp_requests_total{method}`: the MCP specification's

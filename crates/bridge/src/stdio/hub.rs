@@ -36,7 +36,8 @@ use tracing::{info, warn};
 
 use super::attach::{AttachError, Attached};
 use super::mux::SessionId;
-use super::process::{Chunk, Config, Durable, Handle, Output, Resume};
+use super::process::{Chunk, Config, Durable, Handle, Meters, Output, Resume};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 
 /// First pause before attaching again after a failed attach.
 pub const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -107,6 +108,73 @@ impl Attach for Engine {
     }
 }
 
+/// The stdio metric families ([`crate::contract::metric::STDIO`]), one
+/// `service` label each; a service's series go when it is forgotten.
+#[derive(Debug, Clone)]
+pub struct StdioMetrics {
+    attaches: IntCounterVec,
+    restarts: IntCounterVec,
+    in_flight: IntGaugeVec,
+    dropped_lines: IntCounterVec,
+    stderr_lines: IntCounterVec,
+    dropped_messages: IntCounterVec,
+}
+
+impl StdioMetrics {
+    /// Creates the families and registers them in `registry`.
+    ///
+    /// # Errors
+    /// Fails when a metric of the same name is already registered there.
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        use crate::contract::metric::{
+            Def, STDIO_ATTACHES, STDIO_DROPPED_LINES, STDIO_DROPPED_MESSAGES, STDIO_IN_FLIGHT,
+            STDIO_RESTARTS, STDIO_STDERR_LINES,
+        };
+        let counter = |d: Def| -> prometheus::Result<IntCounterVec> {
+            let v = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
+            registry.register(Box::new(v.clone()))?;
+            Ok(v)
+        };
+        let d = STDIO_IN_FLIGHT;
+        let in_flight = IntGaugeVec::new(Opts::new(d.name, d.help), d.labels)?;
+        registry.register(Box::new(in_flight.clone()))?;
+        Ok(StdioMetrics {
+            attaches: counter(STDIO_ATTACHES)?,
+            restarts: counter(STDIO_RESTARTS)?,
+            in_flight,
+            dropped_lines: counter(STDIO_DROPPED_LINES)?,
+            stderr_lines: counter(STDIO_STDERR_LINES)?,
+            dropped_messages: counter(STDIO_DROPPED_MESSAGES)?,
+        })
+    }
+
+    /// The series of `service`.
+    pub(crate) fn meters(&self, service: &str) -> Meters {
+        Meters {
+            attaches: self.attaches.with_label_values(&[service]),
+            restarts: self.restarts.with_label_values(&[service]),
+            in_flight: self.in_flight.with_label_values(&[service]),
+            dropped_lines: self.dropped_lines.with_label_values(&[service]),
+            stderr_lines: self.stderr_lines.with_label_values(&[service]),
+            dropped_messages: self.dropped_messages.with_label_values(&[service]),
+        }
+    }
+
+    fn remove(&self, service: &str) {
+        // Absent label values are fine: the service may have had no process.
+        for v in [
+            &self.attaches,
+            &self.restarts,
+            &self.dropped_lines,
+            &self.stderr_lines,
+            &self.dropped_messages,
+        ] {
+            let _ = v.remove_label_values(&[service]);
+        }
+        let _ = self.in_flight.remove_label_values(&[service]);
+    }
+}
+
 /// What a bridge keeps about the processes it serves, to go on after its
 /// own restart: by replica key, the multiplexer's record.
 pub type Kept = HashMap<String, Durable>;
@@ -138,6 +206,7 @@ impl Drop for Proc {
 /// The stdio servers of every service; see the module doc.
 pub struct Hub {
     attach: Option<Arc<dyn Attach>>,
+    metrics: Option<StdioMetrics>,
     config: Config,
     secret: [u8; 32],
     /// The first bridge id of every process's multiplexer (see [`Resume`]).
@@ -178,11 +247,12 @@ pub enum Refused {
 
 impl Hub {
     /// A hub that attaches through `attach` (None: stdio services are
-    /// listed but never attached, for a forwarder without an engine).
-    /// `secret` signs session tokens; `kept` is what the previous bridge
-    /// kept (see [`Hub::kept`]).
+    /// listed but never attached, for a forwarder without an engine),
+    /// adding to `metrics` when given. `secret` signs session tokens;
+    /// `kept` is what the previous bridge kept (see [`Hub::kept`]).
     pub fn new(
         attach: Option<Arc<dyn Attach>>,
+        metrics: Option<StdioMetrics>,
         config: Config,
         secret: [u8; 32],
         kept: Kept,
@@ -192,6 +262,7 @@ impl Hub {
             .map_or(1, |d| d.as_millis() as u64 * 1000);
         Hub {
             attach,
+            metrics,
             config,
             secret,
             first_id,
@@ -235,6 +306,9 @@ impl Hub {
     /// Drops every process of `service`.
     pub fn forget(&self, service: &str) {
         self.lock().retain(|_, p| &*p.service != service);
+        if let Some(m) = &self.metrics {
+            m.remove(service);
+        }
     }
 
     fn spawn(&self, service: &str, key: &Arc<str>, run: bool) -> Proc {
@@ -247,7 +321,8 @@ impl Hub {
                 durable,
                 first_id: self.first_id,
             });
-        let handle = Handle::spawn(service, self.config, resume);
+        let meters = self.metrics.as_ref().map(|m| m.meters(service));
+        let handle = Handle::spawn_metered(service, self.config, resume, meters);
         let (running, running_rx) = watch::channel(run);
         let (attached_tx, attached) = watch::channel(false);
         let cancel = self.stop.child_token();

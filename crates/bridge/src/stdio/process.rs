@@ -89,6 +89,45 @@ pub struct Stats {
     pub in_flight: AtomicU64,
     /// Open sessions.
     pub sessions: AtomicU64,
+    /// The service's metrics this process adds to (none in tests).
+    pub meters: Option<Meters>,
+}
+
+/// One service's stdio metrics ([`crate::contract::metric::STDIO`]), as
+/// its processes add to them.
+#[derive(Debug, Clone)]
+pub struct Meters {
+    /// `stdio_attaches_total`.
+    pub attaches: prometheus::IntCounter,
+    /// `stdio_restarts_total`.
+    pub restarts: prometheus::IntCounter,
+    /// `stdio_in_flight` (each process adds its own share).
+    pub in_flight: prometheus::IntGauge,
+    /// `stdio_dropped_lines_total`.
+    pub dropped_lines: prometheus::IntCounter,
+    /// `stdio_stderr_lines_total`.
+    pub stderr_lines: prometheus::IntCounter,
+    /// `stdio_dropped_messages_total`.
+    pub dropped_messages: prometheus::IntCounter,
+}
+
+impl Stats {
+    /// Counts one in `field` and in the service's metric `meter`.
+    fn count(&self, field: &AtomicU64, meter: impl Fn(&Meters) -> &prometheus::IntCounter) {
+        field.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.meters {
+            meter(m).inc();
+        }
+    }
+
+    /// Sets this process's requests in flight, moving the service's gauge
+    /// by the difference.
+    fn set_in_flight(&self, n: u64) {
+        let old = self.in_flight.swap(n, Ordering::Relaxed);
+        if let Some(m) = &self.meters {
+            m.in_flight.add(n as i64 - old as i64);
+        }
+    }
 }
 
 /// A session as its HTTP side holds it.
@@ -162,6 +201,16 @@ impl Handle {
     /// attach of the same process is then not initialised again, one of
     /// another process is.
     pub fn spawn(service: &str, config: Config, resume: Option<Resume>) -> Handle {
+        Self::spawn_metered(service, config, resume, None)
+    }
+
+    /// [`Handle::spawn`], adding to the service's metrics.
+    pub fn spawn_metered(
+        service: &str,
+        config: Config,
+        resume: Option<Resume>,
+        meters: Option<Meters>,
+    ) -> Handle {
         let (tx, rx) = mpsc::channel(1024);
         let (mux, key) = match resume {
             Some(r) => (
@@ -175,7 +224,10 @@ impl Handle {
             key: key.clone(),
         });
         let (record_tx, record) = watch::channel(durable);
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats {
+            meters,
+            ..Stats::default()
+        });
         let task = Task {
             service: service.to_string(),
             config,
@@ -271,7 +323,7 @@ impl Task {
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    None => return,
+                    None => break,
                     Some(Command::Attach { key, input, output: out }) => {
                         self.attached(key, input);
                         output = Some(out);
@@ -294,6 +346,8 @@ impl Task {
             }
             self.publish();
         }
+        // Gone: its requests no longer count.
+        self.stats.set_in_flight(0);
     }
 
     fn attached(&mut self, key: String, input: Input) {
@@ -302,7 +356,7 @@ impl Task {
         self.stdin = Some(tx);
         self.buf.clear();
         self.framer = Framer::new(self.config.max_message);
-        self.stats.attaches.fetch_add(1, Ordering::Relaxed);
+        self.stats.count(&self.stats.attaches, |m| &m.attaches);
         let same = self.key.as_deref() == Some(key.as_str());
         let first = self.key.is_none();
         self.key = Some(key);
@@ -313,7 +367,7 @@ impl Task {
             info!(service = %self.service, "stdio server attached");
         } else {
             info!(service = %self.service, "stdio server restarted: a new process");
-            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+            self.stats.count(&self.stats.restarts, |m| &m.restarts);
             let out = self.mux.restarted();
             self.deliver(out);
         }
@@ -370,13 +424,15 @@ impl Task {
                     self.deliver(out);
                 }
                 Line::NotJson { excerpt } => {
-                    self.stats.dropped_lines.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .count(&self.stats.dropped_lines, |m| &m.dropped_lines);
                     self.log_stderr_like(&format!(
                         "stdout line is not JSON-RPC, skipped: {excerpt}"
                     ));
                 }
                 Line::TooLong { limit } => {
-                    self.stats.dropped_lines.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .count(&self.stats.dropped_lines, |m| &m.dropped_lines);
                     self.log_stderr_like(&format!(
                         "stdout line longer than {limit} bytes, skipped (raise --stdio-max-message)"
                     ));
@@ -388,7 +444,8 @@ impl Task {
     fn stderr(&mut self, bytes: &[u8]) {
         let text = String::from_utf8_lossy(bytes);
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            self.stats.stderr_lines.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .count(&self.stats.stderr_lines, |m| &m.stderr_lines);
             self.log_stderr_like(line);
         }
     }
@@ -426,7 +483,8 @@ impl Task {
                     if let Some(msg) = refused {
                         // Not attached, or stdin's queue is full: a request
                         // in the line is answered with an error at once.
-                        self.stats.unsent_lines.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .count(&self.stats.unsent_lines, |m| &m.dropped_messages);
                         let more = self.mux.unsent(&msg);
                         self.deliver(more);
                     }
@@ -439,7 +497,8 @@ impl Task {
                     if let Some(tx) = self.waiters.remove(&key)
                         && tx.try_send(msg).is_err()
                     {
-                        self.stats.dropped_pushes.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .count(&self.stats.dropped_pushes, |m| &m.dropped_messages);
                     }
                 }
                 Out::Push {
@@ -452,7 +511,8 @@ impl Task {
                         .and_then(|k| self.waiters.get(&k));
                     let to = waiter.or_else(|| self.streams.get(&session));
                     if to.is_none_or(|tx| tx.try_send(msg).is_err()) {
-                        self.stats.dropped_pushes.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .count(&self.stats.dropped_pushes, |m| &m.dropped_messages);
                     }
                 }
             }
@@ -461,9 +521,7 @@ impl Task {
 
     /// Publishes the gauges and, when it changed, the durable record.
     fn publish(&mut self) {
-        self.stats
-            .in_flight
-            .store(self.mux.in_flight() as u64, Ordering::Relaxed);
+        self.stats.set_in_flight(self.mux.in_flight() as u64);
         self.stats
             .sessions
             .store(self.mux.sessions() as u64, Ordering::Relaxed);

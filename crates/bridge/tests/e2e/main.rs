@@ -21,6 +21,7 @@ mod lifecycle;
 mod ports;
 mod sdk;
 mod serving;
+mod stdio;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -116,7 +116,7 @@ async fn stdio_bridge(stubs: Arc<Stubs>, secret: [u8; 32], kept: Kept, port: u16
     let registry = Registry::new();
     let metrics = ForwardMetrics::register(&registry).unwrap();
     let token = CancellationToken::new();
-    let hub = Arc::new(Hub::new(Some(stubs), Config::default(), secret, kept));
+    let hub = Arc::new(Hub::new(Some(stubs), None, Config::default(), secret, kept));
     let fwd = Forwarder::with_stdio(
         LOCALHOST,
         Duration::from_secs(3),

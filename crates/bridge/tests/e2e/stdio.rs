@@ -1,0 +1,122 @@
+//! stdio MCP servers through the bridge, end to end: the stub in `--stdio`
+//! mode in real containers (`docker run -d -i`), attached by the bridge
+//! through the Engine API (via the test's relay, which passes the attach's
+//! protocol switch on), and the official MCP Python SDK as the client on the
+//! mesh port. Sessions stay on their replica and go on through a bridge
+//! kill -9 (no second `initialize`: the stub would refuse it) and through a
+//! container restart (a new process, initialised again by the bridge).
+
+use super::*;
+
+fn mcp_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/mcp")
+}
+
+fn list(v: &Value, key: &str) -> Vec<Value> {
+    v[key].as_array().cloned().unwrap_or_default()
+}
+
+/// `n` stub replicas of `service` serving MCP on stdio.
+fn stdio_replicas(ctx: &TestCtx, service: &str, n: usize) -> Vec<TestContainer> {
+    let labels = [
+        ("mesh-bridge.service", service),
+        ("mesh-bridge.transport", "stdio"),
+    ];
+    let env = format!("MCP_STUB_NAME={service}");
+    (0..n)
+        .map(|_| {
+            ctx.run_image(
+                STUB_IMAGE,
+                &labels,
+                &["-i", "--no-healthcheck", "-e", &env],
+                &["--stdio"],
+            )
+        })
+        .collect()
+}
+
+/// The report's sessions went through untouched: none failed, moved or
+/// had to initialise again, and every call was answered.
+fn assert_clean(report: &Value, sessions: u64, calls: u64) {
+    assert_eq!(report["sessions"], sessions, "{report}");
+    for key in ["failed", "moved", "reinitialized"] {
+        assert!(list(report, key).is_empty(), "{key}: {report}");
+    }
+    assert_eq!(report["calls"], sessions * calls, "{report}");
+}
+
+#[test]
+fn sdk_stdio_sessions_stay_on_their_process_through_a_bridge_kill9() {
+    sdk_dir();
+    let ctx = TestCtx::new("stdio-kill9");
+    let proxy = DockerProxy::start(&ctx);
+    let mut bridge = Bridge::start(BridgeOpts::new(4).via(&proxy));
+    let _replicas = stdio_replicas(&ctx, "stdiosvc", 2);
+    let port = bridge.wait_port("stdiosvc", 2, REGISTER);
+    wait_mcp(port, 2, SERVE * 3);
+
+    let mut client = SdkClient::spawn(
+        &mcp_url(port),
+        &["--sessions", "20", "--calls", "10", "--pause"],
+    );
+    client.wait_line("PAUSED");
+    let view = bridge.service("stdiosvc").unwrap().expect("listed");
+    let live: u64 = view["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["sessions"].as_u64())
+        .sum();
+    assert_eq!(live, 20, "{view}");
+    bridge.kill9();
+    bridge.restart();
+    bridge.wait_ready(READY);
+    assert_eq!(bridge.wait_port("stdiosvc", 2, REGISTER), port);
+    client.resume();
+    let report = client.report(Duration::from_secs(180));
+    assert_clean(&report, 20, 10);
+    let by = report["by_replica"].as_object().expect("by_replica");
+    assert_eq!(by.len(), 2, "sessions over both processes: {report}");
+    let attaches = bridge.metric(metric::STDIO_ATTACHES.name, &[("service", "stdiosvc")]);
+    assert_eq!(attaches, 2.0, "one attach per process since the restart");
+    let text = bridge.metrics();
+    for d in metric::STDIO {
+        assert!(text.contains(d.name), "{} missing:\n{text}", d.name);
+    }
+    assert!(
+        !bridge.log().contains("restarted: a new process"),
+        "no process was taken for a new one:\n{}",
+        bridge.log()
+    );
+}
+
+#[test]
+fn sdk_stdio_sessions_go_on_through_a_container_restart() {
+    sdk_dir();
+    let ctx = TestCtx::new("stdio-restart");
+    let proxy = DockerProxy::start(&ctx);
+    let bridge = Bridge::start(BridgeOpts::new(4).via(&proxy));
+    let replicas = stdio_replicas(&ctx, "stdiorst", 1);
+    let port = bridge.wait_port("stdiorst", 1, REGISTER);
+    wait_mcp(port, 1, SERVE * 3);
+
+    let mut client = SdkClient::spawn(
+        &mcp_url(port),
+        &["--sessions", "10", "--calls", "10", "--pause"],
+    );
+    client.wait_line("PAUSED");
+    docker_ok(&["restart", "-t", "1", &replicas[0].id]);
+    // Requests wait (up to --hold) for the new process to be attached and
+    // initialised again; the sessions need not start anew.
+    client.resume();
+    let report = client.report(Duration::from_secs(180));
+    assert_clean(&report, 10, 10);
+    wait_for("the restart counted", SERVE, || {
+        let n = bridge.metric(metric::STDIO_RESTARTS.name, &[("service", "stdiorst")]);
+        if n >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    });
+}
