@@ -120,3 +120,61 @@ fn sdk_stdio_sessions_go_on_through_a_container_restart() {
         }
     });
 }
+
+/// The reference stdio server `mcp-server-time` (PyPI, in the mcp-python
+/// image), two replicas, driven by the SDK client: every session's calls
+/// are answered, through a bridge kill -9 in the middle (the server, which
+/// refuses a second `initialize` as the SDK's servers do, is not
+/// initialised again).
+#[test]
+fn sdk_sessions_on_mcp_server_time_go_on_through_a_bridge_kill9() {
+    sdk_dir();
+    require_mcp_python_image();
+    let ctx = TestCtx::new("stdio-time");
+    let proxy = DockerProxy::start(&ctx);
+    let mut bridge = Bridge::start(BridgeOpts::new(4).via(&proxy));
+    let labels = [
+        ("mesh-bridge.service", "time"),
+        ("mesh-bridge.transport", "stdio"),
+    ];
+    let _servers: Vec<TestContainer> = (0..2)
+        .map(|_| {
+            ctx.run_image(
+                MCP_PYTHON_IMAGE,
+                &labels,
+                &["-i", "--network", "none", "--entrypoint", "python3"],
+                &["-m", "mcp_server_time", "--local-timezone", "UTC"],
+            )
+        })
+        .collect();
+    let port = bridge.wait_port("time", 2, REGISTER);
+    wait_mcp(port, 2, SERVE * 3);
+    let flags = [
+        "--sessions",
+        "20",
+        "--calls",
+        "6",
+        "--pause",
+        "--tool",
+        "get_current_time",
+        "--arguments",
+        r#"{"timezone": "Europe/Paris"}"#,
+    ];
+    let mut client = SdkClient::spawn(&mcp_url(port), &flags);
+    client.wait_line("PAUSED");
+    bridge.kill9();
+    bridge.restart();
+    bridge.wait_ready(READY);
+    client.resume();
+    let report = client.report(Duration::from_secs(180));
+    assert_clean(&report, 20, 6);
+    let sessions: u64 = bridge.service("time").unwrap().expect("listed")["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["sessions"].as_u64())
+        .sum();
+    // The SDK ends each session with a DELETE when it closes: the
+    // restarted bridge took every one up and ended every one.
+    assert_eq!(sessions, 0, "sessions left open");
+}

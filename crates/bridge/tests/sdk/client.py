@@ -11,7 +11,10 @@ meanwhile), then the sessions go on without initializing again. With
 --reinit, a session whose calls fail starts a new session once and tries
 again. The last stdout line is a JSON report; the exit status is 0 unless
 the script itself broke. --transport sse uses the SDK's 2024-11-05 HTTP+SSE
-client instead (the URL is then the stream's, e.g. /sse).
+client instead (the URL is then the stream's, e.g. /sse). --tool NAME with
+--arguments JSON calls another tool instead of `whoami` (a third-party
+server's, such as mcp-server-time's `get_current_time`); the replica is then
+unknown and recorded as "-".
 """
 
 import argparse
@@ -51,14 +54,17 @@ def describe(e):
     return text
 
 
+TOOL = {"name": "whoami", "arguments": {}}
+
+
 async def calls(session, n):
-    """n tools/call of whoami; the replicas that answered."""
+    """n tools/call of the tool; the replicas that answered ("-": unknown)."""
     seen = []
     for _ in range(n):
-        r = await session.call_tool("whoami", {})
+        r = await session.call_tool(TOOL["name"], TOOL["arguments"])
         if r.isError:
-            raise RuntimeError(f"whoami failed: {r.content}")
-        seen.append(r.content[0].text)
+            raise RuntimeError(f"{TOOL['name']} failed: {r.content}")
+        seen.append(r.content[0].text if TOOL["name"] == "whoami" else "-")
     return seen
 
 
@@ -80,8 +86,8 @@ async def one(url, transport, n_calls, gate, reinit):
                     await s.initialize()
                     tools = await s.list_tools()
                     names = sorted(t.name for t in tools.tools)
-                    if "whoami" not in names:
-                        raise RuntimeError(f"no whoami tool in {names}")
+                    if TOOL["name"] not in names:
+                        raise RuntimeError(f"no {TOOL['name']} tool in {names}")
                     half = n_calls // 2
                     rec["replicas"] += await calls(s, half)
                     rec["first"] = rec["replicas"][0] if rec["replicas"] else None
@@ -121,7 +127,11 @@ async def main():
     p.add_argument("--pause", action="store_true")
     p.add_argument("--reinit", action="store_true")
     p.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
+    p.add_argument("--tool", default="whoami")
+    p.add_argument("--arguments", default="{}")
     a = p.parse_args()
+    TOOL["name"] = a.tool
+    TOOL["arguments"] = json.loads(a.arguments)
 
     arrived = 0
     released = asyncio.Event()
