@@ -760,10 +760,14 @@ fn stdio_hub(
     let attach: Arc<dyn hub::Attach> = Arc::new(hub::Engine::new(config.docker_host.clone()));
     let kept = kept::load(&config.state_dir);
     let metrics = hub::StdioMetrics::register(registry)?;
+    let process = crate::stdio::process::Config {
+        max_message: config.stdio_max_message,
+        ..Default::default()
+    };
     Ok(Arc::new(hub::Hub::new(
         Some(attach),
         Some(metrics),
-        crate::stdio::process::Config::default(),
+        process,
         secret,
         kept,
     )))

@@ -21,6 +21,28 @@ pub const DEFAULT_BIND_IP: &str = "127.0.0.1";
 /// Default API and metrics listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
+/// Smallest `--stdio-max-message`.
+const MIN_MESSAGE: usize = 1024;
+/// Largest `--stdio-max-message`.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// A size in bytes: a whole number, or one followed by KiB or MiB.
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: usize = num.parse().ok()?;
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
 /// Flags of `mesh-bridge run`. Every flag also reads `MESH_BRIDGE_<NAME>`.
 /// Values stay strings here so that one validator serves flags, environment
 /// and file alike.
@@ -56,6 +78,10 @@ pub struct RunArgs {
     /// How long a connection waits for a running replica [default: 2s].
     #[arg(long, env = "MESH_BRIDGE_HOLD", value_name = "DURATION")]
     pub hold: Option<String>,
+    /// Longest JSON-RPC message to or from a stdio server, in bytes (or
+    /// with KiB/MiB) [default: 4MiB].
+    #[arg(long, env = "MESH_BRIDGE_STDIO_MAX_MESSAGE", value_name = "SIZE")]
+    pub stdio_max_message: Option<String>,
     /// File holding the bearer token that mutating API calls need.
     #[arg(long, env = "MESH_BRIDGE_API_TOKEN_FILE", value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
@@ -81,6 +107,7 @@ struct FileConfig {
     resync: Option<String>,
     leak_cycles: Option<u64>,
     hold: Option<String>,
+    stdio_max_message: Option<String>,
     api_token_file: Option<PathBuf>,
     api_allow_public: Option<bool>,
     log_format: Option<String>,
@@ -116,6 +143,8 @@ pub struct Config {
     pub leak_cycles: u32,
     /// Wait for a replica before closing a connection.
     pub hold: Duration,
+    /// Longest message to or from a stdio server.
+    pub stdio_max_message: usize,
     /// Bearer token file for mutating endpoints.
     pub api_token_file: Option<PathBuf>,
     /// Log format.
@@ -319,6 +348,19 @@ impl Config {
             ));
         }
         let hold = duration("hold", pick(args.hold.clone(), file.hold, fp), "2s")?;
+        let mm = pick(args.stdio_max_message.clone(), file.stdio_max_message, fp);
+        let mm_raw = mm.value.unwrap_or_else(|| "4MiB".to_string());
+        let stdio_max_message = match parse_size(&mm_raw) {
+            Some(n) if (MIN_MESSAGE..=MAX_MESSAGE).contains(&n) => n,
+            _ => {
+                return Err(invalid(
+                    "stdio-max-message",
+                    &mm_raw,
+                    mm.from_file,
+                    "must be a size from 1KiB to 64MiB: bytes, or a number with KiB or MiB (e.g. 4MiB)",
+                ));
+            }
+        };
 
         let lc = pick(
             args.leak_cycles.clone(),
@@ -392,6 +434,7 @@ impl Config {
             resync,
             leak_cycles,
             hold,
+            stdio_max_message,
             api_token_file,
             log_format,
         })
@@ -404,6 +447,29 @@ mod tests {
 
     fn args() -> RunArgs {
         RunArgs::default()
+    }
+
+    #[test]
+    fn the_stdio_message_limit_takes_bytes_kib_or_mib_within_bounds() {
+        assert_eq!(Config::resolve(&args()).unwrap().stdio_max_message, 4 << 20);
+        for (given, want) in [("2048", 2048), ("64KiB", 65536), ("16MiB", 16 << 20)] {
+            let mut a = args();
+            a.stdio_max_message = Some(given.into());
+            assert_eq!(
+                Config::resolve(&a).unwrap().stdio_max_message,
+                want,
+                "{given}"
+            );
+        }
+        for bad in ["1000", "65MiB", "4MB", "-1", "", "99999999999999999999MiB"] {
+            let mut a = args();
+            a.stdio_max_message = Some(bad.into());
+            let e = Config::resolve(&a).unwrap_err().to_string();
+            assert!(
+                e.contains("stdio-max-message") && e.contains("4MiB"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

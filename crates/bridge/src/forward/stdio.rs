@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::http::{Body, MAX_BODY, SESSION_HEADER, error, methods, session_not_found};
+use super::http::{Body, SESSION_HEADER, error, methods, session_not_found};
 use super::sessions;
 use super::{Inner, ServiceCtx};
 use crate::contract::metric::miss;
@@ -95,12 +95,16 @@ pub(super) async fn route(
             return r;
         }
     }
-    let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+    // Each message becomes one line on the server's stdin.
+    let limit = inner.stdio.max_message();
+    let body = match http_body_util::Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body over {MAX_BODY} bytes"),
+                &format!(
+                    "request body over {limit} bytes, the bridge's --stdio-max-message for stdio servers"
+                ),
             );
         }
         Err(_) => return error(StatusCode::BAD_REQUEST, "request body unreadable"),

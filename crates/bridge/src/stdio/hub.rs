@@ -347,6 +347,11 @@ impl Hub {
         }
     }
 
+    /// Longest message to or from a process.
+    pub fn max_message(&self) -> usize {
+        self.config.max_message
+    }
+
     /// The process of replica `key`, while its container exists.
     pub fn replica(&self, key: &str) -> Option<Replica> {
         let procs = self.lock();

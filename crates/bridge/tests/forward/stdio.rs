@@ -258,6 +258,11 @@ async fn a_gone_replica_foreign_ids_and_deleted_sessions_get_404() {
     // A request that is not initialize without a session.
     let r = post(b.port, None, call(json!(1), "echo", json!({})), BOTH).await;
     assert_eq!(r.status, 400, "{}", r.text());
+    // Larger than the stdio message limit: 413, naming the flag.
+    let big = call(json!(1), "echo", json!({"text": "x".repeat(5 << 20)}));
+    let r = post(b.port, Some(&s), big, BOTH).await;
+    assert_eq!(r.status, 413);
+    assert!(r.text().contains("--stdio-max-message"), "{}", r.text());
     // Notifications alone: 202.
     let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     assert_eq!(post(b.port, Some(&s), note, BOTH).await.status, 202);
@@ -411,4 +416,81 @@ async fn a_restarted_bridge_takes_up_its_sessions_without_initialising_again() {
     )
     .await;
     assert_eq!(r.status, 404, "{}", r.text());
+}
+
+/// Sessions that came and went leave nothing behind: no session in the
+/// process, no task, no session in the counting table.
+#[tokio::test]
+async fn sessions_that_came_and_went_leave_no_task_and_no_state() {
+    let stubs = Arc::new(Stubs::default());
+    let b = stdio_bridge(stubs, [7; 32], Kept::new(), 0).await;
+    b.fwd.set_endpoints("stdio-svc", running(&[A]));
+    // Attached, one session come and gone: the baseline.
+    let (s, _) = initialize(b.port).await;
+    let addr = SocketAddr::new(LOCALHOST, b.port);
+    let delete = |s: String| async move {
+        let r = http::send(
+            addr,
+            Method::DELETE,
+            "/mcp",
+            &[(SESSION, s.as_str())],
+            Bytes::new(),
+            PROMPT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    delete(s).await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let settled = |what: &'static str, want: usize| {
+        wait::until_async(what, PROMPT, move || async move {
+            let n = tasks();
+            if n <= want {
+                Ok(n)
+            } else {
+                Err(format!("{n} tasks alive, want {want}"))
+            }
+        })
+    };
+    let base = settled("the baseline", usize::MAX).await.unwrap();
+    for round in 0..10 {
+        let mut js = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            js.spawn(async move {
+                let (s, _) = initialize(addr.port()).await;
+                let text = format!("r{round} s{i}");
+                assert_eq!(
+                    tool(addr.port(), &s, "echo", json!({"text": text})).await,
+                    Ok(text)
+                );
+                s
+            });
+        }
+        for s in js.join_all().await {
+            delete(s).await;
+        }
+    }
+    let r = b.hub.replica(KEY_A).expect("attached");
+    assert_eq!(
+        r.handle
+            .stats
+            .sessions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(
+        r.handle
+            .stats
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(b.fwd.sessions("stdio-svc").values().sum::<usize>(), 0);
+    assert_eq!(b.hub.sessions("stdio-svc").values().sum::<usize>(), 0);
+    settled("500 sessions' tasks gone", base).await.unwrap();
 }
