@@ -41,7 +41,7 @@ pub struct Args {
     /// idle window (P5), shorter criterion sampling (P1). Each row says so.
     #[arg(long)]
     pub quick: bool,
-    /// Only these phases (p1,p2,p3,p4,p5,p6,p7; p2 and p3 run together).
+    /// Only these phases (p1,p2,p3,p4,p5,p6,p7,p8; p2 and p3 run together).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Container starts measured for P2 (default 100, 20 with --quick).
@@ -122,7 +122,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
         crate::interrupt::check()?;
     }
-    let docker_phases = ["p2", "p3", "p4", "p5", "p6", "p7"];
+    let docker_phases = ["p2", "p3", "p4", "p5", "p6", "p7", "p8"];
     if docker_phases.iter().any(|p| want(p)) {
         infra::ensure_stub_image(t0)?;
         infra::remove_stale(t0);
@@ -167,6 +167,14 @@ pub fn run(args: &Args) -> Result<()> {
                 match r {
                     Ok(r) => rows.extend(r),
                     Err(e) => failures.push(format!("P7: {e:#}")),
+                }
+            }
+            if want("p8") {
+                let r = phases::p8(&ctx).await;
+                guard.remove_phase("p8");
+                match r {
+                    Ok(r) => rows.extend(r),
+                    Err(e) => failures.push(format!("P8: {e:#}")),
                 }
             }
             if want("p4") {
@@ -215,6 +223,10 @@ pub fn run(args: &Args) -> Result<()> {
         "P7-c1-latency-added",
         "P7-c32-throughput",
         "P7-c32-latency-added",
+        "P8-c1-throughput",
+        "P8-c1-p99",
+        "P8-c16-throughput",
+        "P8-c16-p99",
     ];
     rows.sort_by_key(|r| order.iter().position(|o| *o == r.id).unwrap_or(usize::MAX));
     print!("{}", table(&rows));

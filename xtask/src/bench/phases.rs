@@ -6,6 +6,7 @@ mod p4;
 mod p5;
 mod p6;
 mod p7;
+mod p8;
 mod start;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ pub use p4::p4;
 pub use p5::p5;
 pub use p6::p6;
 pub use p7::p7;
+pub use p8::p8;
 pub use start::p2_p3;
 
 /// What every phase needs.

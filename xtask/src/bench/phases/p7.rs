@@ -34,10 +34,10 @@ const STUB_PORT: u16 = 8080;
 
 /// What one load run measured.
 #[derive(Debug, Clone, Copy)]
-struct Load {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub(super) struct Load {
+    pub(super) rps: f64,
+    pub(super) p50_us: f64,
+    pub(super) p99_us: f64,
 }
 
 /// P7 rows: throughput against HAProxy, added latency against HAProxy's.
@@ -186,7 +186,7 @@ fn haproxy(port: u16, replicas: &[SocketAddr]) -> Result<Proc> {
 }
 
 /// `initialize` on a fresh keep-alive connection: the connection and the session id.
-async fn session(addr: SocketAddr) -> Result<(Sender, String)> {
+pub(super) async fn session(addr: SocketAddr) -> Result<(Sender, String)> {
     let mut s = connect_api(addr, 1).await?.pop().context("a connection")?;
     let init = mesh_chaos::stub::initialize_request().to_string();
     let resp = s.send_request(post(addr, None, Bytes::from(init))?).await?;
@@ -215,7 +215,7 @@ fn post(addr: SocketAddr, session: Option<&str>, body: Bytes) -> Result<Request<
 }
 
 /// `sessions` sessions calling `tools/call echo` back to back for `window`.
-async fn load(addr: SocketAddr, sessions: usize, window: Duration) -> Result<Load> {
+pub(super) async fn load(addr: SocketAddr, sessions: usize, window: Duration) -> Result<Load> {
     const CALL: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"p7"}}}"#;
     let mut set = JoinSet::new();
     let start = Instant::now() + Duration::from_millis(50);
