@@ -251,8 +251,9 @@ async fn initialize(
             "the service's stdio server is not running; retry later",
         );
     }
-    let Ok((token, id)) = replica.issue().await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the stdio server is gone");
+    let (token, id) = match replica.issue().await {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     let client_id = sessions::encode(&replica.key, &token);
     let mut resp = post(&replica, id, false, messages, false).await;

@@ -31,6 +31,7 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -43,6 +44,12 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 pub const RETRY_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between attach attempts.
 pub const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A session without a request (and no GET stream open) for this long is
+/// ended, as the HTTP transports' table forgets one.
+pub use crate::forward::sessions::IDLE;
+/// Most open client sessions of one process.
+pub const MAX_SESSIONS: usize = 4096;
 
 /// Hex digits of the digest in a session token.
 const TAG_HEX: usize = 32;
@@ -185,6 +192,39 @@ struct Entry {
     id: SessionId,
     /// The session's stream of pushes, while no GET holds it.
     stream: Option<mpsc::Receiver<Value>>,
+    /// Its last request.
+    last: Instant,
+}
+
+/// The client sessions of one process, by token number.
+#[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<u64, Entry>,
+    /// When idle sessions were last looked for.
+    swept: Option<Instant>,
+}
+
+impl Table {
+    /// Takes out the sessions idle for [`IDLE`] whose GET stream is not
+    /// held (at most once a minute), for the caller to close.
+    fn sweep(&mut self, now: Instant) -> Vec<SessionId> {
+        if self
+            .swept
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(60))
+        {
+            return Vec::new();
+        }
+        self.swept = Some(now);
+        let mut gone = Vec::new();
+        self.entries.retain(|_, e| {
+            let idle = e.stream.is_some() && now.saturating_duration_since(e.last) >= IDLE;
+            if idle {
+                gone.push(e.id);
+            }
+            !idle
+        });
+        gone
+    }
 }
 
 /// One container of a stdio service.
@@ -193,7 +233,7 @@ struct Proc {
     handle: Handle,
     running: watch::Sender<bool>,
     attached: watch::Receiver<bool>,
-    sessions: Arc<Mutex<HashMap<u64, Entry>>>,
+    sessions: Arc<Mutex<Table>>,
     cancel: CancellationToken,
 }
 
@@ -234,7 +274,7 @@ pub struct Replica {
     pub handle: Handle,
     /// Whether an attach is up now.
     pub attached: watch::Receiver<bool>,
-    sessions: Arc<Mutex<HashMap<u64, Entry>>>,
+    sessions: Arc<Mutex<Table>>,
     secret: [u8; 32],
 }
 
@@ -243,6 +283,20 @@ pub struct Replica {
 pub enum Refused {
     /// Not a token this bridge (or one with its secret) issued.
     Unknown,
+}
+
+/// Why no session was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IssueError {
+    /// The process's task has ended (its container is gone).
+    #[error("the stdio server is gone")]
+    Gone,
+    /// The process has [`MAX_SESSIONS`] open.
+    #[error(
+        "this stdio server has {MAX_SESSIONS} open sessions: end unused ones with DELETE \
+         (sessions idle for an hour are ended by the bridge)"
+    )]
+    Full,
 }
 
 impl Hub {
@@ -379,11 +433,8 @@ impl Hub {
             .iter()
             .filter(|(_, p)| &*p.service == service)
             .map(|(k, p)| {
-                let n = p
-                    .sessions
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .len();
+                let n = p.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+                let n = n.entries.len();
                 (Arc::clone(k), n)
             })
             .collect()
@@ -410,27 +461,41 @@ fn tag(secret: &[u8; 32], key: &str, n: u64) -> String {
 }
 
 impl Replica {
-    fn entries(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+    fn table(&self) -> MutexGuard<'_, Table> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens a client session and returns its token.
-    pub async fn issue(&self) -> Result<(String, SessionId), super::process::Gone> {
-        let s = self.handle.open().await?;
+    /// Opens a client session and returns its token. Sessions idle for
+    /// [`IDLE`] are ended first; past [`MAX_SESSIONS`] none is opened.
+    pub async fn issue(&self) -> Result<(String, SessionId), IssueError> {
+        let now = Instant::now();
+        let (idle, full) = {
+            let mut t = self.table();
+            let idle = t.sweep(now);
+            (idle, t.entries.len() >= MAX_SESSIONS)
+        };
+        for id in idle {
+            let _ = self.handle.close(id).await;
+        }
+        if full {
+            return Err(IssueError::Full);
+        }
+        let s = self.handle.open().await.map_err(|_| IssueError::Gone)?;
         // A random number, not the multiplexer's: a restarted bridge's
         // multiplexer counts from 1 again while earlier tokens live on.
-        let mut entries = self.entries();
+        let mut t = self.table();
         let n = loop {
             let n = rand::random::<u64>();
-            if !entries.contains_key(&n) {
+            if !t.entries.contains_key(&n) {
                 break n;
             }
         };
-        entries.insert(
+        t.entries.insert(
             n,
             Entry {
                 id: s.id,
                 stream: Some(s.stream),
+                last: now,
             },
         );
         Ok((format!("{n}-{}", tag(&self.secret, &self.key, n)), s.id))
@@ -445,39 +510,58 @@ impl Replica {
         if !bool::from(subtle::ConstantTimeEq::ct_eq(good.as_bytes(), t.as_bytes())) {
             return Err(Refused::Unknown);
         }
-        if let Some(e) = self.entries().get(&n) {
+        let now = Instant::now();
+        if let Some(e) = self.table().entries.get_mut(&n) {
+            e.last = now;
             return Ok(e.id);
         }
-        // Issued by an earlier bridge: a new multiplexer session stands
-        // for it under the same token.
+        // Issued by an earlier bridge (or ended as idle): a new multiplexer
+        // session stands for it under the same token.
         let s = self.handle.open().await.map_err(|_| Refused::Unknown)?;
-        let mut entries = self.entries();
-        let e = entries.entry(n).or_insert(Entry {
-            id: s.id,
-            stream: Some(s.stream),
-        });
-        Ok(e.id)
+        let (id, extra) = {
+            let mut t = self.table();
+            match t.entries.get(&n) {
+                // Another request took it up meanwhile.
+                Some(e) => (e.id, Some(s.id)),
+                None => {
+                    t.entries.insert(
+                        n,
+                        Entry {
+                            id: s.id,
+                            stream: Some(s.stream),
+                            last: now,
+                        },
+                    );
+                    (s.id, None)
+                }
+            }
+        };
+        if let Some(extra) = extra {
+            let _ = self.handle.close(extra).await;
+        }
+        Ok(id)
     }
 
     /// Takes the session's stream of pushes (for a GET); None when another
     /// GET holds it or the session is gone.
     pub fn take_stream(&self, session: SessionId) -> Option<mpsc::Receiver<Value>> {
-        let mut entries = self.entries();
-        let (_, e) = entries.iter_mut().find(|(_, e)| e.id == session)?;
+        let mut t = self.table();
+        let (_, e) = t.entries.iter_mut().find(|(_, e)| e.id == session)?;
         e.stream.take()
     }
 
     /// Gives a stream back when its GET ends.
     pub fn return_stream(&self, session: SessionId, stream: mpsc::Receiver<Value>) {
-        let mut entries = self.entries();
-        if let Some((_, e)) = entries.iter_mut().find(|(_, e)| e.id == session) {
+        let mut t = self.table();
+        if let Some((_, e)) = t.entries.iter_mut().find(|(_, e)| e.id == session) {
             e.stream = Some(stream);
+            e.last = Instant::now();
         }
     }
 
     /// Ends a session (a DELETE).
     pub async fn end(&self, session: SessionId) {
-        self.entries().retain(|_, e| e.id != session);
+        self.table().entries.retain(|_, e| e.id != session);
         let _ = self.handle.close(session).await;
     }
 }
@@ -583,6 +667,33 @@ async fn supervise(mut s: Supervisor) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_sessions_without_a_get_stream_are_ended_at_most_once_a_minute() {
+        let t0 = Instant::now();
+        let entry = |id, last, streaming: bool| {
+            let (_tx, rx) = mpsc::channel(1);
+            Entry {
+                id,
+                stream: (!streaming).then_some(rx),
+                last,
+            }
+        };
+        let mut t = Table::default();
+        t.entries.insert(1, entry(11, t0, false));
+        t.entries.insert(2, entry(12, t0, true));
+        t.entries
+            .insert(3, entry(13, t0 + Duration::from_secs(90), false));
+        assert!(t.sweep(t0 + IDLE - Duration::from_secs(1)).is_empty());
+        assert!(
+            t.sweep(t0 + IDLE + Duration::from_secs(10)).is_empty(),
+            "not again within a minute"
+        );
+        assert_eq!(t.sweep(t0 + IDLE + Duration::from_secs(60)), [11]);
+        let mut left: Vec<u64> = t.entries.keys().copied().collect();
+        left.sort_unstable();
+        assert_eq!(left, [2, 3], "a held GET stream keeps its session");
+    }
 
     #[test]
     fn a_token_proves_itself_only_for_its_replica_and_secret() {
