@@ -103,9 +103,13 @@ impl Store {
                 reason: "not a regular file".into(),
             });
         }
-        if meta.len() == 0 && !sidecar(&path, "-wal").exists() {
+        if meta.len() == 0 {
             // Created, then the bridge stopped before writing anything:
             // `open` initialises it. Nothing to read, nothing inconsistent.
+            // A WAL beside it is not read either: SQLite writes the file's
+            // header before any WAL, treats a WAL beside an empty file as
+            // stale, and deletes it on open (even read-only), so opening
+            // here would delete it.
             return Ok(CheckReport::empty(path));
         }
         with_read_only(&path, |conn, p| check_conn(conn, p, ranges))

@@ -696,3 +696,23 @@ fn a_lock_file_that_cannot_be_opened_is_an_error_not_a_missing_lock() {
         Err(StoreError::Io { .. })
     ));
 }
+
+#[test]
+fn an_empty_file_beside_a_wal_checks_as_not_initialised_and_keeps_the_wal() {
+    // SQLite ignores a WAL beside an empty database file and deletes it
+    // when it opens the file, even read-only: check must not open it.
+    let live = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(live.path()).expect("open");
+    s.apply(&[reserve("docs", 11117, 1)]).expect("apply");
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join(FILE_NAME), b"").expect("empty file");
+    for side in ["state.db-wal", "state.db-shm"] {
+        fs::copy(live.path().join(side), dir.path().join(side)).expect("copy");
+    }
+    drop(s);
+    let before = files(dir.path());
+    assert_eq!(before.len(), 3, "{:?}", before.keys());
+    let r = Store::check(dir.path(), None).expect("empty is fine");
+    assert_eq!((r.schema_version, r.reservations), (0, 0));
+    assert_eq!(files(dir.path()), before, "check deleted nothing");
+}
