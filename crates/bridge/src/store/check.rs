@@ -117,9 +117,12 @@ impl Store {
 }
 
 /// `file:` URI of `path` with `query`, percent-encoding what a URI reserves.
+/// The authority is empty (`file://` then the absolute path): after a bare
+/// `file:`, a path that starts with `//` (POSIX keeps two leading slashes)
+/// would have its first component read as a host and refused.
 pub(super) fn file_uri(path: &Path, query: &str) -> String {
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut out = String::from("file:");
+    let mut out = String::from("file://");
     for b in abs.as_os_str().as_encoded_bytes() {
         match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'-' | b'.' | b'_' | b'~' => {

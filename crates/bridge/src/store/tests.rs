@@ -716,3 +716,22 @@ fn an_empty_file_beside_a_wal_checks_as_not_initialised_and_keeps_the_wal() {
     assert_eq!((r.schema_version, r.reservations), (0, 0));
     assert_eq!(files(dir.path()), before, "check deleted nothing");
 }
+
+#[test]
+fn check_works_under_a_state_directory_that_starts_with_two_slashes() {
+    // POSIX keeps a leading `//` as it is (std::path::absolute does too):
+    // the URI of such a path must not read the first component as a host.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slashes = PathBuf::from(format!("/{}", dir.path().display()));
+    assert!(slashes.to_string_lossy().starts_with("//"));
+    let mut s = Store::open(&slashes).expect("open");
+    s.apply(&[reserve("docs", 11117, 1)]).expect("apply");
+    let r = Store::check(&slashes, None).expect("check beside a live writer");
+    assert_eq!(r.reservations, 1);
+    drop(s);
+    let r = Store::check(&slashes, None).expect("check a closed store");
+    assert_eq!(r.reservations, 1);
+    // Opening an existing store judges it read-only first, the same way.
+    let s = Store::open(&slashes).expect("reopen");
+    assert_eq!(s.load().expect("load").reservations.len(), 1);
+}
