@@ -67,6 +67,12 @@ const HARMLESS: &[Harmless] = &[
     },
     Harmless {
         file: "crates/bridge/src/store/check.rs",
+        mutant: "replace | with ^ in open_read_only",
+        at: "| OpenFlags::SQLITE_OPEN_",
+        why: "the SQLite open flags are distinct bits (read-only 0x1, URI 0x40, no-mutex 0x8000), so `^` gives what `|` gives",
+    },
+    Harmless {
+        file: "crates/bridge/src/store/check.rs",
         mutant: "replace + with - in with_read_only",
         at: "+ WAL_FRAME_HEADER + 512",
         why: "a WAL of 520 to 567 bytes holds no whole frame, so no commit: reading it or only the main file gives the same store",

@@ -195,6 +195,17 @@ pub const BUGS: &[Bug] = &[
         ],
         scenarios: &["network"],
     },
+    Bug {
+        id: "stray-listener",
+        what: "the API also opens a health listener on the next port up: the bridge holds a port outside --ports that nobody gave it, and whatever else needs that port cannot bind it",
+        expected: "I10",
+        edits: &[Edit {
+            file: "crates/bridge/src/api.rs",
+            find: "pub async fn serve(listener: TcpListener, state: ApiState, shutdown: CancellationToken) {\n    let tracker = TaskTracker::new();",
+            replace: "pub async fn serve(listener: TcpListener, state: ApiState, shutdown: CancellationToken) {\n    let _health = match listener.local_addr() {\n        Ok(a) => TcpListener::bind((a.ip(), a.port().wrapping_add(1))).await.ok(),\n        Err(_) => None,\n    };\n    let tracker = TaskTracker::new();",
+        }],
+        scenarios: &["steady"],
+    },
 ];
 
 /// Flags of `cargo xtask teeth`.

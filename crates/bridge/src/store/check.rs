@@ -103,9 +103,13 @@ impl Store {
                 reason: "not a regular file".into(),
             });
         }
-        if meta.len() == 0 && !sidecar(&path, "-wal").exists() {
+        if meta.len() == 0 {
             // Created, then the bridge stopped before writing anything:
             // `open` initialises it. Nothing to read, nothing inconsistent.
+            // A WAL beside it is not read either: SQLite writes the file's
+            // header before any WAL, treats a WAL beside an empty file as
+            // stale, and deletes it on open (even read-only), so opening
+            // here would delete it.
             return Ok(CheckReport::empty(path));
         }
         with_read_only(&path, |conn, p| check_conn(conn, p, ranges))
@@ -113,9 +117,12 @@ impl Store {
 }
 
 /// `file:` URI of `path` with `query`, percent-encoding what a URI reserves.
+/// The authority is empty (`file://` then the absolute path): after a bare
+/// `file:`, a path that starts with `//` (POSIX keeps two leading slashes)
+/// would have its first component read as a host and refused.
 pub(super) fn file_uri(path: &Path, query: &str) -> String {
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut out = String::from("file:");
+    let mut out = String::from("file://");
     for b in abs.as_os_str().as_encoded_bytes() {
         match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'-' | b'.' | b'_' | b'~' => {

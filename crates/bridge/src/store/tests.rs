@@ -696,3 +696,346 @@ fn a_lock_file_that_cannot_be_opened_is_an_error_not_a_missing_lock() {
         Err(StoreError::Io { .. })
     ));
 }
+
+#[test]
+fn check_reports_a_path_it_cannot_read_as_such_not_as_a_missing_store() {
+    // The state directory is a regular file: looking up `state.db` under it
+    // fails with ENOTDIR, which is not "no store here".
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_a_dir = dir.path().join("file");
+    fs::write(&not_a_dir, b"x").expect("write");
+    let err = Store::check(&not_a_dir, None).expect_err("not a directory");
+    assert!(
+        matches!(
+            &err,
+            StoreError::Io {
+                action: "cannot read",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_version_0_file_checks_as_empty_only_without_tables() {
+    // A file SQLite has written (its size is not 0) but no migration yet.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(FILE_NAME);
+    let conn = Connection::open(&path).expect("open");
+    conn.execute_batch("CREATE TABLE t (x); DROP TABLE t;")
+        .expect("write a page");
+    drop(conn);
+    assert!(fs::metadata(&path).expect("meta").len() > 0);
+    let r = Store::check(dir.path(), None).expect("not initialised is fine");
+    assert_eq!((r.schema_version, r.reservations, r.last_ports), (0, 0, 0));
+    // Version 0 with a table: someone else's database.
+    let conn = Connection::open(&path).expect("open");
+    conn.execute_batch("CREATE TABLE t (x);").expect("create");
+    drop(conn);
+    let err = Store::check(dir.path(), None).expect_err("foreign");
+    assert!(
+        matches!(&err, StoreError::Damaged { reason, .. } if reason.contains("not a mesh-bridge store")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_store_without_one_of_its_tables_is_damaged_for_check_and_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    unconstrained_store(
+        dir.path(),
+        "('a', 11100, 'reserved', NULL, 0)",
+        "('a', 11100, 0)",
+    );
+    let conn = Connection::open(dir.path().join(FILE_NAME)).expect("open");
+    conn.execute_batch("DROP TABLE pinned;").expect("drop");
+    drop(conn);
+    let before = files(dir.path());
+    let err = Store::check(dir.path(), None).expect_err("no pinned table");
+    assert!(
+        matches!(&err, StoreError::Damaged { reason, .. } if reason == "table `pinned` is missing"),
+        "{err}"
+    );
+    assert_eq!(files(dir.path()), before, "check wrote nothing");
+    let err = Store::open(dir.path()).expect_err("no pinned table");
+    assert!(
+        matches!(&err, StoreError::Damaged { reason, .. } if reason == "table `pinned` is missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_a_failing_query_on_a_store_without_a_wal() {
+    // `reservations` lacks its state columns: reading it fails in SQLite,
+    // and that failure is the answer (there is no WAL to try a copy of).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conn = Connection::open(dir.path().join(FILE_NAME)).expect("open");
+    conn.execute_batch(&format!(
+        "CREATE TABLE reservations (service, port);
+         CREATE TABLE last_ports (service, port, seen_ms);
+         CREATE TABLE pinned (service, since_ms);
+         PRAGMA user_version = {SCHEMA_VERSION};"
+    ))
+    .expect("write");
+    drop(conn);
+    let err = Store::check(dir.path(), None).expect_err("no such column");
+    assert!(
+        matches!(
+            &err,
+            StoreError::Sqlite {
+                action: "reading reservations",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no such column"), "{err}");
+}
+
+#[test]
+fn check_sees_a_commit_of_one_frame_in_the_wal() {
+    // Pages of 512 bytes, the smallest: a commit that changes one page is a
+    // WAL of its header and one frame, 32 + 24 + 512 bytes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(FILE_NAME);
+    let conn = Connection::open(&path).expect("open");
+    conn.execute_batch("PRAGMA page_size = 512;")
+        .expect("page size");
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .expect("wal");
+    assert_eq!(mode, "wal");
+    conn.execute_batch(&format!(
+        "CREATE TABLE reservations (service, port, state, until_ms, since_ms);
+         CREATE TABLE last_ports (service, port, seen_ms);
+         CREATE TABLE pinned (service, since_ms);
+         PRAGMA user_version = {SCHEMA_VERSION};
+         PRAGMA wal_checkpoint(TRUNCATE);"
+    ))
+    .expect("write");
+    let wal = dir.path().join("state.db-wal");
+    assert_eq!(fs::metadata(&wal).expect("wal").len(), 0);
+    conn.execute(
+        "INSERT INTO reservations VALUES ('docs', 11117, 'reserved', NULL, 0)",
+        [],
+    )
+    .expect("insert");
+    assert_eq!(fs::metadata(&wal).expect("wal").len(), 32 + 24 + 512);
+    let r = Store::check(dir.path(), None).expect("check");
+    assert_eq!(r.reservations, 1, "the WAL's commit is read");
+    drop(conn);
+}
+
+#[test]
+fn a_long_problem_list_shows_ten_and_counts_the_rest() {
+    let err = |n: usize| StoreError::Inconsistent {
+        path: "/x/state.db".into(),
+        problems: (0..n).map(|i| format!("p{i}")).collect(),
+    };
+    let ten = (0..10)
+        .map(|i| format!("p{i}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    assert_eq!(
+        err(12).to_string(),
+        format!("store /x/state.db is inconsistent: {ten} (and 2 more)")
+    );
+    assert_eq!(
+        err(10).to_string(),
+        format!("store /x/state.db is inconsistent: {ten}")
+    );
+    assert_eq!(err(1).to_string(), "store /x/state.db is inconsistent: p0");
+}
+
+#[test]
+fn migrate_refuses_a_version_newer_than_it_knows() {
+    // Open judges the version first; this is the check inside the
+    // migration's transaction, for a file upgraded between the two.
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(Store::open(dir.path()).expect("open"));
+    let path = dir.path().join(FILE_NAME);
+    let mut conn = Connection::open(&path).expect("open");
+    let err = migrate(&mut conn, &path, &MIGRATIONS[..1]).expect_err("too new");
+    assert!(
+        matches!(
+            err,
+            StoreError::TooNew {
+                found: 2,
+                known: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(user_version(&conn, &path).expect("version"), 2);
+}
+
+/// The connection that migrates a fresh store while another waits for the
+/// write lock (see the test below).
+static OTHER_WRITER: std::sync::Mutex<Option<Connection>> = std::sync::Mutex::new(None);
+
+#[test]
+fn a_store_migrated_by_another_process_meanwhile_is_migrated_once() {
+    // Two processes open a fresh store at once: both read version 0, one
+    // gets the write lock and migrates. The other, once it has the lock,
+    // must find the work done: not migrate again, not refuse the store.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(FILE_NAME);
+    let mut first = Connection::open(&path).expect("open");
+    let mode: String = first
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .expect("wal");
+    assert_eq!(mode, "wal");
+    let other = Connection::open(&path).expect("open");
+    other.execute_batch("BEGIN IMMEDIATE").expect("write lock");
+    *OTHER_WRITER.lock().expect("lock") = Some(other);
+    // `first` finds the lock taken: the other process finishes its
+    // migration then, and `first` gets the lock after it.
+    fn other_migrates(_: i32) -> bool {
+        if let Some(other) = OTHER_WRITER.lock().expect("lock").take() {
+            for (i, sql) in MIGRATIONS.iter().enumerate() {
+                other.execute_batch(sql).expect("migrate");
+                other
+                    .pragma_update(None, "user_version", i + 1)
+                    .expect("version");
+            }
+            other.execute_batch("COMMIT").expect("commit");
+        }
+        true
+    }
+    first
+        .busy_handler(Some(other_migrates))
+        .expect("busy handler");
+    let known = migrate(&mut first, &path, MIGRATIONS).expect("migrated once");
+    assert_eq!(known, SCHEMA_VERSION);
+    assert!(
+        OTHER_WRITER.lock().expect("lock").is_none(),
+        "the other process migrated first"
+    );
+    assert_eq!(
+        user_version(&first, &path).expect("version"),
+        SCHEMA_VERSION
+    );
+}
+
+#[test]
+fn move_aside_reports_a_rename_that_fails() {
+    // The WAL cannot be renamed: a directory cannot replace what is at
+    // the target name (a dangling link, which looks free). Nothing may be
+    // moved then: a database moved without its WAL loses what the WAL holds.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(FILE_NAME);
+    fs::write(&path, b"junk").expect("write");
+    fs::create_dir(dir.path().join("state.db-wal")).expect("wal as a directory");
+    let now = UNIX_EPOCH + Duration::from_secs(1_709_210_096);
+    std::os::unix::fs::symlink(
+        dir.path().join("nowhere"),
+        dir.path().join("state.db.damaged-20240229T123456Z-wal"),
+    )
+    .expect("symlink");
+    let err = Store::move_aside(dir.path(), now).expect_err("rename fails");
+    assert!(
+        matches!(&err, StoreError::Io { action: "cannot move aside", path: p, .. } if p.ends_with("state.db-wal")),
+        "{err}"
+    );
+    assert_eq!(fs::read(&path).expect("still there"), b"junk");
+}
+
+#[test]
+fn a_store_moved_aside_after_year_9999_is_stamped_with_its_last_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join(FILE_NAME), b"junk").expect("write");
+    let now = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+    let moved = Store::move_aside(dir.path(), now).expect("move aside");
+    assert_eq!(
+        moved.file_name().and_then(|n| n.to_str()),
+        Some("state.db.damaged-99991231T235959Z")
+    );
+}
+
+#[test]
+fn an_empty_file_beside_a_wal_checks_as_not_initialised_and_keeps_the_wal() {
+    // SQLite ignores a WAL beside an empty database file and deletes it
+    // when it opens the file, even read-only: check must not open it.
+    let live = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(live.path()).expect("open");
+    s.apply(&[reserve("docs", 11117, 1)]).expect("apply");
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join(FILE_NAME), b"").expect("empty file");
+    for side in ["state.db-wal", "state.db-shm"] {
+        fs::copy(live.path().join(side), dir.path().join(side)).expect("copy");
+    }
+    drop(s);
+    let before = files(dir.path());
+    assert_eq!(before.len(), 3, "{:?}", before.keys());
+    let r = Store::check(dir.path(), None).expect("empty is fine");
+    assert_eq!((r.schema_version, r.reservations), (0, 0));
+    assert_eq!(files(dir.path()), before, "check deleted nothing");
+}
+
+#[test]
+fn a_sqlite_failure_through_a_wal_is_retried_on_a_copy_and_without_one_is_the_answer() {
+    // Some WALs a killed writer leaves cannot be read through their index
+    // (a WAL whose header is garbage makes SQLite retry for 10 s, then give
+    // SQLITE_PROTOCOL); a private copy of the database and its WAL can be.
+    // Here the reader fails on the live files and succeeds on the copy.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(FILE_NAME);
+    let real = std::path::absolute(&path).expect("absolute");
+    let refuse_the_live_file = |conn: &Connection, p: &Path| {
+        let at = conn.path().map(PathBuf::from);
+        if at.as_deref() == Some(real.as_path()) {
+            Err(StoreError::sql(
+                p,
+                "reading",
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_PROTOCOL),
+                    None,
+                ),
+            ))
+        } else {
+            Ok(at)
+        }
+    };
+    let mut s = Store::open(dir.path()).expect("open");
+    s.apply(&[reserve("docs", 11117, 1)]).expect("apply");
+    assert!(dir.path().join("state.db-shm").exists());
+    let read = with_read_only(&path, refuse_the_live_file).expect("read from a copy");
+    let copy = read.expect("a file name");
+    assert_ne!(copy, real);
+    assert!(!copy.exists(), "the copy is removed");
+    drop(s);
+    // Closed: no WAL, so no copy either; the failure is the answer.
+    assert!(!dir.path().join("state.db-wal").exists());
+    let err = with_read_only(&path, refuse_the_live_file).expect_err("no copy without a WAL");
+    assert!(
+        matches!(
+            &err,
+            StoreError::Sqlite {
+                action: "reading",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_works_under_a_state_directory_that_starts_with_two_slashes() {
+    // POSIX keeps a leading `//` as it is (std::path::absolute does too):
+    // the URI of such a path must not read the first component as a host.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slashes = PathBuf::from(format!("/{}", dir.path().display()));
+    assert!(slashes.to_string_lossy().starts_with("//"));
+    let mut s = Store::open(&slashes).expect("open");
+    s.apply(&[reserve("docs", 11117, 1)]).expect("apply");
+    let r = Store::check(&slashes, None).expect("check beside a live writer");
+    assert_eq!(r.reservations, 1);
+    drop(s);
+    let r = Store::check(&slashes, None).expect("check a closed store");
+    assert_eq!(r.reservations, 1);
+    // Opening an existing store judges it read-only first, the same way.
+    let s = Store::open(&slashes).expect("reopen");
+    assert_eq!(s.load().expect("load").reservations.len(), 1);
+}
