@@ -236,7 +236,12 @@ impl Recorder {
         let mut g = self.ports.lock().unwrap_or_else(|e| e.into_inner());
         g.clear();
         for v in &s.services {
-            g.insert(v.name.clone(), v.port);
+            // A quarantined service has no container: its port is kept, not
+            // served, and once grace ends it is another service's. Probing
+            // it from a snapshot that is late by more than the grace would
+            // count that service's answer against this one (I7).
+            let port = v.port.filter(|_| v.state != ServiceState::Quarantined);
+            g.insert(v.name.clone(), port);
         }
     }
 }
@@ -392,5 +397,34 @@ pub async fn run_poller(
             rec.set_ports(&s);
         }
         rec.with(|h| h.snapshots.push(s));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarantined_service_is_not_probed_at_the_port_it_no_longer_serves() {
+        let rec = Recorder::default();
+        let sample = |name: &str, port, state| ServiceSample {
+            name: name.into(),
+            port: Some(port),
+            state,
+            replicas: 0,
+            running: 0,
+        };
+        let snap = Snapshot {
+            services: vec![
+                sample("gone", 11109, ServiceState::Quarantined),
+                sample("here", 11110, ServiceState::Serving),
+                sample("idle", 11111, ServiceState::Waiting),
+            ],
+            ..Snapshot::default()
+        };
+        rec.set_ports(&snap);
+        assert_eq!(rec.port_of("gone"), None);
+        assert_eq!(rec.port_of("here"), Some(11110));
+        assert_eq!(rec.port_of("idle"), Some(11111), "a held port is still its");
     }
 }
