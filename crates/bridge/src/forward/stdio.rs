@@ -33,10 +33,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::http::{Body, SESSION_HEADER, error, methods, session_not_found};
+use super::http::{Body, SESSION_HEADER, error, session_not_found};
 use super::sessions;
 use super::{Inner, ServiceCtx};
-use crate::contract::metric::miss;
+use crate::contract::metric::{mcp_method, miss};
 use crate::stdio::hub::Replica;
 use crate::stdio::mux::SessionId;
 
@@ -109,9 +109,6 @@ pub(super) async fn route(
         }
         Err(_) => return error(StatusCode::BAD_REQUEST, "request body unreadable"),
     };
-    for m in methods(&body) {
-        ctx.metrics.mcp_request(m).inc();
-    }
     let (batch, messages) = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Array(a)) if !a.is_empty() => (true, a),
         Ok(v @ Value::Object(_)) => (false, vec![v]),
@@ -130,6 +127,11 @@ pub(super) async fn route(
             );
         }
     };
+    // Counted from the parsed messages (the body is parsed once).
+    for m in messages.iter().take(1000) {
+        let method = m.get("method").and_then(Value::as_str);
+        ctx.metrics.mcp_request(mcp_method::label(method)).inc();
+    }
     match session {
         None => initialize(inner, ctx, batch, messages).await,
         Some(session) => match find(inner, ctx, &session).await {

@@ -454,10 +454,13 @@ fn tag(secret: &[u8; 32], key: &str, n: u64) -> String {
     h.update(key.as_bytes());
     h.update(n.to_be_bytes());
     let d = h.finalize();
-    d.iter()
-        .take(TAG_HEX / 2)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(TAG_HEX);
+    for b in d.iter().take(TAG_HEX / 2) {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 impl Replica {
