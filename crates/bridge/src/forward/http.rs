@@ -375,14 +375,15 @@ fn answer(
 }
 
 /// A session-less request in flight to one replica, counted in the balance
-/// until its answer (or failure), however the routing ends.
-struct Pending<'a> {
+/// until its answer (or failure), however the routing ends (the `stdio`
+/// transport's `initialize` too).
+pub(super) struct Pending<'a> {
     ctx: &'a ServiceCtx,
     key: Arc<str>,
 }
 
 impl<'a> Pending<'a> {
-    fn new(ctx: &'a ServiceCtx, key: &Arc<str>) -> Self {
+    pub(super) fn new(ctx: &'a ServiceCtx, key: &Arc<str>) -> Self {
         ctx.sessions().begin(key);
         Pending {
             ctx,

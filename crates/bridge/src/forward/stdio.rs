@@ -20,7 +20,6 @@
 //!   is not attached is waited for up to `--hold`, then 503.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,7 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::http::{Body, SESSION_HEADER, error, session_not_found};
+use super::http::{Body, Pending, SESSION_HEADER, error, session_not_found};
 use super::sessions;
 use super::{Inner, ServiceCtx};
 use crate::contract::metric::{mcp_method, miss};
@@ -270,28 +269,6 @@ async fn initialize(
         replica.end(id).await;
     }
     resp
-}
-
-/// Counts a new session's `initialize` in the balance until it is answered.
-struct Pending<'a> {
-    ctx: &'a ServiceCtx,
-    key: Arc<str>,
-}
-
-impl<'a> Pending<'a> {
-    fn new(ctx: &'a ServiceCtx, key: &Arc<str>) -> Self {
-        ctx.sessions().begin(key);
-        Pending {
-            ctx,
-            key: Arc::clone(key),
-        }
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.ctx.sessions().finish(&self.key);
-    }
 }
 
 /// Whether a message is a request (a method and an id).

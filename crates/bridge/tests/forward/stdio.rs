@@ -172,6 +172,22 @@ async fn post(port: u16, session: Option<&str>, msg: Value, accept: &str) -> Rep
 
 const BOTH: &str = "application/json, text/event-stream";
 
+/// Ends session `s` with a DELETE, which must succeed.
+async fn delete(port: u16, s: &str) {
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let r = http::send(
+        addr,
+        Method::DELETE,
+        "/mcp",
+        &[(SESSION, s)],
+        Bytes::new(),
+        PROMPT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 async fn initialize(port: u16) -> (String, Value) {
     let r = post(port, None, stub::initialize_request(), BOTH).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -281,17 +297,7 @@ async fn a_gone_replica_foreign_ids_and_deleted_sessions_get_404() {
     assert_eq!(r.status, 400);
     assert!(r.text().contains("-32700"), "{}", r.text());
 
-    let r = http::send(
-        addr,
-        Method::DELETE,
-        "/mcp",
-        &[(SESSION, s.as_str())],
-        Bytes::new(),
-        PROMPT,
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    delete(b.port, &s).await;
     assert_eq!(b.fwd.sessions("stdio-svc").values().sum::<usize>(), 0);
 
     let (s2, _) = initialize(b.port).await;
@@ -428,20 +434,7 @@ async fn sessions_that_came_and_went_leave_no_task_and_no_state() {
     // Attached, one session come and gone: the baseline.
     let (s, _) = initialize(b.port).await;
     let addr = SocketAddr::new(LOCALHOST, b.port);
-    let delete = |s: String| async move {
-        let r = http::send(
-            addr,
-            Method::DELETE,
-            "/mcp",
-            &[(SESSION, s.as_str())],
-            Bytes::new(),
-            PROMPT,
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-    };
-    delete(s).await;
+    delete(b.port, &s).await;
     let tasks = || {
         tokio::runtime::Handle::current()
             .metrics()
@@ -472,7 +465,7 @@ async fn sessions_that_came_and_went_leave_no_task_and_no_state() {
             });
         }
         for s in js.join_all().await {
-            delete(s).await;
+            delete(addr.port(), &s).await;
         }
     }
     let r = b.hub.replica(KEY_A).expect("attached");
