@@ -163,12 +163,32 @@ async fn delay_mode_slows_mcp_answers_until_set_to_zero() {
 }
 
 #[tokio::test]
-async fn tools_list_echo_and_whoami() {
+async fn tools_list_echo_sleep_and_whoami() {
     let s = InProcess::start("t").await;
     let list = stub::rpc(s.addr, "tools/list", json!({}), T).await.unwrap();
     let tools = list["tools"].as_array().unwrap();
     let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
-    assert_eq!(names, ["echo", "whoami"]);
+    assert_eq!(names, ["echo", "sleep", "whoami"]);
+    // sleep answers after its wait, bounded.
+    let t = Instant::now();
+    let slept = stub::rpc(
+        s.addr,
+        "tools/call",
+        json!({"name": "sleep", "arguments": {"ms": 300}}),
+        T,
+    )
+    .await
+    .unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300), "answered early");
+    assert_eq!(slept["content"][0]["text"], "slept 300 ms");
+    assert_eq!(
+        stub::requested_sleep(
+            json!({"method": "tools/call", "params": {"name": "sleep", "arguments": {"ms": 99_999}}})
+                .to_string()
+                .as_bytes()
+        ),
+        Some(Duration::from_millis(stub::MAX_SLEEP_MS))
+    );
     assert_eq!(tools[0]["inputSchema"]["type"], "object");
     assert_eq!(tools[0]["inputSchema"]["required"], json!(["text"]));
 

@@ -178,3 +178,92 @@ fn sdk_sessions_on_mcp_server_time_go_on_through_a_bridge_kill9() {
     // restarted bridge took every one up and ended every one.
     assert_eq!(sessions, 0, "sessions left open");
 }
+
+/// One JSON-RPC message POSTed to the mesh port in session `session`.
+fn rpc(port: u16, session: Option<&str>, msg: &Value, limit: Duration) -> Result<Value, String> {
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    if let Some(s) = session {
+        headers.push(("mcp-session-id", s));
+    }
+    let r = http(
+        local(port),
+        "POST",
+        "/mcp",
+        &headers,
+        msg.to_string().as_bytes(),
+        limit,
+    )?;
+    if r.status != 200 {
+        return Err(format!("HTTP {}: {}", r.status, r.text()));
+    }
+    serde_json::from_str(&r.text()).map_err(|e| format!("{e}: {}", r.text()))
+}
+
+/// A stdio server killed in the middle of a call: that call is answered
+/// with a JSON-RPC error at once; once the container runs again (a new
+/// process, initialised again by the bridge), the same session's next call
+/// succeeds.
+#[test]
+fn a_call_in_flight_when_the_container_dies_errors_and_the_session_goes_on() {
+    let ctx = TestCtx::new("stdio-kill");
+    let proxy = DockerProxy::start(&ctx);
+    let bridge = Bridge::start(BridgeOpts::new(4).via(&proxy));
+    let replicas = stdio_replicas(&ctx, "stdiokill", 1);
+    let port = bridge.wait_port("stdiokill", 1, REGISTER);
+    wait_mcp(port, 1, SERVE * 3);
+    let r = http(
+        local(port),
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        mesh_chaos::stub::initialize_request()
+            .to_string()
+            .as_bytes(),
+        SERVE,
+    )
+    .unwrap();
+    let session = r.header("mcp-session-id").expect("a session").to_string();
+    let sleep = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                       "params": {"name": "sleep", "arguments": {"ms": 10_000}}});
+    let s2 = session.clone();
+    let call = std::thread::spawn(move || rpc(port, Some(&s2), &sleep, Duration::from_secs(30)));
+    let in_flight = [("service", "stdiokill")];
+    wait_for("the call in flight", SERVE, || {
+        let n = bridge.metric(metric::STDIO_IN_FLIGHT.name, &in_flight);
+        if n == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    });
+    let t = Instant::now();
+    docker_ok(&["kill", &replicas[0].id]);
+    let answer = call.join().unwrap().expect("an answer, not a failed POST");
+    assert!(
+        answer["error"]["message"].is_string() && answer["id"] == 7,
+        "{answer}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "answered when the process died, not when the sleep would have ended"
+    );
+    docker_ok(&["start", &replicas[0].id]);
+    let echo = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"text": "again"}}});
+    let next = wait_for("the next call answered", SERVE * 2, || {
+        let v = rpc(port, Some(&session), &echo, SERVE)?;
+        if v["result"].is_object() {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    });
+    assert_eq!(next["result"]["content"][0]["text"], "again", "{next}");
+    assert_eq!(bridge.metric(metric::STDIO_IN_FLIGHT.name, &in_flight), 0.0);
+}

@@ -332,6 +332,7 @@ async fn handle(config: &StubConfig, peer: SocketAddr, req: Request<Incoming>) -
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
+            pause_for(&body).await;
             match handle_rpc(config, &body) {
                 Some(answer) => json_response(StatusCode::OK, &answer),
                 // A notification: MCP's streamable HTTP says 202, no body.
@@ -407,6 +408,27 @@ async fn read_body(mut body: Incoming) -> Result<Option<Bytes>, hyper::Error> {
     Ok((seen <= MAX_BODY_BYTES).then(|| Bytes::from(buf)))
 }
 
+/// Longest wait the `sleep` tool takes.
+pub const MAX_SLEEP_MS: u64 = 10_000;
+
+/// How long a `tools/call` of `sleep` in `body` asks to wait (bounded by
+/// [`MAX_SLEEP_MS`]); the servers wait that long before answering.
+pub fn requested_sleep(body: &[u8]) -> Option<Duration> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    if v.get("method")?.as_str()? != "tools/call" || v["params"]["name"] != "sleep" {
+        return None;
+    }
+    let ms = v["params"]["arguments"]["ms"].as_u64()?.min(MAX_SLEEP_MS);
+    Some(Duration::from_millis(ms))
+}
+
+/// Waits as long as a `sleep` call in `body` asks.
+pub async fn pause_for(body: &[u8]) {
+    if let Some(d) = requested_sleep(body) {
+        tokio::time::sleep(d).await;
+    }
+}
+
 /// Answers one JSON-RPC 2.0 message. Returns `None` for a notification (a
 /// request without `id`), which gets no answer.
 pub fn handle_rpc(config: &StubConfig, body: &[u8]) -> Option<Value> {
@@ -476,6 +498,15 @@ fn dispatch(config: &StubConfig, method: &str, params: &Value) -> Result<Value, 
                     "additionalProperties": false,
                 },
             }, {
+                "name": "sleep",
+                "description": "Answers after `ms` milliseconds (at most 10000): a call that is in flight for a while.",
+                "inputSchema": {
+                    "type": "object",
+                    "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": MAX_SLEEP_MS}},
+                    "required": ["ms"],
+                    "additionalProperties": false,
+                },
+            }, {
                 "name": "whoami",
                 "description": "Returns which replica answered (its container's short id).",
                 "inputSchema": {"type": "object", "properties": {}, "additionalProperties": false},
@@ -485,6 +516,17 @@ fn dispatch(config: &StubConfig, method: &str, params: &Value) -> Result<Value, 
             let name = params.get("name").and_then(Value::as_str);
             match name {
                 Some("echo") => {}
+                Some("sleep") => {
+                    // The wait itself is the caller's (`requested_sleep`).
+                    let ms = params["arguments"]["ms"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        .min(MAX_SLEEP_MS);
+                    let text = format!("slept {ms} ms");
+                    return Ok(
+                        json!({"content": [{"type": "text", "text": text}], "isError": false}),
+                    );
+                }
                 Some("whoami") => {
                     let text = &config.replica;
                     return Ok(

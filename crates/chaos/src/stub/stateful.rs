@@ -132,6 +132,7 @@ async fn answer(config: &StubConfig, req: Request<Incoming>) -> Response<Body> {
                 }
                 (Some(_), _) => None,
             };
+            super::pause_for(&body).await;
             let Some(answer) = handle_rpc(config, &body) else {
                 return empty(StatusCode::ACCEPTED);
             };

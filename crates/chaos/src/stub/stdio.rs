@@ -34,7 +34,10 @@ pub async fn serve(
         };
         let answer = match line {
             Ok(Some(line)) if line.trim().is_empty() => continue,
-            Ok(Some(line)) => answer(config, &line, &mut initialized),
+            Ok(Some(line)) => {
+                super::pause_for(line.as_bytes()).await;
+                answer(config, &line, &mut initialized)
+            }
             Ok(None) if eof => return Ok(()),
             Ok(None) => {
                 eof = input.read_buf(&mut buf).await? == 0;
