@@ -163,6 +163,8 @@ pub struct Mux {
     init: Init,
     params: Option<Value>,
     result: Option<Value>,
+    /// Bumped whenever `params` or `result` change (the record to keep).
+    record_version: u64,
     /// Sessions' `initialize` requests waiting for the server's answer.
     init_waiters: Vec<(SessionId, Value)>,
     /// Client requests waiting for the initialisation (already rewritten).
@@ -235,6 +237,7 @@ impl Mux {
             init: Init::Idle,
             params: None,
             result: None,
+            record_version: 0,
             init_waiters: Vec::new(),
             waiting: Vec::new(),
         }
@@ -255,6 +258,7 @@ impl Mux {
             Init::Idle
         };
         m.params = Some(record.params);
+        m.record_version += 1;
         m.result = record.result;
         m
     }
@@ -266,6 +270,12 @@ impl Mux {
             params: self.params.clone()?,
             result: self.result.clone(),
         })
+    }
+
+    /// Changes whenever [`Mux::record`] does (cheap to compare; the
+    /// record itself is cloned JSON).
+    pub fn record_version(&self) -> u64 {
+        self.record_version
     }
 
     /// The next bridge id this multiplexer will use.
@@ -368,6 +378,7 @@ impl Mux {
         if self.init == Init::Idle {
             let params = obj.remove("params").unwrap_or_else(|| json!({}));
             self.params = Some(params);
+            self.record_version += 1;
             self.send_initialize(out);
         }
     }
@@ -678,6 +689,7 @@ impl Mux {
         match obj.get("result") {
             Some(r) => {
                 self.result = Some(r.clone());
+                self.record_version += 1;
                 self.init = Init::Done;
                 out.push(Out::Server(
                     json!({"jsonrpc": "2.0", "method": INITIALIZED}),
@@ -698,6 +710,7 @@ impl Mux {
                 let err = obj.get("error").cloned().unwrap_or(Value::Null);
                 self.init = Init::Idle;
                 self.params = None;
+                self.record_version += 1;
                 for (session, id) in waiters {
                     out.push(Out::Reply {
                         session,
@@ -871,6 +884,7 @@ impl Mux {
         }
         self.asked.clear();
         self.result = None;
+        self.record_version += 1;
         self.init = Init::Idle;
         if !self.init_waiters.is_empty() || !self.sessions.is_empty() {
             self.send_initialize(&mut out);

@@ -241,6 +241,7 @@ impl Handle {
             record: record_tx,
             stats: stats.clone(),
             stderr_window: (tokio::time::Instant::now(), 0),
+            published: None,
         };
         tokio::spawn(task.run(rx));
         Handle { tx, record, stats }
@@ -303,6 +304,8 @@ struct Task {
     stats: Arc<Stats>,
     /// Start of the stderr log window and lines logged in it.
     stderr_window: (tokio::time::Instant, u32),
+    /// The record version and key last published.
+    published: Option<(u64, Option<String>)>,
 }
 
 /// Writes queued lines to the server's stdin until the queue closes or a
@@ -525,6 +528,17 @@ impl Task {
         self.stats
             .sessions
             .store(self.mux.sessions() as u64, Ordering::Relaxed);
+        // Cloning the record (JSON) on every message cost the hot path:
+        // only when the multiplexer's record or the process key changed.
+        let version = self.mux.record_version();
+        if self
+            .published
+            .as_ref()
+            .is_some_and(|(v, k)| *v == version && *k == self.key)
+        {
+            return;
+        }
+        self.published = Some((version, self.key.clone()));
         let record = self.mux.record().map(|record| Durable {
             record,
             key: self.key.clone(),
