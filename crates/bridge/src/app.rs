@@ -340,13 +340,17 @@ impl Daemon {
                     batch.latencies.push((c.service.clone(), at));
                 }
             }
-            Event::Stopped { id } => batch.effects.extend(self.core.stopped(&id)),
+            Event::Stopped { id } => batch.effects.extend(self.core.stopped(&id, now)),
             Event::Destroyed { id } => batch.effects.extend(self.core.destroyed(&id, now)),
             Event::Resync {
                 containers,
                 started,
             } => {
-                batch.effects.extend(self.core.resync(&containers, now));
+                let took = started.elapsed().as_millis() as Millis;
+                let listed_from = now.saturating_sub(took);
+                batch
+                    .effects
+                    .extend(self.core.resync_listed(&containers, now, listed_from));
                 batch.resyncs.push(started);
             }
         }

@@ -85,7 +85,18 @@ pub struct Core {
     pins_changed: Vec<String>,
     leak_cycles: u32,
     metrics: Metrics,
+    /// When a stop event of each container was applied, for
+    /// [`STALE_LIST_MS`]: a list started soon after may predate it.
+    stopped_at: HashMap<String, Millis>,
 }
+
+/// A container list that started less than this long after a stop event
+/// the bridge applied does not bring the container back to running: the
+/// engine emits `die` before its list shows the container exited (seen: a
+/// list 17 ms after the event still said running, so a dead replica was
+/// routed to until the next resync). A real restart sends a start event,
+/// which is believed.
+pub const STALE_LIST_MS: Millis = 2000;
 
 fn to_rfc3339(ms: Millis) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
@@ -106,6 +117,7 @@ impl Core {
             pins_changed: Vec::new(),
             leak_cycles,
             metrics,
+            stopped_at: HashMap::new(),
         }
     }
 
@@ -269,6 +281,7 @@ impl Core {
         replayed: bool,
         now: Millis,
     ) -> (Vec<Effect>, bool) {
+        self.stopped_at.remove(&info.id);
         let change = if replayed {
             self.registry.observe(info, now)
         } else {
@@ -284,8 +297,9 @@ impl Core {
         (out, fresh && !replayed)
     }
 
-    /// A container stopped running.
-    pub fn stopped(&mut self, id: &str) -> Vec<Effect> {
+    /// A container stopped running (an event applied at `now`).
+    pub fn stopped(&mut self, id: &str, now: Millis) -> Vec<Effect> {
+        self.stopped_at.insert(id.to_string(), now);
         match self.registry.set_running(id, false) {
             Some(service) => vec![self.endpoints(&service)],
             None => Vec::new(),
@@ -294,6 +308,7 @@ impl Core {
 
     /// A container was removed.
     pub fn destroyed(&mut self, id: &str, now: Millis) -> Vec<Effect> {
+        self.stopped_at.remove(id);
         let mut out = Vec::new();
         if let Some((service, empty)) = self.registry.remove(id) {
             if empty {
@@ -318,8 +333,22 @@ impl Core {
         self.retry_pending(now, out);
     }
 
-    /// A full list from Docker.
+    /// A full list from Docker, taken just now.
     pub fn resync(&mut self, containers: &[ContainerInfo], now: Millis) -> Vec<Effect> {
+        self.resync_listed(containers, now, now)
+    }
+
+    /// A full list from Docker whose listing started at `listed_from`: a
+    /// container it shows running that a stop event stopped less than
+    /// [`STALE_LIST_MS`] before that stays stopped.
+    pub fn resync_listed(
+        &mut self,
+        containers: &[ContainerInfo],
+        now: Millis,
+        listed_from: Millis,
+    ) -> Vec<Effect> {
+        self.stopped_at
+            .retain(|_, t| t.saturating_add(STALE_LIST_MS) >= listed_from);
         // The list is the engine's truth again: its addresses are trusted,
         // and `ensure` below routes every service by them.
         self.engine_lost = false;
@@ -334,7 +363,15 @@ impl Core {
             }
         }
         for info in containers {
-            let change = self.registry.observe(info, now);
+            let change = if info.running && self.stopped_at.contains_key(&info.id) {
+                let stale = ContainerInfo {
+                    running: false,
+                    ..info.clone()
+                };
+                self.registry.observe(&stale, now)
+            } else {
+                self.registry.observe(info, now)
+            };
             self.note_change(&change, &info.name);
         }
         let services: Vec<String> = self.registry.services().keys().cloned().collect();
@@ -535,7 +572,7 @@ mod tests {
             "the catalog and the gauge say what routing does"
         );
         // An event before the resync does not route by addresses yet either.
-        assert_eq!(routed(&c.stopped("a"), "docs"), Some(0));
+        assert_eq!(routed(&c.stopped("a", 5), "docs"), Some(0));
         let (fx, _) = c.started(&a, false, 10);
         assert_eq!(routed(&fx, "docs"), Some(0));
         assert_eq!(c.pool().port_of("docs"), Some(100), "the port stays");
@@ -558,10 +595,30 @@ mod tests {
     }
 
     #[test]
+    fn a_list_that_started_just_after_a_stop_does_not_revive_the_container() {
+        let mut c = core("100-101", 3);
+        let a = info("a", "docs", true);
+        let _ = c.started(&a, false, 0);
+        let _ = c.stopped("a", 1_000);
+        // The engine's list still says running: stale, the stop stands.
+        let fx = c.resync_listed(std::slice::from_ref(&a), 1_100, 1_020);
+        assert_eq!(routed(&fx, "docs"), Some(0), "{fx:?}");
+        // A list started after the margin is the truth again.
+        let fx = c.resync_listed(std::slice::from_ref(&a), 3_200, 3_001);
+        assert_eq!(routed(&fx, "docs"), Some(1), "{fx:?}");
+        // A start event is believed at once, and clears the stop.
+        let _ = c.stopped("a", 4_000);
+        let (fx, _) = c.started(&a, false, 4_010);
+        assert_eq!(routed(&fx, "docs"), Some(1));
+        let fx = c.resync_listed(std::slice::from_ref(&a), 4_050, 4_020);
+        assert_eq!(routed(&fx, "docs"), Some(1), "{fx:?}");
+    }
+
+    #[test]
     fn a_stopped_replica_is_waiting_for_a_replica_and_the_pool_view_counts_it() {
         let mut c = core("100-101", 3);
         let _ = c.started(&info("a", "docs", true), false, 0);
-        let _ = c.stopped("a");
+        let _ = c.stopped("a", 1);
         let v = c.service_views();
         let docs = v.iter().find(|v| v.name == "docs").expect("listed");
         assert_eq!(docs.state, ServiceState::Waiting);
