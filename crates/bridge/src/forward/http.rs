@@ -479,6 +479,11 @@ pub(super) fn error(status: StatusCode, message: &str) -> Response<Body> {
         "id": null,
         "error": {"code": -32000, "message": message},
     });
+    json_response(status, &body)
+}
+
+/// `body` as a JSON answer with `status`.
+pub(super) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(
         Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})

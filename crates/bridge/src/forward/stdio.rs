@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::http::{Body, Pending, SESSION_HEADER, error, session_not_found};
+use super::http::{Body, Pending, SESSION_HEADER, error, json_response, session_not_found};
 use super::sessions;
 use super::{Inner, ServiceCtx};
 use crate::contract::metric::{mcp_method, miss};
@@ -443,20 +443,6 @@ fn sse_response(body: Body) -> Response<Body> {
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     r
 }
 
