@@ -227,8 +227,9 @@ impl Store {
             });
         }
         let known = migrations.len() as u32;
-        // Judge an existing file read-only first, so that refusing it (damaged
-        // or newer) changes nothing: a read-write open would create a WAL.
+        // Judge an existing file read-only first, so that refusing it (damaged,
+        // foreign, missing a table, or newer) changes nothing: a read-write
+        // open would switch it to WAL mode and create a WAL.
         if fs::metadata(&path).map(|m| m.len() > 0).unwrap_or(false) {
             with_read_only(&path, |conn, p| {
                 let found = user_version(conn, p)?;
@@ -239,7 +240,12 @@ impl Store {
                         known,
                     });
                 }
-                integrity(conn, p, "quick_check")
+                integrity(conn, p, "quick_check")?;
+                if found == 0 {
+                    schema::refuse_foreign(conn, p)
+                } else {
+                    require_tables(conn, p)
+                }
             })?;
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE

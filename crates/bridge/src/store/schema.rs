@@ -58,23 +58,7 @@ pub(super) fn migrate(
         });
     }
     if found == 0 {
-        // A fresh file must be empty: refuse to write our schema into someone else's database.
-        let foreign: Option<String> = tx
-            .query_row(
-                "SELECT name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| StoreError::sql(path, "reading the schema", e))?;
-        if let Some(name) = foreign {
-            return Err(StoreError::Damaged {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "schema version 0 but the file holds `{name}`: not a mesh-bridge store"
-                ),
-            });
-        }
+        refuse_foreign(&tx, path)?;
     }
     for (i, sql) in migrations.iter().enumerate().skip(found as usize) {
         tx.execute_batch(sql)
@@ -96,6 +80,28 @@ pub(super) fn user_version(conn: &Connection, path: &Path) -> Result<u32, StoreE
         path: path.to_path_buf(),
         reason: format!("schema version {v} is not a version"),
     })
+}
+
+/// A file at schema version 0 must be empty: our schema is never written
+/// into someone else's database.
+pub(super) fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let foreign: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| StoreError::sql(path, "reading the schema", e))?;
+    match foreign {
+        Some(name) => Err(StoreError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!(
+                "schema version 0 but the file holds `{name}`: not a mesh-bridge store"
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 pub(super) fn require_tables(conn: &Connection, path: &Path) -> Result<(), StoreError> {
