@@ -57,7 +57,25 @@ impl Heal {
             }
             Heal::Replace { names } => {
                 for (name, service) in names {
-                    with_retry(|| topo.start_stub(&name, &service)).await?;
+                    // A `docker run` that failed on the client's side (a
+                    // timeout under load) may still have created the
+                    // container: its name in use on a retry means it is there.
+                    let mut retry = false;
+                    with_retry(|| {
+                        let again = std::mem::replace(&mut retry, true);
+                        let (name, service) = (&name, &service);
+                        async move {
+                            match topo.start_stub(name, service).await {
+                                Err(e)
+                                    if again && format!("{e:#}").contains("is already in use") =>
+                                {
+                                    Ok(())
+                                }
+                                r => r,
+                            }
+                        }
+                    })
+                    .await?;
                 }
                 Ok(())
             }
