@@ -39,6 +39,9 @@ pub enum StartError {
     /// The token file was refused.
     #[error(transparent)]
     Token(#[from] crate::token::TokenError),
+    /// The stdio state files could not be read or written.
+    #[error("{0}")]
+    StdioState(String),
     /// Metrics registration failed (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -624,7 +627,7 @@ pub async fn run(
         .map_err(|e| StartError::Listen(api::describe_bind_error(config.listen, &e)))?;
     tracing::info!(listen = %config.listen, "api listening");
 
-    let hub = stdio_hub(&config, &metrics.registry)?;
+    let (hub, kept) = stdio_hub(&config, &metrics.registry)?;
     let forwarder = Forwarder::with_stdio(
         config.bind_ip,
         config.hold,
@@ -632,9 +635,10 @@ pub async fn run(
         shutdown.clone(),
         Arc::clone(&hub),
     );
-    let keeper_task = tokio::spawn(keep_stdio(
+    let keeper_task = tokio::spawn(crate::stdio::kept::keep(
         Arc::clone(&hub),
         config.state_dir.clone(),
+        kept,
         shutdown.clone(),
     ));
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot {
@@ -748,14 +752,15 @@ pub async fn run(
 }
 
 /// The stdio servers' hub: attached through the engine the watcher follows,
-/// going on from what the state directory kept.
+/// going on from what the state directory kept (also returned: what the
+/// file holds, for the task that keeps it).
 fn stdio_hub(
     config: &Config,
     registry: &prometheus::Registry,
-) -> Result<Arc<crate::stdio::hub::Hub>, StartError> {
+) -> Result<(Arc<crate::stdio::hub::Hub>, crate::stdio::hub::Kept), StartError> {
     use crate::stdio::{hub, kept};
     let secret = kept::secret(&config.state_dir).map_err(|e| {
-        StartError::Listen(format!(
+        StartError::StdioState(format!(
             "cannot read or write {} in {}: {e}",
             crate::contract::files::STDIO_SECRET,
             config.state_dir.display()
@@ -768,53 +773,6 @@ fn stdio_hub(
         max_message: config.stdio_max_message,
         ..Default::default()
     };
-    Ok(Arc::new(hub::Hub::new(
-        Some(attach),
-        Some(metrics),
-        process,
-        secret,
-        kept,
-    )))
-}
-
-/// How often the stdio processes' records are compared with the file.
-const KEEP_EVERY: Duration = Duration::from_millis(200);
-
-/// Writes the stdio processes' records to the state directory when they
-/// change (a new process initialised, a container gone), until shutdown,
-/// and once more then.
-async fn keep_stdio(
-    hub: Arc<crate::stdio::hub::Hub>,
-    dir: std::path::PathBuf,
-    shutdown: CancellationToken,
-) {
-    let mut written = crate::stdio::kept::load(&dir);
-    let mut failing = false;
-    loop {
-        let stop = tokio::select! {
-            () = shutdown.cancelled() => true,
-            () = tokio::time::sleep(KEEP_EVERY) => false,
-        };
-        let now = hub.kept();
-        if now != written {
-            match crate::stdio::kept::save(&dir, &now) {
-                Ok(()) => {
-                    if failing {
-                        tracing::info!("stdio: records written again");
-                        failing = false;
-                    }
-                    written = now;
-                }
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "stdio: cannot write the processes' records; a bridge restart would initialise them again");
-                        failing = true;
-                    }
-                }
-            }
-        }
-        if stop {
-            return;
-        }
-    }
+    let hub = hub::Hub::new(Some(attach), Some(metrics), process, secret, kept.clone());
+    Ok((Arc::new(hub), kept))
 }

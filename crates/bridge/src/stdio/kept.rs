@@ -122,6 +122,48 @@ pub fn save(dir: &Path, kept: &Kept) -> io::Result<()> {
     write_atomic(&dir.join(PROCESSES), &bytes)
 }
 
+/// How often the stdio processes' records are compared with the file.
+pub const KEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Writes the stdio processes' records to the state directory when they
+/// change (a new process initialised, a container gone), until shutdown,
+/// and once more then. `written` is what the file holds now.
+pub async fn keep(
+    hub: std::sync::Arc<super::hub::Hub>,
+    dir: std::path::PathBuf,
+    mut written: Kept,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        let stop = tokio::select! {
+            () = shutdown.cancelled() => true,
+            () = tokio::time::sleep(KEEP_EVERY) => false,
+        };
+        let now = hub.kept();
+        if now != written {
+            match save(&dir, &now) {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("stdio: records written again");
+                        failing = false;
+                    }
+                    written = now;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "stdio: cannot write the processes' records; a bridge restart would initialise them again");
+                        failing = true;
+                    }
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::mux::InitRecord;
