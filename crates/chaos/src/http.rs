@@ -107,22 +107,7 @@ pub async fn send(
             .await
             .map_err(|source| HttpError::Http { addr, source })?;
         let driver = tokio::spawn(conn);
-        let build = |reason: String| HttpError::Build { addr, reason };
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .body(Full::new(body))
-            .map_err(|e| build(e.to_string()))?;
-        let h = request.headers_mut();
-        h.insert(
-            HOST,
-            HeaderValue::from_str(&addr.to_string()).map_err(|e| build(e.to_string()))?,
-        );
-        for (k, v) in headers {
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| build(e.to_string()))?;
-            let value = HeaderValue::from_str(v).map_err(|e| build(e.to_string()))?;
-            h.append(name, value);
-        }
+        let request = build(addr, method, path, headers, body)?;
         let result = async {
             let response = sender
                 .send_request(request)
@@ -148,6 +133,145 @@ pub async fn send(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| HttpError::Timeout { addr, timeout })?
+}
+
+/// One kept-alive HTTP/1.1 connection: [`KeepAlive::send`] reuses it for
+/// as long as the peer keeps it, and opens a new one when it is gone (the
+/// reply says which). The session probes use it beside [`send`], so both
+/// fresh and reused connections are exercised.
+#[derive(Debug)]
+pub struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<(
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    )>,
+}
+
+impl KeepAlive {
+    /// No connection yet; the first [`Self::send`] opens it.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, conn: None }
+    }
+
+    /// Sends one request, on the kept connection when it is still open.
+    /// Returns the reply and whether the connection was reused. Any error
+    /// drops the connection.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(Reply, bool), HttpError> {
+        let addr = self.addr;
+        let r = tokio::time::timeout(timeout, self.exchange(method, path, headers, body)).await;
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.close();
+                Err(e)
+            }
+            Err(_) => {
+                self.close();
+                Err(HttpError::Timeout { addr, timeout })
+            }
+        }
+    }
+
+    /// Drops the connection.
+    pub fn close(&mut self) {
+        if let Some((_, driver)) = self.conn.take() {
+            driver.abort();
+        }
+    }
+
+    async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<(Reply, bool), HttpError> {
+        let addr = self.addr;
+        let live = self
+            .conn
+            .as_ref()
+            .is_some_and(|(s, d)| !s.is_closed() && !d.is_finished());
+        if !live {
+            self.close();
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|source| HttpError::Io { addr, source })?;
+            let _ = stream.set_nodelay(true);
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|source| HttpError::Http { addr, source })?;
+            let driver = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.conn = Some((sender, driver));
+        }
+        let Some((sender, _)) = self.conn.as_mut() else {
+            unreachable!("a connection was just opened");
+        };
+        let request = build(addr, method, path, headers, body)?;
+        sender
+            .ready()
+            .await
+            .map_err(|source| HttpError::Http { addr, source })?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| HttpError::Http { addr, source })?;
+        let status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|source| HttpError::Http { addr, source })?
+            .to_bytes();
+        let reply = Reply {
+            status,
+            headers: parts.headers,
+            body,
+        };
+        Ok((reply, live))
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A request to `addr` with `Host` set and `headers` on top.
+pub(crate) fn build(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, HttpError> {
+    let fail = |reason: String| HttpError::Build { addr, reason };
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Full::new(body))
+        .map_err(|e| fail(e.to_string()))?;
+    let h = request.headers_mut();
+    h.insert(
+        HOST,
+        HeaderValue::from_str(&addr.to_string()).map_err(|e| fail(e.to_string()))?,
+    );
+    for (k, v) in headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| fail(e.to_string()))?;
+        let value = HeaderValue::from_str(v).map_err(|e| fail(e.to_string()))?;
+        h.append(name, value);
+    }
+    Ok(request)
 }
 
 /// [`send`] for synchronous code: runs it on a runtime of its own. Must not

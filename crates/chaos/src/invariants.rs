@@ -1,6 +1,5 @@
-//! Invariants I1-I7, I9 and I10 (docs/DESIGN.md section 4), judged on a
-//! recorded [`History`]. (I8, session integrity, is reserved for MCP
-//! session probes.)
+//! Invariants I1-I10 (docs/DESIGN.md section 4), judged on a recorded
+//! [`History`]; I8, session integrity, is in [`sessions`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,7 +11,9 @@ use mesh_bridge::contract::metric;
 use crate::probe::{History, Outcome, PoolView, ServiceState, Snapshot};
 
 /// Every invariant [`check`] judges, in order.
-pub const IDS: [&str; 9] = ["I1", "I2", "I3", "I4", "I5", "I6", "I7", "I9", "I10"];
+pub const IDS: [&str; 10] = ["I1", "I2", "I3", "I4", "I5", "I6", "I7", "I8", "I9", "I10"];
+
+pub mod sessions;
 
 /// One invariant's verdict.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,6 +51,9 @@ pub struct Figures {
     pub recovery_ms: Option<u64>,
     /// Every recovery, ms.
     pub recoveries: Vec<u64>,
+    /// What the session probes and the SDK client saw.
+    #[serde(default)]
+    pub sessions: sessions::SessionFigures,
 }
 
 fn v(id: &str, title: &str, problems: Vec<String>, ok_detail: String) -> Verdict {
@@ -158,6 +162,7 @@ pub fn figures(h: &History, marks: Marks) -> Figures {
         samples: all,
         recovery_ms: recoveries.iter().copied().max(),
         recoveries,
+        sessions: sessions::SessionFigures::default(),
     }
 }
 
@@ -200,9 +205,11 @@ fn broken_promises(h: &History) -> Vec<String> {
     out
 }
 
-/// Checks I1-I7, I9 and I10, one function each.
+/// Checks I1-I10, one function each.
 pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
-    let fig = figures(h, marks);
+    let mut fig = figures(h, marks);
+    let (i8_verdict, session_figures) = i8_sessions(h);
+    fig.sessions = session_figures;
     let out = vec![
         i1_unique_ports(h),
         i2_ports_kept(h),
@@ -211,10 +218,45 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
         i5_metrics_agree(h),
         i6_nothing_lost(h),
         i7_right_service(h),
+        i8_verdict,
         i9_catalog(h),
         i10_binds(h),
     ];
     (out, fig)
+}
+
+/// I8: sessions stay on their replica and end only as allowed
+/// ([`sessions`]).
+fn i8_sessions(h: &History) -> (Verdict, sessions::SessionFigures) {
+    let (problems, f) = sessions::i8_sessions(h);
+    let ok = if f.started == 0 && f.sdk_runs == 0 {
+        "no session services in this scenario".to_string()
+    } else {
+        format!(
+            "{} sessions ({} requests, {} stream notes): {} ended by their client, {} lost as allowed ({}); {} SDK client runs ({} failed under faults)",
+            f.started,
+            f.requests,
+            f.stream_notes,
+            f.completed,
+            f.lost,
+            f.lost_why
+                .iter()
+                .map(|(k, v)| format!("{v}x {k}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            f.sdk_runs,
+            f.sdk_failed
+        )
+    };
+    (
+        v(
+            "I8",
+            "every session is answered by the replica that created it and ends only by its client or its replica's end (then 404)",
+            problems,
+            ok,
+        ),
+        f,
+    )
 }
 
 /// I1: no two services share a port, in any snapshot.

@@ -12,5 +12,6 @@ pub mod probe;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
+pub mod session;
 pub mod stub;
 pub mod wait;

@@ -1,6 +1,7 @@
 //! Harness metrics for Prometheus, served on a loopback port during a run:
 //! `mesh_chaos_faults_injected_total{fault}`, `mesh_chaos_probe_results_total{outcome}`,
-//! `mesh_chaos_probe_duration_seconds`, `mesh_chaos_invariant_violations_total{invariant}`.
+//! `mesh_chaos_probe_duration_seconds`, `mesh_chaos_sessions_total{event}`,
+//! `mesh_chaos_invariant_violations_total{invariant}`.
 
 use std::net::SocketAddr;
 
@@ -32,6 +33,15 @@ pub const PROBE_DURATION: Def = Def {
     labels: &[],
     help: "Round trip of one probe through the mesh port.",
 };
+/// `mesh_chaos_sessions_total{event}`.
+pub const SESSIONS: Def = Def {
+    name: "mesh_chaos_sessions_total",
+    kind: Kind::Counter,
+    labels: &["event"],
+    help: "Sessions of the session probes: started, completed (ended by the client) or lost (404).",
+};
+/// The `event` values of [`SESSIONS`].
+pub const SESSION_EVENTS: [&str; 3] = ["started", "completed", "lost"];
 /// `mesh_chaos_invariant_violations_total{invariant}`.
 pub const INVARIANT_VIOLATIONS: Def = Def {
     name: "mesh_chaos_invariant_violations_total",
@@ -41,10 +51,11 @@ pub const INVARIANT_VIOLATIONS: Def = Def {
 };
 /// The harness's metrics, served during a scenario run and read by the
 /// reliability dashboard.
-pub const ALL: [Def; 4] = [
+pub const ALL: [Def; 5] = [
     FAULTS_INJECTED,
     PROBE_RESULTS,
     PROBE_DURATION,
+    SESSIONS,
     INVARIANT_VIOLATIONS,
 ];
 
@@ -56,6 +67,7 @@ pub struct HarnessMetrics {
     faults: IntCounterVec,
     probes: IntCounterVec,
     duration: Histogram,
+    sessions: IntCounterVec,
     violations: IntCounterVec,
 }
 
@@ -72,6 +84,11 @@ impl HarnessMetrics {
             ]),
         )?;
         let violations = vec(INVARIANT_VIOLATIONS)?;
+        let sessions = vec(SESSIONS)?;
+        registry.register(Box::new(sessions.clone()))?;
+        for e in SESSION_EVENTS {
+            sessions.with_label_values(&[e]);
+        }
         registry.register(Box::new(faults.clone()))?;
         registry.register(Box::new(probes.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -94,6 +111,7 @@ impl HarnessMetrics {
             faults,
             probes,
             duration,
+            sessions,
             violations,
         })
     }
@@ -108,6 +126,10 @@ impl HarnessMetrics {
         if outcome != Outcome::NoPort {
             self.duration.observe(seconds);
         }
+    }
+    /// Counts a session event (one of [`SESSION_EVENTS`]).
+    pub fn session(&self, event: &str) {
+        self.sessions.with_label_values(&[event]).inc();
     }
     /// Counts a violated invariant.
     pub fn violation(&self, id: &str) {

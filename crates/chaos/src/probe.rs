@@ -207,6 +207,16 @@ pub struct History {
     /// namespace), the one port outside the ranges it may listen on.
     #[serde(default)]
     pub api_port: Option<u16>,
+    /// The services the session probes keep sessions with, and how they
+    /// serve them (I8).
+    #[serde(default)]
+    pub session_services: BTreeMap<String, crate::session::SessionKind>,
+    /// Every request of the session probes' sessions (I8).
+    #[serde(default)]
+    pub sessions: Vec<crate::session::SessionEvent>,
+    /// Runs of the official SDK client (I8).
+    #[serde(default)]
+    pub sdk_runs: Vec<crate::session::SdkRun>,
 }
 
 /// Shared, lock-protected recording used by the probe tasks.

@@ -42,6 +42,10 @@ pub struct Report {
     pub faults_by_kind: BTreeMap<String, u64>,
     /// Probe results by outcome.
     pub probes_by_outcome: BTreeMap<String, u64>,
+    /// Sessions of the session probes and the SDK client: started,
+    /// completed, lost and why (I8).
+    #[serde(default)]
+    pub sessions: crate::invariants::sessions::SessionFigures,
     /// Observations that are not invariants (e.g. whether the bridge noticed
     /// an engine cut).
     #[serde(default)]
@@ -129,6 +133,7 @@ pub fn build(
         recovery_ms: fig.recovery_ms,
         faults_by_kind: by_kind,
         probes_by_outcome: by_outcome,
+        sessions: fig.sessions.clone(),
         notes: notes(h),
     }
 }
@@ -253,6 +258,33 @@ pub fn summary(r: &Report) -> String {
     s.push_str("\n| probe outcome | count |\n|---|---|\n");
     for (k, n) in &r.probes_by_outcome {
         let _ = writeln!(s, "| {k} | {n} |");
+    }
+    let f = &r.sessions;
+    if f.started > 0 || f.sdk_runs > 0 {
+        let _ = writeln!(
+            s,
+            "\nSessions: {} started, {} ended by their client, {} lost; {} of {} requests answered; {} stream notes. SDK client: {} runs ({} failed, under faults), {} sessions, {} calls answered.\n",
+            f.started,
+            f.completed,
+            f.lost,
+            f.answered,
+            f.requests,
+            f.stream_notes,
+            f.sdk_runs,
+            f.sdk_failed,
+            f.sdk_sessions,
+            f.sdk_calls
+        );
+        s.push_str("| service | started | completed | lost |\n|---|---|---|---|\n");
+        for (svc, [a, b, c]) in &f.by_service {
+            let _ = writeln!(s, "| {svc} | {a} | {b} | {c} |");
+        }
+        if !f.lost_why.is_empty() {
+            s.push_str("\n| why a session was lost | sessions |\n|---|---|\n");
+            for (why, n) in &f.lost_why {
+                let _ = writeln!(s, "| {why} | {n} |");
+            }
+        }
     }
     if !r.notes.is_empty() {
         s.push_str("\nNotes:\n");

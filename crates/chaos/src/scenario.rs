@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::faults::FaultKind;
+use crate::session::{SessionKind, SessionTarget};
 
 /// One scenario file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,7 +137,7 @@ pub fn parse_ranges(s: &str) -> Result<Vec<(u16, u16)>> {
     Ok(out)
 }
 
-/// A service: `replicas` stub containers labelled `mesh-bridge.service=name`.
+/// A service: `replicas` containers labelled `mesh-bridge.service=name`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
@@ -145,6 +146,67 @@ pub struct ServiceSpec {
     /// Containers behind the service.
     #[serde(default = "one")]
     pub replicas: u32,
+    /// How its servers speak MCP, and so how the harness probes it.
+    #[serde(default)]
+    pub transport: ServiceTransport,
+    /// Which MCP server its containers run.
+    #[serde(default)]
+    pub server: ServerKind,
+    /// Also drive it with the official MCP SDK client, every few seconds.
+    #[serde(default)]
+    pub sdk_client: bool,
+}
+
+/// How a scenario's service speaks MCP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceTransport {
+    /// Streamable HTTP without sessions (the stub's default mode): probed
+    /// with one-shot `initialize` and `ping`.
+    #[default]
+    Stateless,
+    /// Streamable HTTP with sessions (`MCP_STUB_STATEFUL=1`), as the SDKs'
+    /// servers: probed by session probes.
+    Stateful,
+    /// A stdio server (`docker run -d -i`, `mesh-bridge.transport=stdio`):
+    /// probed by session probes through the bridge's stdio transport.
+    Stdio,
+}
+
+/// Which MCP server a scenario's service runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerKind {
+    /// `mcp-stub` (every transport).
+    #[default]
+    Stub,
+    /// The reference server `mcp-server-time` from PyPI, in the mcp-python
+    /// image (stdio only).
+    McpServerTime,
+}
+
+/// `serverInfo.name` of `mcp-server-time`.
+pub const MCP_SERVER_TIME_NAME: &str = "mcp-time";
+
+impl ServiceSpec {
+    /// How the session probes reach it; `None` for a stateless service.
+    pub fn session_target(&self) -> Option<SessionTarget> {
+        let kind = match self.transport {
+            ServiceTransport::Stateless => return None,
+            ServiceTransport::Stateful => SessionKind::Http,
+            ServiceTransport::Stdio => SessionKind::Stdio,
+        };
+        Some(match self.server {
+            ServerKind::Stub => SessionTarget::stub(&self.name, kind),
+            ServerKind::McpServerTime => SessionTarget {
+                service: self.name.clone(),
+                kind,
+                server: MCP_SERVER_TIME_NAME.into(),
+                tool: "get_current_time".into(),
+                arguments: serde_json::json!({"timezone": "UTC"}),
+            },
+        })
+    }
 }
 
 fn one() -> u32 {
@@ -279,6 +341,16 @@ impl Scenario {
                 "services.{}.replicas must be 1-16",
                 s.name
             );
+            ensure!(
+                s.server == ServerKind::Stub || s.transport == ServiceTransport::Stdio,
+                "services.{}: server = \"mcp-server-time\" needs transport = \"stdio\" (it is a stdio server)",
+                s.name
+            );
+            ensure!(
+                !s.sdk_client || s.transport != ServiceTransport::Stateless,
+                "services.{}: sdk_client needs transport = \"stateful\" or \"stdio\" (the SDK client keeps sessions)",
+                s.name
+            );
         }
         ensure!(
             (0.0..=1.0).contains(&self.thresholds.availability),
@@ -349,6 +421,44 @@ recovery_ms = 5000
         assert_eq!(s.containers(), 2);
         assert_eq!(s.faults[0].kind, FaultKind::ContainerKill);
         assert_eq!(s.bridge.all_ports().expect("ports").len(), 32);
+    }
+
+    #[test]
+    fn session_services_parse_and_bad_combinations_are_refused() {
+        let text = TEXT.replace(
+            "replicas = 2",
+            "replicas = 2\ntransport = \"stdio\"\nserver = \"mcp-server-time\"\nsdk_client = true",
+        );
+        let s = Scenario::parse(&text).expect("parse");
+        let t = s.services[0].session_target().expect("a session service");
+        assert_eq!(
+            (t.kind, t.server.as_str()),
+            (SessionKind::Stdio, MCP_SERVER_TIME_NAME)
+        );
+        let stateful = Scenario::parse(
+            &TEXT.replace("replicas = 2", "replicas = 2\ntransport = \"stateful\""),
+        )
+        .expect("parse");
+        assert_eq!(
+            stateful.services[0]
+                .session_target()
+                .expect("sessions")
+                .tool,
+            "whoami"
+        );
+        assert!(
+            Scenario::parse(TEXT).expect("parse").services[0]
+                .session_target()
+                .is_none()
+        );
+        let e = Scenario::parse(&text.replace("\"stdio\"", "\"stateful\"")).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("needs transport = \"stdio\""),
+            "{e:#}"
+        );
+        let e = Scenario::parse(&TEXT.replace("replicas = 2", "replicas = 2\nsdk_client = true"))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("sdk_client"), "{e:#}");
     }
 
     #[test]

@@ -220,7 +220,14 @@ async fn tools_list_echo_sleep_and_whoami() {
     let again = stub::rpc(s.addr, "tools/call", json!({"name": "whoami"}), T)
         .await
         .unwrap();
+    let identity = again["structuredContent"].clone();
     assert_eq!(who(again), me, "one replica, one identity");
+    // The structured identity names the container and this process, so a
+    // harness sees a restart as a new process of the same container.
+    assert_eq!(identity["replica"], me.as_str(), "{identity}");
+    let r = mesh_chaos::session::Replica::from_identity(&identity).expect("container and process");
+    assert_eq!(r.container, me, "no MCP_STUB_REPLICA: the short id");
+    assert_eq!(r.process.len(), 16, "{identity}");
 
     for params in [
         json!({"name": "rm", "arguments": {"text": "x"}}),

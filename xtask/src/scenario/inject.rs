@@ -4,7 +4,8 @@
 use super::*;
 
 /// The running service replicas of a fault's target, and the seeded victims
-/// among them (the network faults).
+/// among them (the network faults, which pass stdio services by: the bridge
+/// reaches those through the engine, not the network).
 pub(super) async fn replica_victims(
     topo: &Topo,
     p: &Planned,
@@ -13,7 +14,7 @@ pub(super) async fn replica_victims(
         .containers(p.target.as_deref())
         .await?
         .into_iter()
-        .filter(|c| c.state == "running" && !c.service.is_empty())
+        .filter(|c| c.state == "running" && !c.service.is_empty() && !topo.is_stdio(&c.service))
         .collect();
     let victims = schedule::pick(&running, p.count, p.fraction, p.pick);
     Ok((running, victims))
@@ -273,11 +274,13 @@ pub(super) async fn inject(
             // black hole on some of a service's replicas fails over to the
             // others within the forwarder's connect timeout, so that service
             // stays judged for availability; loss, or every replica hit, puts
-            // it under fault.
+            // it under fault. So does a hit replica of a service with
+            // sessions: a session stays on its replica (I8 judges it).
             for v in &victims {
                 let hit = victims.iter().filter(|x| x.service == v.service).count();
                 let all = running.iter().filter(|x| x.service == v.service).count();
-                let list = if k == FaultKind::NetLoss || hit == all {
+                let list = if k == FaultKind::NetLoss || hit == all || topo.has_sessions(&v.service)
+                {
                     &mut record.services
                 } else {
                     &mut record.no_failures

@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mesh_bridge::contract::images;
+use mesh_bridge::contract::labels::{self, Transport};
 use mesh_chaos::faults::{self, Docker, FaultKind, StoreCheck, Target};
 use mesh_chaos::invariants::{self, Marks};
 use mesh_chaos::metrics::HarnessMetrics;
 use mesh_chaos::probe::{self, FaultRecord, PortMap, Recorder};
 use mesh_chaos::report;
-use mesh_chaos::scenario::{Scenario, dur};
+use mesh_chaos::scenario::{Scenario, ServerKind, ServiceSpec, ServiceTransport, dur};
 use mesh_chaos::schedule::{self, Planned};
 use testcontainers::bollard::models::{HostConfig, PortBinding};
 use testcontainers::core::{CgroupnsMode, ContainerPort, WaitFor};
@@ -34,6 +35,7 @@ mod inject;
 mod plan;
 mod prometheus;
 mod run;
+mod sdk;
 mod topology;
 
 use cleanup::*;
@@ -41,6 +43,7 @@ use heal::*;
 use inject::*;
 use prometheus::*;
 use run::*;
+use sdk::*;
 use topology::*;
 
 /// The DinD image (built by `cargo xtask images`) as testcontainers names it: (repository, tag).

@@ -26,7 +26,18 @@ pub fn lines(scn: &Scenario, seed: u64, plan: &[Planned]) -> Result<Vec<String>>
         format!("would start {} services:", scn.services.len()),
     ];
     for s in &scn.services {
-        out.push(format!("  {} x{}", s.name, s.replicas));
+        let mut line = format!("  {} x{}", s.name, s.replicas);
+        if s.transport != ServiceTransport::Stateless {
+            line.push_str(&format!(" ({:?}", s.transport).to_lowercase());
+            if s.server == ServerKind::McpServerTime {
+                line.push_str(", mcp-server-time");
+            }
+            if s.sdk_client {
+                line.push_str(", driven by the SDK client too");
+            }
+            line.push(')');
+        }
+        out.push(line);
     }
     out.push(format!("would inject {} faults:", plan.len()));
     for p in plan {

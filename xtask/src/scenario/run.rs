@@ -27,7 +27,16 @@ pub(super) async fn run_scenario(
     let host = Docker::default();
     let engine = args.engine;
     let bridge_image = args.bridge_image.as_str();
-    for img in [bridge_image, STUB_IMAGE] {
+    // The images the services run, loaded into a DinD engine.
+    let mut service_images = vec![STUB_IMAGE];
+    if scn
+        .services
+        .iter()
+        .any(|s| s.server == ServerKind::McpServerTime)
+    {
+        service_images.push(images::MCP_PYTHON);
+    }
+    for img in std::iter::once(bridge_image).chain(service_images.iter().copied()) {
         require_image(&host, img).await?;
     }
     let label_pairs = vec![
@@ -89,22 +98,23 @@ pub(super) async fn run_scenario(
                 t_setup.elapsed().as_secs_f64()
             ));
             let t = Instant::now();
+            let list = service_images.join(" ");
             let load = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(format!(
-                    "docker save {STUB_IMAGE} | docker -H tcp://127.0.0.1:{engine_port} load -q"
+                    "docker save {list} | docker -H tcp://127.0.0.1:{engine_port} load -q"
                 ))
                 .kill_on_drop(true)
                 .output();
             let out = tokio::time::timeout(Duration::from_secs(180), load).await??;
             if !out.status.success() {
                 bail!(
-                    "loading {STUB_IMAGE} into the inner engine: {}",
+                    "loading {list} into the inner engine: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
             say(&format!(
-                "{STUB_IMAGE} loaded into the inner engine in {:.1}s",
+                "{list} loaded into the inner engine in {:.1}s",
                 t.elapsed().as_secs_f64()
             ));
             (
@@ -196,6 +206,11 @@ pub(super) async fn run_scenario(
         ports: port_map.clone(),
         engine,
         labels: labels.clone(),
+        specs: scn
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect(),
     };
 
     // Services first, then the bridge: its first resync finds them.
@@ -322,7 +337,22 @@ pub(super) async fn run_scenario(
     let start = Instant::now();
     let total = scn.duration()?;
     let settle = scn.settle()?;
+    let session_targets: Vec<_> = scn
+        .services
+        .iter()
+        .filter_map(|s| s.session_target())
+        .collect();
+    let sdk_targets: Vec<_> = scn
+        .services
+        .iter()
+        .filter(|s| s.sdk_client)
+        .filter_map(|s| s.session_target())
+        .collect();
     rec.with(|h| {
+        h.session_services = session_targets
+            .iter()
+            .map(|t| (t.service.clone(), t.kind))
+            .collect();
         h.api_port = Some(API_PORT);
         h.probed = want.clone();
         h.live = want.clone();
@@ -341,7 +371,14 @@ pub(super) async fn run_scenario(
             h.expect.duplicates = Some(0);
         }
     });
-    let probe_list = Arc::new(Mutex::new(want.clone()));
+    // One-shot probes for stateless services; the session probes keep
+    // sessions with the others.
+    let stateless: Vec<String> = want
+        .iter()
+        .filter(|w| !session_targets.iter().any(|t| &t.service == *w))
+        .cloned()
+        .collect();
+    let probe_list = Arc::new(Mutex::new(stateless));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let poller = tokio::spawn(probe::run_poller(
         rec.clone(),
@@ -365,6 +402,22 @@ pub(super) async fn run_scenario(
         start,
         Duration::from_millis(250),
         hm.clone(),
+        stop_rx.clone(),
+    ));
+    let sessions = tokio::spawn(mesh_chaos::session::run_sessions(
+        rec.clone(),
+        session_targets,
+        port_map.clone(),
+        start,
+        Duration::from_millis(250),
+        hm.clone(),
+        stop_rx.clone(),
+    ));
+    let sdk = tokio::spawn(run_sdk_clients(
+        rec.clone(),
+        sdk_targets,
+        port_map.clone(),
+        start,
         stop_rx.clone(),
     ));
 
@@ -483,6 +536,9 @@ pub(super) async fn run_scenario(
     tokio::time::sleep(settle).await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), probes).await;
+    // Sessions end with their DELETE (bounded by the probe timeout each).
+    let _ = tokio::time::timeout(Duration::from_secs(20), sessions).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), sdk).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), poller).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), binds).await;
     // Docker's truth (running containers per service) next to the final

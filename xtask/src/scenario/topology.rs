@@ -124,6 +124,9 @@ pub(super) struct Topo {
     pub(super) ports: PortMap,
     pub(super) engine: Engine,
     pub(super) labels: Vec<String>,
+    /// The scenario's services by name (how each is started); services a
+    /// fault creates are stateless stubs.
+    pub(super) specs: HashMap<String, ServiceSpec>,
 }
 
 impl Topo {
@@ -142,8 +145,30 @@ impl Topo {
         self.target.inner.run(&argv).await.map(drop)
     }
 
-    /// `docker run` arguments of one stub replica of `service`.
+    /// Whether `service` is a stdio service (no network between the
+    /// bridge and it: the network faults pass it by).
+    pub(super) fn is_stdio(&self, service: &str) -> bool {
+        self.specs
+            .get(service)
+            .is_some_and(|s| s.transport == ServiceTransport::Stdio)
+    }
+
+    /// Whether `service` keeps sessions (its clients cannot fail over).
+    pub(super) fn has_sessions(&self, service: &str) -> bool {
+        self.specs
+            .get(service)
+            .is_some_and(|s| s.transport != ServiceTransport::Stateless)
+    }
+
+    /// `docker run` arguments of one replica of `service`, as its spec
+    /// says (the stateless stub for services a fault creates).
     pub(super) fn stub_args(&self, name: &str, service: &str) -> Vec<String> {
+        let (transport, server) = self
+            .specs
+            .get(service)
+            .map_or((ServiceTransport::Stateless, ServerKind::Stub), |s| {
+                (s.transport, s.server)
+            });
         let mut args = vec!["run".to_string(), "-d".into(), "--name".into(), name.into()];
         for l in &self.labels {
             args.push("--label".into());
@@ -155,15 +180,50 @@ impl Topo {
                 &format!("{}={service}", faults::SERVICE_LABEL),
                 "-e",
                 &format!("MCP_STUB_NAME={service}"),
+                "-e",
+                &format!("MCP_STUB_REPLICA={name}"),
                 "--restart",
                 "unless-stopped",
             ]
             .map(String::from),
         );
+        match transport {
+            ServiceTransport::Stateless => {}
+            ServiceTransport::Stateful => {
+                args.extend(["-e".into(), "MCP_STUB_STATEFUL=1".into()]);
+            }
+            ServiceTransport::Stdio => {
+                // stdin kept open, no TTY: what the bridge needs to attach.
+                let label = format!("{}={}", labels::TRANSPORT, Transport::Stdio.as_str());
+                args.extend([
+                    "-i".into(),
+                    "--no-healthcheck".into(),
+                    "--label".into(),
+                    label,
+                ]);
+            }
+        }
         if self.engine == Engine::Host {
             args.extend(["--network".to_string(), self.target.bridge_netns_net()]);
         }
-        args.push(STUB_IMAGE.into());
+        match (transport, server) {
+            (_, ServerKind::McpServerTime) => args.extend(
+                [
+                    "--entrypoint",
+                    "python3",
+                    images::MCP_PYTHON,
+                    "-m",
+                    "mcp_server_time",
+                    "--local-timezone",
+                    "UTC",
+                ]
+                .map(String::from),
+            ),
+            (ServiceTransport::Stdio, ServerKind::Stub) => {
+                args.extend([STUB_IMAGE.to_string(), "--stdio".into()]);
+            }
+            _ => args.push(STUB_IMAGE.into()),
+        }
         args
     }
 }

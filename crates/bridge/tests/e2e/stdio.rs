@@ -181,6 +181,17 @@ fn sdk_sessions_on_mcp_server_time_go_on_through_a_bridge_kill9() {
 
 /// One JSON-RPC message POSTed to the mesh port in session `session`.
 fn rpc(port: u16, session: Option<&str>, msg: &Value, limit: Duration) -> Result<Value, String> {
+    rpc_with(port, session, &[], msg, limit)
+}
+
+/// [`rpc`] with more request headers.
+fn rpc_with(
+    port: u16,
+    session: Option<&str>,
+    more: &[(&str, &str)],
+    msg: &Value,
+    limit: Duration,
+) -> Result<Value, String> {
     let mut headers = vec![
         ("Content-Type", "application/json"),
         ("Accept", "application/json, text/event-stream"),
@@ -188,6 +199,7 @@ fn rpc(port: u16, session: Option<&str>, msg: &Value, limit: Duration) -> Result
     if let Some(s) = session {
         headers.push(("mcp-session-id", s));
     }
+    headers.extend_from_slice(more);
     let r = http(
         local(port),
         "POST",
@@ -266,4 +278,142 @@ fn a_call_in_flight_when_the_container_dies_errors_and_the_session_goes_on() {
     });
     assert_eq!(next["result"]["content"][0]["text"], "again", "{next}");
     assert_eq!(bridge.metric(metric::STDIO_IN_FLIGHT.name, &in_flight), 0.0);
+}
+
+/// The reference stdio server `mcp-server-time` killed in the middle of a
+/// call: that call is answered with a JSON-RPC error, and once the
+/// container runs again the same session's next call succeeds. The server
+/// answers at once, so the call is held in flight by freezing it first
+/// (`docker pause`): the bridge writes the call to its stdin, where it
+/// stays unread until the process is killed.
+#[test]
+fn mcp_server_time_killed_in_the_middle_of_a_call_errors_it_and_the_session_goes_on() {
+    require_mcp_python_image();
+    let ctx = TestCtx::new("stdio-time-kill");
+    let proxy = DockerProxy::start(&ctx);
+    let bridge = Bridge::start(BridgeOpts::new(4).via(&proxy));
+    let labels = [
+        ("mesh-bridge.service", "timekill"),
+        ("mesh-bridge.transport", "stdio"),
+    ];
+    let server = ctx.run_image(
+        MCP_PYTHON_IMAGE,
+        &labels,
+        &["-i", "--network", "none", "--entrypoint", "python3"],
+        &["-m", "mcp_server_time", "--local-timezone", "UTC"],
+    );
+    let port = bridge.wait_port("timekill", 1, REGISTER);
+    wait_mcp(port, 1, SERVE * 3);
+
+    // A well-behaved client: initialize, take the protocol version the
+    // server negotiated, then notifications/initialized.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                 "clientInfo": {"name": "e2e", "version": "1"}}});
+    let r = http(
+        local(port),
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        init.to_string().as_bytes(),
+        SERVE,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "initialize: {}", r.text());
+    let session = r.header("mcp-session-id").expect("a session").to_string();
+    let init = r.json().unwrap();
+    let version = init["result"]["protocolVersion"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no protocol version: {init}"))
+        .to_string();
+    assert_eq!(init["result"]["serverInfo"]["name"], "mcp-time", "{init}");
+    let negotiated = [("mcp-protocol-version", version.as_str())];
+    let r = http(
+        local(port),
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("mcp-session-id", &session),
+            negotiated[0],
+        ],
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            .to_string()
+            .as_bytes(),
+        SERVE,
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "notifications/initialized: {}", r.text());
+
+    let call = |id: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "get_current_time", "arguments": {"timezone": "UTC"}}})
+    };
+    // The time in UTC, from a tools/call answer.
+    let utc = |v: &Value| -> Result<(), String> {
+        let text = v["result"]["content"][0]["text"].as_str();
+        let time: Value = text
+            .and_then(|t| serde_json::from_str(t).ok())
+            .ok_or_else(|| format!("no time: {v}"))?;
+        if v["result"]["isError"] != true && time["timezone"] == "UTC" {
+            Ok(())
+        } else {
+            Err(format!("not the time in UTC: {v}"))
+        }
+    };
+    let first = rpc_with(port, Some(&session), &negotiated, &call(2), SERVE).unwrap();
+    assert_eq!(first["id"], 2, "{first}");
+    utc(&first).unwrap();
+
+    // Frozen, the process cannot read its stdin: the call stays in flight.
+    docker_ok(&["pause", &server.id]);
+    let (s2, v2, msg) = (session.clone(), version.clone(), call(3));
+    let in_flight = std::thread::spawn(move || {
+        let negotiated = [("mcp-protocol-version", v2.as_str())];
+        rpc_with(port, Some(&s2), &negotiated, &msg, Duration::from_secs(30))
+    });
+    let gauge = [("service", "timekill")];
+    wait_for("the call in flight", SERVE, || {
+        let n = bridge.metric(metric::STDIO_IN_FLIGHT.name, &gauge);
+        if n == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    });
+    assert!(!in_flight.is_finished(), "the frozen server answered");
+    // `docker kill` kills a paused container directly: the engine sends
+    // SIGKILL to the frozen process and then thaws it, and a pending
+    // SIGKILL is acted on before the process runs a single instruction of
+    // its own, so the server never reads the call.
+    docker_ok(&["kill", &server.id]);
+    let answer = in_flight
+        .join()
+        .unwrap()
+        .expect("an answer, not a failed POST");
+    assert!(
+        answer["error"]["message"].is_string() && answer["id"] == 3,
+        "{answer}"
+    );
+
+    docker_ok(&["start", &server.id]);
+    let mut id = 3;
+    let next = wait_for("the next call answered", SERVE * 3, || {
+        id += 1;
+        let v = rpc_with(port, Some(&session), &negotiated, &call(id), SERVE)?;
+        utc(&v).map(|()| v)
+    });
+    assert_eq!(next["id"], id, "{next}");
+    wait_for("nothing in flight", SERVE, || {
+        let n = bridge.metric(metric::STDIO_IN_FLIGHT.name, &gauge);
+        if n == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    });
 }

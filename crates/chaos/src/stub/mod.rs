@@ -87,6 +87,13 @@ pub struct StubConfig {
     /// This replica's identity, returned by the `whoami` tool (`HOSTNAME`,
     /// which Docker sets to the container's short id).
     pub replica: String,
+    /// The container's name as its starter knows it (`MCP_STUB_REPLICA`;
+    /// default [`Self::replica`]), so a harness can tie an answer to the
+    /// container it killed.
+    pub container: String,
+    /// This process's random id: a restarted container answers with a new
+    /// one, so a session that outlived its process is visible.
+    pub process: String,
     /// How often the GET stream sends a notification.
     pub stream_every: Duration,
     /// The live sessions (stateful mode).
@@ -101,6 +108,8 @@ impl Default for StubConfig {
             delay_ms: std::sync::Arc::default(),
             stateful: false,
             replica: replica_id(),
+            container: String::new(),
+            process: format!("{:016x}", rand::random::<u64>()),
             stream_every: Duration::from_secs(1),
             sessions: std::sync::Arc::default(),
         }
@@ -124,6 +133,17 @@ impl StubConfig {
         }
     }
 
+    /// Who answers: the container (short id and name) and this process, as
+    /// `whoami`'s `structuredContent` and the stream's notifications carry it.
+    pub fn identity(&self) -> Value {
+        let container = if self.container.is_empty() {
+            &self.replica
+        } else {
+            &self.container
+        };
+        json!({"replica": self.replica, "container": container, "process": self.process})
+    }
+
     /// The same stub in stateful mode.
     pub fn stateful(mut self) -> Self {
         self.stateful = true;
@@ -131,13 +151,16 @@ impl StubConfig {
     }
 
     /// Reads `MCP_STUB_NAME` (default [`DEFAULT_NAME`]), `MCP_STUB_STATEFUL`
-    /// (`1` for stateful mode) and `MCP_STUB_STREAM_MS` (the GET stream's
-    /// pace, default 1000).
+    /// (`1` for stateful mode), `MCP_STUB_STREAM_MS` (the GET stream's
+    /// pace, default 1000) and `MCP_STUB_REPLICA` (the container's name).
     pub fn from_env() -> Result<Self, StubError> {
         let mut c = match std::env::var("MCP_STUB_NAME") {
             Ok(name) if !name.is_empty() => Self::named(name),
             _ => Self::default(),
         };
+        if let Ok(name) = std::env::var("MCP_STUB_REPLICA") {
+            c.container = name;
+        }
         match std::env::var("MCP_STUB_STATEFUL").as_deref() {
             Ok("1") => c.stateful = true,
             Ok("0" | "") | Err(_) => {}
@@ -508,7 +531,7 @@ fn dispatch(config: &StubConfig, method: &str, params: &Value) -> Result<Value, 
                 },
             }, {
                 "name": "whoami",
-                "description": "Returns which replica answered (its container's short id).",
+                "description": "Returns which replica answered: its container's short id as text; the id, the container's name and the process's random id as structured content.",
                 "inputSchema": {"type": "object", "properties": {}, "additionalProperties": false},
             }],
         })),
@@ -529,9 +552,11 @@ fn dispatch(config: &StubConfig, method: &str, params: &Value) -> Result<Value, 
                 }
                 Some("whoami") => {
                     let text = &config.replica;
-                    return Ok(
-                        json!({"content": [{"type": "text", "text": text}], "isError": false}),
-                    );
+                    return Ok(json!({
+                        "content": [{"type": "text", "text": text}],
+                        "structuredContent": config.identity(),
+                        "isError": false,
+                    }));
                 }
                 Some(other) => {
                     return Err((codes::INVALID_PARAMS, format!("unknown tool {other:?}")));

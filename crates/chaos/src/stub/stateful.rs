@@ -187,7 +187,7 @@ fn rpc_error(status: StatusCode, message: &str) -> Response<Body> {
 fn stream(config: &StubConfig, id: String) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let every = config.stream_every;
-    let replica = config.replica.clone();
+    let identity = config.identity();
     let sessions = std::sync::Arc::clone(&config.sessions);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -199,7 +199,7 @@ fn stream(config: &StubConfig, id: String) -> Response<Body> {
             let note = json!({
                 "jsonrpc": "2.0",
                 "method": "notifications/message",
-                "params": {"level": "info", "data": {"replica": replica, "n": n}},
+                "params": {"level": "info", "data": {"replica": identity["replica"], "container": identity["container"], "process": identity["process"], "n": n}},
             });
             // A client that went away (or reads too slowly) ends the stream.
             if tx
