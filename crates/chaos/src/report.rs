@@ -263,9 +263,10 @@ pub fn summary(r: &Report) -> String {
     if f.started > 0 || f.sdk_runs > 0 {
         let _ = writeln!(
             s,
-            "\nSessions: {} started, {} ended by their client, {} lost; {} of {} requests answered; {} stream notes. SDK client: {} runs ({} failed, under faults), {} sessions, {} calls answered.\n",
+            "\nSessions: {} started, {} ended by their client, {} whose DELETE went unanswered, {} lost; {} of {} requests answered; {} stream notes. SDK client: {} runs ({} failed, under faults), {} sessions, {} calls answered.\n",
             f.started,
             f.completed,
+            f.unended,
             f.lost,
             f.answered,
             f.requests,

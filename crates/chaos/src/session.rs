@@ -30,7 +30,7 @@ use crate::metrics::HarnessMetrics;
 use crate::probe::{Outcome, PROBE_TIMEOUT, PortMap, Recorder, Sample};
 
 /// Sessions each session probe keeps open at once.
-pub const SESSIONS_PER_SERVICE: usize = 2;
+pub const SESSIONS_PER_SERVICE: usize = 3;
 /// The session header of MCP's streamable HTTP.
 pub const SESSION_HEADER: &str = "mcp-session-id";
 /// Fewest and most requests a session makes before its client ends it.

@@ -283,9 +283,9 @@ fn a_call_in_flight_when_the_container_dies_errors_and_the_session_goes_on() {
 /// The reference stdio server `mcp-server-time` killed in the middle of a
 /// call: that call is answered with a JSON-RPC error, and once the
 /// container runs again the same session's next call succeeds. The server
-/// answers at once, so the call is held in flight by freezing it first
-/// (`docker pause`): the bridge writes the call to its stdin, where it
-/// stays unread until the process is killed.
+/// answers at once, so the call is held in flight by stopping the process
+/// first (SIGSTOP): the bridge writes the call to its stdin, where it stays
+/// unread until the process is killed.
 #[test]
 fn mcp_server_time_killed_in_the_middle_of_a_call_errors_it_and_the_session_goes_on() {
     require_mcp_python_image();
@@ -369,8 +369,14 @@ fn mcp_server_time_killed_in_the_middle_of_a_call_errors_it_and_the_session_goes
     assert_eq!(first["id"], 2, "{first}");
     utc(&first).unwrap();
 
-    // Frozen, the process cannot read its stdin: the call stays in flight.
-    docker_ok(&["pause", &server.id]);
+    // Stopped, the process cannot read its stdin: the call stays in flight.
+    // Not `docker pause`: the bridge takes a paused container for a stopped
+    // one (its `pause` event), so the mesh port holds a new connection for
+    // a running replica and closes it after --hold; the call would never
+    // reach the process. SIGSTOP, sent by the engine (from outside the
+    // container's PID namespace, so it reaches python3 as PID 1), is only a
+    // `kill` event, and the container runs as far as the bridge knows.
+    docker_ok(&["kill", "--signal", "STOP", &server.id]);
     let (s2, v2, msg) = (session.clone(), version.clone(), call(3));
     let in_flight = std::thread::spawn(move || {
         let negotiated = [("mcp-protocol-version", v2.as_str())];
@@ -385,11 +391,9 @@ fn mcp_server_time_killed_in_the_middle_of_a_call_errors_it_and_the_session_goes
             Err(format!("{n}"))
         }
     });
-    assert!(!in_flight.is_finished(), "the frozen server answered");
-    // `docker kill` kills a paused container directly: the engine sends
-    // SIGKILL to the frozen process and then thaws it, and a pending
-    // SIGKILL is acted on before the process runs a single instruction of
-    // its own, so the server never reads the call.
+    assert!(!in_flight.is_finished(), "the stopped server answered");
+    // SIGKILL ends a stopped process without letting it run again: the
+    // server never reads the call.
     docker_ok(&["kill", &server.id]);
     let answer = in_flight
         .join()

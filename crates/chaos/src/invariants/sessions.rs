@@ -34,6 +34,9 @@ pub struct SessionFigures {
     pub completed: u64,
     /// Sessions that ended with 404.
     pub lost: u64,
+    /// Sessions whose client's DELETE got no answer (a bridge restart at
+    /// that moment): left to the server.
+    pub unended: u64,
     /// Why each loss was allowed (or not), with how many.
     pub lost_why: BTreeMap<String, u64>,
     /// Requests (initialize, calls, pings, deletes) sent in sessions.
@@ -186,6 +189,8 @@ pub fn i8_sessions(h: &History) -> (Vec<String>, SessionFigures) {
         } else if deleted {
             fig.completed += 1;
             counts[1] += 1;
+        } else {
+            fig.unended += 1;
         }
         if lost_at.is_none() {
             problems.extend(unsettled(h, &name, &events));
