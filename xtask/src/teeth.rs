@@ -206,6 +206,28 @@ pub const BUGS: &[Bug] = &[
         }],
         scenarios: &["steady"],
     },
+    Bug {
+        id: "sessions-not-pinned",
+        what: "requests of a session go to the replica with the fewest sessions, as a new session's do, instead of the replica that created it: clients of a stateful server lose their sessions at random (404 from a replica that never saw them)",
+        expected: "I8",
+        edits: &[Edit {
+            file: "crates/bridge/src/forward/http.rs",
+            find: "            Some(u) => vec![u.clone()],\n",
+            replace: "            Some(_) => ctx.order_by_sessions(&endpoints.upstreams),\n",
+        }],
+        scenarios: &["sessions"],
+    },
+    Bug {
+        id: "stdio-restart-drops-sessions",
+        what: "a stdio server's new process starts with no sessions: every client of a restarted container gets 404 and must start over, though the bridge promised its sessions go on",
+        expected: "I8",
+        edits: &[Edit {
+            file: "crates/bridge/src/stdio/process.rs",
+            find: "            let out = self.mux.restarted();\n            self.deliver(out);\n",
+            replace: "            let out = self.mux.restarted();\n            self.deliver(out);\n            self.mux = Mux::new(self.config.limits);\n            self.streams.clear();\n",
+        }],
+        scenarios: &["stdio"],
+    },
 ];
 
 /// Flags of `cargo xtask teeth`.
