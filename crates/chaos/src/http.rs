@@ -108,25 +108,7 @@ pub async fn send(
             .map_err(|source| HttpError::Http { addr, source })?;
         let driver = tokio::spawn(conn);
         let request = build(addr, method, path, headers, body)?;
-        let result = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|source| HttpError::Http { addr, source })?;
-            let status = response.status().as_u16();
-            let (parts, body) = response.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|source| HttpError::Http { addr, source })?
-                .to_bytes();
-            Ok(Reply {
-                status,
-                headers: parts.headers,
-                body,
-            })
-        }
-        .await;
+        let result = round_trip(&mut sender, request, addr).await;
         driver.abort();
         result
     };
@@ -221,23 +203,7 @@ impl KeepAlive {
             .ready()
             .await
             .map_err(|source| HttpError::Http { addr, source })?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|source| HttpError::Http { addr, source })?;
-        let status = response.status().as_u16();
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|source| HttpError::Http { addr, source })?
-            .to_bytes();
-        let reply = Reply {
-            status,
-            headers: parts.headers,
-            body,
-        };
-        Ok((reply, live))
+        Ok((round_trip(sender, request, addr).await?, live))
     }
 }
 
@@ -245,6 +211,30 @@ impl Drop for KeepAlive {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Sends `request` on `sender` and reads the whole answer.
+async fn round_trip(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+    addr: SocketAddr,
+) -> Result<Reply, HttpError> {
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|source| HttpError::Http { addr, source })?;
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|source| HttpError::Http { addr, source })?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// A request to `addr` with `Host` set and `headers` on top.

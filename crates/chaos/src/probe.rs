@@ -157,6 +157,13 @@ pub struct FaultRecord {
     pub latency_ms: Option<u64>,
 }
 
+impl FaultRecord {
+    /// Whether this fault lets `service`'s port move (`*`: every service's).
+    pub fn lets_move(&self, service: &str) -> bool {
+        self.may_move.iter().any(|m| m == service || m == "*")
+    }
+}
+
 /// What the counters must show.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Expect {

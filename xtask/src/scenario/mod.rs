@@ -82,6 +82,12 @@ pub enum Command {
     /// The dry run: print the topology and the seeded schedule with what
     /// each fault will do, starting nothing.
     Plan(Chosen),
+    /// Judge a finished run's recorded history again with this checkout's
+    /// invariants (`target/reliability/<name>-<seed>/history.json`), e.g.
+    /// after a change to them; prints the verdicts, writes nothing. The
+    /// alerts a scenario expects are not judged again (they need the run's
+    /// Prometheus).
+    Judge(Chosen),
 }
 
 /// Which scenario, with which seed and duration (`scenario plan` and `run`).
@@ -164,6 +170,7 @@ pub fn run(cmd: &Command) -> Result<()> {
             Ok(())
         }
         Command::Plan(args) => plan::print(args),
+        Command::Judge(args) => judge(args),
         Command::Run(args) => {
             crate::provision::run(&crate::provision::Args { no_images: false })?;
             let rt = runtime()?;
@@ -176,6 +183,29 @@ pub fn run(cmd: &Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `scenario judge`.
+fn judge(args: &Chosen) -> Result<()> {
+    let (scn, seed) = args.load()?;
+    let path = out_root()
+        .join(format!("{}-{seed}", scn.name))
+        .join("history.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (run the scenario first)", path.display()))?;
+    let h: probe::History = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a recorded history", path.display()))?;
+    let marks = Marks {
+        availability: scn.thresholds.availability,
+        recovery_ms: scn.thresholds.recovery_ms,
+    };
+    let (verdicts, fig) = invariants::check(&h, marks);
+    let r = report::build(&scn.name, seed, "-", &h, &verdicts, &fig, h.end_ms);
+    println!("{}", report::summary(&r));
+    if r.verdict != "pass" {
+        bail!("{} (seed {seed}) fails as judged now", scn.name);
+    }
+    Ok(())
 }
 
 /// A tokio runtime for the harness.

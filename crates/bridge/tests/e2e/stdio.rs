@@ -179,6 +179,27 @@ fn sdk_sessions_on_mcp_server_time_go_on_through_a_bridge_kill9() {
     assert_eq!(sessions, 0, "sessions left open");
 }
 
+/// `initialize` on the mesh port: the session it opened and the answer.
+fn open_session(port: u16) -> (String, Value) {
+    let r = http(
+        local(port),
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        mesh_chaos::stub::initialize_request()
+            .to_string()
+            .as_bytes(),
+        SERVE,
+    )
+    .expect("initialize answered");
+    assert_eq!(r.status, 200, "initialize: {}", r.text());
+    let session = r.header("mcp-session-id").expect("a session").to_string();
+    (session, r.json().expect("initialize answered with JSON"))
+}
+
 /// One JSON-RPC message POSTed to the mesh port in session `session`.
 fn rpc(port: u16, session: Option<&str>, msg: &Value, limit: Duration) -> Result<Value, String> {
     rpc_with(port, session, &[], msg, limit)
@@ -226,21 +247,7 @@ fn a_call_in_flight_when_the_container_dies_errors_and_the_session_goes_on() {
     let replicas = stdio_replicas(&ctx, "stdiokill", 1);
     let port = bridge.wait_port("stdiokill", 1, REGISTER);
     wait_mcp(port, 1, SERVE * 3);
-    let r = http(
-        local(port),
-        "POST",
-        "/mcp",
-        &[
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-        ],
-        mesh_chaos::stub::initialize_request()
-            .to_string()
-            .as_bytes(),
-        SERVE,
-    )
-    .unwrap();
-    let session = r.header("mcp-session-id").expect("a session").to_string();
+    let (session, _) = open_session(port);
     let sleep = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                        "params": {"name": "sleep", "arguments": {"ms": 10_000}}});
     let s2 = session.clone();
@@ -307,24 +314,7 @@ fn mcp_server_time_killed_in_the_middle_of_a_call_errors_it_and_the_session_goes
 
     // A well-behaved client: initialize, take the protocol version the
     // server negotiated, then notifications/initialized.
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                      "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                                 "clientInfo": {"name": "e2e", "version": "1"}}});
-    let r = http(
-        local(port),
-        "POST",
-        "/mcp",
-        &[
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-        ],
-        init.to_string().as_bytes(),
-        SERVE,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "initialize: {}", r.text());
-    let session = r.header("mcp-session-id").expect("a session").to_string();
-    let init = r.json().unwrap();
+    let (session, init) = open_session(port);
     let version = init["result"]["protocolVersion"]
         .as_str()
         .unwrap_or_else(|| panic!("no protocol version: {init}"))

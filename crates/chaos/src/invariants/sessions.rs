@@ -115,7 +115,7 @@ fn loss_allowed(
     h.faults
         .iter()
         .filter(lived)
-        .find(|f| f.may_move.iter().any(|s| s == service))
+        .find(|f| f.lets_move(service))
         .map(|f| format!("{} moved the port of {service}", f.kind))
 }
 
@@ -401,6 +401,18 @@ mod tests {
             .faults
             .push(fault(FaultKind::ContainerKill, 6_500, "docs-0"));
         assert!(!holds(&later), "a kill after the 404 does not explain it");
+    }
+
+    #[test]
+    fn a_404_after_a_fault_that_moved_every_port_is_allowed() {
+        let mut h = lost_at(good(SessionKind::Stdio), 6_000);
+        let mut f = fault(FaultKind::StoreTruncate, 5_000, "state.db");
+        f.until_ms = 5_900;
+        f.may_move = vec!["*".into()];
+        h.faults.push(f);
+        let (problems, fig) = i8_sessions(&h);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(fig.lost_why["store-truncate moved the port of docs"], 1);
     }
 
     #[test]

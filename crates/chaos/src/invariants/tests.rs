@@ -394,3 +394,49 @@ fn i10_a_port_outside_the_ranges_fails_and_so_does_no_sample() {
     h.binds[0].ports.clear();
     assert!(held(&h, "I10"), "a sample lost to a restart is allowed");
 }
+
+#[test]
+fn i4_a_failure_under_another_fault_breaks_no_failover_promise() {
+    let mut h = good();
+    h.faults.push(net_fault(FaultKind::NetReset, None));
+    h.samples[10] = sample(5_000, "a", Outcome::Refused, "a");
+    assert!(!held(&h, "I4"));
+    // The same failure while the bridge restarts is that restart's.
+    h.faults.push(bridge_kill(4_900, 5_100));
+    let (vs, _) = check(&h, MARKS);
+    let i4 = vs.iter().find(|v| v.id == "I4").expect("I4");
+    assert!(!i4.detail.contains("fail over"), "{i4:?}");
+}
+
+#[test]
+fn i7_a_stale_port_is_excused_only_while_the_port_may_move() {
+    // b's probe went to 11100 (a's port) after b's port moved to 11101.
+    let mut h = good();
+    h.samples[3] = sample(1_500, "b", Outcome::Wrong, "a");
+    let at = h
+        .snapshots
+        .iter()
+        .position(|s| s.t_ms >= 1_500)
+        .expect("a later snapshot");
+    for s in &mut h.snapshots[at..] {
+        for v in &mut s.services {
+            if v.name == "b" {
+                v.port = Some(11_101);
+            }
+        }
+    }
+    assert!(!held(&h, "I7"), "no fault let b's port move");
+    let mut f = bridge_kill(1_000, 1_400);
+    f.kind = FaultKind::StoreTruncate;
+    f.may_move = vec!["*".into()];
+    h.faults.push(f);
+    let (vs, _) = check(&h, MARKS);
+    let i7 = vs.iter().find(|v| v.id == "I7").expect("I7");
+    assert!(
+        i7.held && i7.detail.contains("1 probes went to a port"),
+        "{i7:?}"
+    );
+    // A wrong answer at the port the service still holds is never excused.
+    h.samples[5] = sample(2_500, "a", Outcome::Wrong, "b");
+    assert!(!held(&h, "I7"));
+}
