@@ -230,7 +230,7 @@ fn broken_promises(h: &History, tail: u64) -> Vec<String> {
 /// Checks I1-I10, one function each.
 pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
     let mut fig = figures(h, marks);
-    let (i8_verdict, session_figures) = i8_sessions(h);
+    let (i8_verdict, session_figures) = i8_sessions(h, marks.recovery_ms);
     fig.sessions = session_figures;
     let out = vec![
         i1_unique_ports(h),
@@ -249,8 +249,8 @@ pub fn check(h: &History, marks: Marks) -> (Vec<Verdict>, Figures) {
 
 /// I8: sessions stay on their replica and end only as allowed
 /// ([`sessions`]).
-fn i8_sessions(h: &History) -> (Verdict, sessions::SessionFigures) {
-    let (problems, f) = sessions::i8_sessions(h);
+fn i8_sessions(h: &History, recovery_ms: u64) -> (Verdict, sessions::SessionFigures) {
+    let (problems, f) = sessions::i8_sessions(h, recovery_ms);
     let ok = if f.started == 0 && f.sdk_runs == 0 {
         "no session services in this scenario".to_string()
     } else {

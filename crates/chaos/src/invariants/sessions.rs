@@ -7,6 +7,8 @@
 //!   then with 404, never an answer after it: a 404 needs a fault that ended
 //!   that replica while the session lived (a kill, stop, restart or removal
 //!   for HTTP servers; a removal for stdio ones) or moved the service's port;
+//! - a request of a session fails only inside a fault window on its service
+//!   (a session that fails for no reason is broken, 404 or not);
 //! - once the run has settled, every request of a live session is answered;
 //! - a run of the official SDK client fails only under a fault of its service.
 
@@ -119,8 +121,8 @@ fn loss_allowed(
         .map(|f| format!("{} moved the port of {service}", f.kind))
 }
 
-/// I8 and the session figures.
-pub fn i8_sessions(h: &History) -> (Vec<String>, SessionFigures) {
+/// I8 and the session figures; `recovery_ms` is the scenario's bound.
+pub fn i8_sessions(h: &History, recovery_ms: u64) -> (Vec<String>, SessionFigures) {
     let mut problems = Vec::new();
     let mut fig = SessionFigures::default();
     for ((service, n), events) in by_session(&h.sessions) {
@@ -195,6 +197,7 @@ pub fn i8_sessions(h: &History) -> (Vec<String>, SessionFigures) {
         if lost_at.is_none() {
             problems.extend(unsettled(h, &name, &events));
         }
+        problems.extend(unexcused(h, kind, &service, &name, &events, recovery_ms));
     }
     for r in &h.sdk_runs {
         fig.sdk_runs += 1;
@@ -236,6 +239,40 @@ fn unsettled(h: &History, name: &str, events: &[&SessionEvent]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The first request of a session that failed outside every fault window
+/// on its service (from 500 ms before a fault to its heal + `recovery_ms`;
+/// for stdio services an engine cut counts too, as their traffic passes
+/// through the engine): a session that fails for no reason is broken, 404
+/// or not.
+fn unexcused(
+    h: &History,
+    kind: SessionKind,
+    service: &str,
+    name: &str,
+    events: &[&SessionEvent],
+    recovery_ms: u64,
+) -> Option<String> {
+    let hits = |f: &FaultRecord| {
+        f.kind.is_global()
+            || f.services.iter().any(|s| s == service)
+            || (kind == SessionKind::Stdio && f.kind == FaultKind::EngineCut)
+    };
+    let excused = |t: u64| {
+        h.faults
+            .iter()
+            .any(|f| hits(f) && t + 500 >= f.t_ms && t <= f.until_ms + recovery_ms)
+    };
+    let e = events.iter().find(|e| {
+        matches!(e.op, Op::Call | Op::Ping) && e.reply == Got::Failed && !excused(e.t_ms)
+    })?;
+    Some(format!(
+        "session {name}: {:?} failed at t={}ms with no fault on {service} to excuse it: {}",
+        e.op,
+        e.t_ms,
+        e.detail.as_deref().unwrap_or("?")
+    ))
 }
 
 /// Was `service` under a fault (or its recovery) during `from..=to`?
@@ -313,8 +350,10 @@ mod tests {
     }
 
     fn holds(h: &History) -> bool {
-        i8_sessions(h).0.is_empty()
+        i8_sessions(h, RECOVERY).0.is_empty()
     }
+
+    const RECOVERY: u64 = 3_000;
 
     /// Session 1's requests from `t` on get 404.
     fn lost_at(mut h: History, t: u64) -> History {
@@ -333,7 +372,7 @@ mod tests {
     fn sessions_that_stay_and_end_by_their_client_hold() {
         for kind in [SessionKind::Http, SessionKind::Stdio] {
             let h = good(kind);
-            let (problems, fig) = i8_sessions(&h);
+            let (problems, fig) = i8_sessions(&h, RECOVERY);
             assert!(problems.is_empty(), "{problems:?}");
             assert_eq!((fig.started, fig.completed, fig.lost), (2, 2, 0));
             assert_eq!(fig.stream_notes, 2);
@@ -346,7 +385,7 @@ mod tests {
         let mut h = good(SessionKind::Http);
         h.sessions
             .push(ev(5_100, 1, Op::Call, Got::Answered, rep("docs-1", "p1")));
-        let (problems, _) = i8_sessions(&h);
+        let (problems, _) = i8_sessions(&h, RECOVERY);
         assert!(problems[0].contains("created on docs-0"), "{problems:?}");
         // On the stream too.
         let mut h = good(SessionKind::Stdio);
@@ -371,7 +410,7 @@ mod tests {
     #[test]
     fn a_404_needs_a_fault_that_ended_the_replica() {
         let h = lost_at(good(SessionKind::Http), 6_000);
-        let (problems, fig) = i8_sessions(&h);
+        let (problems, fig) = i8_sessions(&h, RECOVERY);
         assert!(problems[0].contains("got 404"), "{problems:?}");
         assert_eq!(fig.lost, 1);
 
@@ -391,7 +430,7 @@ mod tests {
         killed
             .faults
             .push(fault(FaultKind::ContainerKill, 5_800, "docs-0,docs-2"));
-        let (problems, fig) = i8_sessions(&killed);
+        let (problems, fig) = i8_sessions(&killed, RECOVERY);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(fig.lost_why["container-kill ended its replica docs-0"], 1);
         assert_eq!((fig.completed, fig.lost), (1, 1));
@@ -410,7 +449,7 @@ mod tests {
         f.until_ms = 5_900;
         f.may_move = vec!["*".into()];
         h.faults.push(f);
-        let (problems, fig) = i8_sessions(&h);
+        let (problems, fig) = i8_sessions(&h, RECOVERY);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(fig.lost_why["store-truncate moved the port of docs"], 1);
     }
@@ -432,7 +471,7 @@ mod tests {
         h.faults
             .push(fault(FaultKind::ContainerKill, 5_800, "docs-0"));
         h.sessions.push(ev(8_000, 1, Op::Ping, Got::Answered, None));
-        let (problems, _) = i8_sessions(&h);
+        let (problems, _) = i8_sessions(&h, RECOVERY);
         assert!(problems[0].contains("after its 404"), "{problems:?}");
     }
 
@@ -442,11 +481,60 @@ mod tests {
         let mut e = ev(14_000, 2, Op::Call, Got::Failed, None);
         e.detail = Some("HTTP 502".into());
         h.sessions.push(e.clone());
-        assert!(i8_sessions(&h).0[0].contains("after the run settled"));
+        assert!(i8_sessions(&h, RECOVERY).0[0].contains("after the run settled"));
         e.t_ms = 9_000;
         let mut before = good(SessionKind::Http);
         before.sessions.push(e);
-        assert!(holds(&before), "failures during the run are I4's");
+        before
+            .faults
+            .push(fault(FaultKind::BridgeKill, 8_800, "bridge"));
+        assert!(
+            holds(&before),
+            "failures under a fault during the run are allowed"
+        );
+    }
+
+    #[test]
+    fn a_request_that_fails_with_no_fault_to_excuse_it_fails() {
+        // Session 1 fails from 5 s to 7 s.
+        let failing = |h: &mut History| {
+            for e in h
+                .sessions
+                .iter_mut()
+                .filter(|e| e.session == 1 && (5_000..7_000).contains(&e.t_ms))
+            {
+                e.reply = Got::Failed;
+                e.replica = None;
+            }
+        };
+        let mut h = good(SessionKind::Stdio);
+        failing(&mut h);
+        let (problems, _) = i8_sessions(&h, RECOVERY);
+        assert!(problems[0].contains("no fault on docs"), "{problems:?}");
+        // A kill of its replica that healed at 4.5 s excuses it (+3 s).
+        let mut f = fault(FaultKind::ContainerKill, 4_000, "docs-0");
+        f.until_ms = 4_500;
+        h.faults.push(f.clone());
+        assert!(holds(&h));
+        // Healed at 1 s, it does not.
+        let mut early = good(SessionKind::Stdio);
+        failing(&mut early);
+        f.t_ms = 500;
+        f.until_ms = 1_000;
+        early.faults.push(f);
+        assert!(!holds(&early));
+        // An engine cut excuses a stdio session (its traffic passes through
+        // the engine), not an HTTP one.
+        let mut cut = good(SessionKind::Stdio);
+        failing(&mut cut);
+        let mut c = fault(FaultKind::EngineCut, 4_800, "tcp :2375");
+        c.services.clear();
+        c.until_ms = 7_000;
+        cut.faults.push(c);
+        assert!(holds(&cut));
+        cut.session_services
+            .insert("docs".into(), SessionKind::Http);
+        assert!(!holds(&cut));
     }
 
     #[test]
@@ -461,7 +549,7 @@ mod tests {
             calls: 5,
             error: None,
         });
-        let (problems, fig) = i8_sessions(&h);
+        let (problems, fig) = i8_sessions(&h, RECOVERY);
         assert!(problems[0].contains("SDK client"), "{problems:?}");
         assert_eq!((fig.sdk_runs, fig.sdk_failed, fig.sdk_calls), (1, 1, 5));
         h.faults
