@@ -447,10 +447,9 @@ impl Ctx {
                 }
             },
         };
-        let ev_t = ev.t_ms;
         self.record(ev);
         let server = (outcome == Outcome::Ok).then(|| l.server.clone());
-        self.sample(ev_t.min(t_ms), Some(l.port), outcome, server, t);
+        self.sample(t_ms, Some(l.port), outcome, server, t);
         if !alive {
             self.metrics.session("lost");
         }
@@ -641,7 +640,7 @@ async fn service_loop(
     }
 }
 
-/// Sessions per service and how they ended, from the events.
+/// The events grouped by session (service, number), each in time order.
 pub fn by_session(events: &[SessionEvent]) -> BTreeMap<(String, u64), Vec<&SessionEvent>> {
     let mut m: BTreeMap<(String, u64), Vec<&SessionEvent>> = BTreeMap::new();
     for e in events {
