@@ -212,8 +212,19 @@ pub const BUGS: &[Bug] = &[
         expected: "I8",
         edits: &[Edit {
             file: "crates/bridge/src/forward/http.rs",
-            find: "            Some(u) => vec![u.clone()],\n",
-            replace: "            Some(_) => ctx.order_by_sessions(&endpoints.upstreams),\n",
+            find: "            Replica::Running(u) => vec![u],\n",
+            replace: "            Replica::Running(_) => ctx.order_by_sessions(&endpoints.upstreams),\n",
+        }],
+        scenarios: &["sessions"],
+    },
+    Bug {
+        id: "pause-ends-sessions",
+        what: "a paused replica is taken for a stopped one: its sessions are told it is gone (404) though its process is only frozen, and every client of it starts over after a `docker pause`",
+        expected: "I8",
+        edits: &[Edit {
+            file: "crates/bridge/src/registry.rs",
+            find: ".filter(|c| !c.running && (c.paused || c.transport == Transport::Stdio))",
+            replace: ".filter(|c| !c.running && c.transport == Transport::Stdio)",
         }],
         scenarios: &["sessions"],
     },

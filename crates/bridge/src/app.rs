@@ -344,6 +344,7 @@ impl Daemon {
                 }
             }
             Event::Stopped { id } => batch.effects.extend(self.core.stopped(&id, now)),
+            Event::Paused { id } => batch.effects.extend(self.core.paused(&id, now)),
             Event::Destroyed { id } => batch.effects.extend(self.core.destroyed(&id, now)),
             Event::Resync {
                 containers,

@@ -51,8 +51,15 @@ pub enum Event {
         /// The event predates the last list: apply as an observation.
         replayed: bool,
     },
-    /// A container stopped running (die, stop, pause).
+    /// A container stopped running (die, stop): its process is gone.
     Stopped {
+        /// Container id.
+        id: String,
+    },
+    /// A container was frozen (`docker pause`): it serves nothing until
+    /// unpaused (a `Started` event), but its process and the MCP sessions
+    /// it holds are intact.
+    Paused {
         /// Container id.
         id: String,
     },
@@ -166,6 +173,10 @@ pub async fn list(docker: &Docker) -> Result<Vec<ContainerInfo>, bollard::errors
                 s.state,
                 Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
             );
+            let paused = matches!(
+                s.state,
+                Some(bollard::models::ContainerSummaryStateEnum::PAUSED)
+            );
             let networks = s
                 .network_settings
                 .and_then(|n| n.networks)
@@ -182,6 +193,7 @@ pub async fn list(docker: &Docker) -> Result<Vec<ContainerInfo>, bollard::errors
                 labels: s.labels.unwrap_or_default(),
                 networks: parse_networks(networks),
                 running,
+                paused,
                 stdio_unservable: None,
             })
         })
@@ -218,7 +230,8 @@ pub async fn inspect(
         Err(e) => return Err(e),
     };
     let state = r.state.unwrap_or_default();
-    let running = state.running.unwrap_or(false) && !state.paused.unwrap_or(false);
+    let paused = state.paused.unwrap_or(false);
+    let running = state.running.unwrap_or(false) && !paused;
     let config = r.config.unwrap_or_default();
     let labels = config.labels.clone().unwrap_or_default();
     let stdio_unservable = is_stdio(&labels)
@@ -239,6 +252,7 @@ pub async fn inspect(
         labels,
         networks: parse_networks(networks),
         running,
+        paused,
         stdio_unservable,
     }))
 }
@@ -408,17 +422,19 @@ impl Watcher {
                                 .unwrap_or_else(|_| Err(bollard::errors::Error::RequestTimeoutError))
                             {
                                 // `restart` comes after the `start` of the same
-                                // restart: an observation, not a second registration.
+                                // restart, and `unpause` thaws a registered
+                                // container: observations, not registrations.
                                 Ok(Some(info)) => Event::Started {
                                     info,
                                     at,
-                                    replayed: at_ns <= listed_ns || base == "restart",
+                                    replayed: at_ns <= listed_ns || base != "start",
                                 },
                                 Ok(None) => continue,
                                 Err(e) => return Ended::Lost(e.to_string()),
                             }
                         }
-                        "die" | "stop" | "pause" => Event::Stopped { id },
+                        "die" | "stop" => Event::Stopped { id },
+                        "pause" => Event::Paused { id },
                         "destroy" => Event::Destroyed { id },
                         _ => continue,
                     };

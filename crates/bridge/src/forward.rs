@@ -100,9 +100,10 @@ pub struct Endpoints {
     pub transport: Transport,
     /// The running replicas (empty: none runs).
     pub upstreams: Vec<Upstream>,
-    /// `stdio` only: the replicas that exist but do not run now (their
-    /// sessions wait for them instead of ending).
-    pub stopped: Vec<Upstream>,
+    /// The replicas that do not run now but whose MCP sessions wait for
+    /// them instead of ending: paused ones, and stopped `stdio` ones
+    /// ([`crate::registry::Registry::waiting`]). No new session goes to them.
+    pub waiting: Vec<Upstream>,
 }
 
 impl Endpoints {
@@ -411,14 +412,14 @@ impl Forwarder {
                 self.inner.stdio.sync(
                     service,
                     &keys(&endpoints.upstreams),
-                    &keys(&endpoints.stopped),
+                    &keys(&endpoints.waiting),
                 );
             }
             if !endpoints.upstreams.is_empty() {
                 let keys: Vec<&str> = endpoints
                     .upstreams
                     .iter()
-                    .chain(&endpoints.stopped)
+                    .chain(&endpoints.waiting)
                     .map(|u| &*u.key)
                     .collect();
                 let mut s = svc.sessions.lock().unwrap_or_else(PoisonError::into_inner);

@@ -28,6 +28,8 @@ pub struct ContainerInfo {
     pub networks: Vec<(String, Option<IpAddr>)>,
     /// Whether it runs (not paused, not exited).
     pub running: bool,
+    /// Whether `docker pause` froze it (then not `running`).
+    pub paused: bool,
     /// Why it could not be served over stdio, were it a `stdio` service
     /// (stdin closed, a TTY: [`crate::stdio::attach::unservable`]); None
     /// when it can, or when the watcher did not look (not `stdio`).
@@ -47,8 +49,11 @@ pub struct Container {
     pub port: u16,
     /// The address to dial (None: not attached to the named network, or no address yet).
     pub address: Option<IpAddr>,
-    /// Whether it runs.
+    /// Whether it runs and serves (not paused, not exited).
     pub running: bool,
+    /// Whether it is frozen (`docker pause`): not `running`, but its
+    /// process, and the sessions it holds, wait for it to be unpaused.
+    pub paused: bool,
     /// Why it cannot be dialled, if so.
     pub problem: Option<String>,
     /// What it speaks (`mesh-bridge.transport`).
@@ -193,6 +198,7 @@ impl Registry {
             port: parsed.port,
             address,
             running: info.running,
+            paused: info.paused && !info.running,
             problem,
             transport: parsed.transport,
         };
@@ -260,13 +266,27 @@ impl Registry {
         }
     }
 
-    /// Marks a container stopped (die/stop/pause events). Returns its service if it changed.
-    pub fn set_running(&mut self, id: &str, running: bool) -> Option<String> {
+    /// Marks a container stopped (die/stop events: its process is gone).
+    /// Returns its service if that changed anything.
+    pub fn set_stopped(&mut self, id: &str) -> Option<String> {
         let c = self.containers.get_mut(id)?;
-        if c.running == running {
+        if !c.running && !c.paused {
             return None;
         }
-        c.running = running;
+        c.running = false;
+        c.paused = false;
+        Some(c.service.clone())
+    }
+
+    /// Marks a container paused (pause event: frozen, its process intact).
+    /// Returns its service if that changed anything.
+    pub fn set_paused(&mut self, id: &str) -> Option<String> {
+        let c = self.containers.get_mut(id)?;
+        if c.paused {
+            return None;
+        }
+        c.running = false;
+        c.paused = true;
         Some(c.service.clone())
     }
 
@@ -336,13 +356,22 @@ impl Registry {
             .collect()
     }
 
-    /// The `stdio` replicas that exist but do not run (empty for the other
-    /// transports, whose sessions do not outlive their process).
-    pub fn stopped(&self, service: &str) -> Vec<Upstream> {
+    /// The replicas that do not run now but whose MCP sessions wait for
+    /// them rather than end: a paused one (any transport: its process is
+    /// frozen, not gone), and a stopped `stdio` one (the bridge carries its
+    /// sessions over to the container's next process). Other stopped
+    /// replicas' sessions end with their process.
+    pub fn waiting(&self, service: &str) -> Vec<Upstream> {
         self.replicas(service)
             .into_iter()
-            .filter(|c| !c.running && c.transport == Transport::Stdio)
-            .map(|c| Upstream::stdio(&c.id))
+            .filter(|c| !c.running && (c.paused || c.transport == Transport::Stdio))
+            .filter_map(|c| {
+                if c.transport == Transport::Stdio {
+                    return Some(Upstream::stdio(&c.id));
+                }
+                let addr = SocketAddr::new(c.address?, c.port);
+                Some(Upstream::new(addr, &c.id))
+            })
             .collect()
     }
 
@@ -373,6 +402,7 @@ pub(crate) fn sample(id: &str, service: &str, running: bool) -> ContainerInfo {
         labels: [(labels::SERVICE.to_string(), service.to_string())].into(),
         networks: vec![("bridge".into(), "172.17.0.2".parse().ok())],
         running,
+        paused: false,
         stdio_unservable: None,
     }
 }
@@ -431,7 +461,7 @@ mod tests {
         ));
         let keys = |u: Vec<Upstream>| u.into_iter().map(|u| u.key.to_string()).collect::<Vec<_>>();
         assert_eq!(keys(r.endpoints("tools")), ["a"], "no address needed");
-        assert_eq!(keys(r.stopped("tools")), ["b"]);
+        assert_eq!(keys(r.waiting("tools")), ["b"]);
         assert!(r.container("a").unwrap().problem.is_none());
         // The same container served over HTTP would need an address.
         let mut http = info("h", "web", true);
@@ -439,7 +469,7 @@ mod tests {
         let _ = r.observe(&http, 1);
         assert!(r.endpoints("web").is_empty());
         assert!(
-            r.stopped("web").is_empty(),
+            r.waiting("web").is_empty(),
             "only stdio lists stopped replicas"
         );
     }
@@ -479,7 +509,7 @@ mod tests {
         assert_eq!(r.observe(&info("a", "docs", true), 4), Change::Unchanged);
         assert_eq!(r.duplicates(), 2);
         // A restart after a stop is a state change, not a duplicate.
-        r.set_running("a", false);
+        r.set_stopped("a");
         assert_eq!(
             r.register(&info("a", "docs", true), 5),
             Change::Updated {
@@ -488,6 +518,38 @@ mod tests {
         );
         assert_eq!(r.duplicates(), 2);
         assert_eq!(r.services()["docs"].since, 1);
+    }
+
+    #[test]
+    fn a_paused_replica_takes_no_new_work_but_its_sessions_wait_for_it() {
+        let mut r = Registry::new();
+        let _ = r.register(&info("a", "docs", true), 0);
+        let _ = r.register(&info("b", "docs", true), 0);
+        let keys = |u: Vec<Upstream>| u.into_iter().map(|u| u.key.to_string()).collect::<Vec<_>>();
+        assert_eq!(r.set_paused("a"), Some("docs".into()));
+        assert_eq!(r.set_paused("a"), None, "once per state change");
+        assert_eq!(keys(r.endpoints("docs")), ["b"]);
+        assert_eq!(keys(r.waiting("docs")), ["a"], "an HTTP replica too");
+        // The unpause event registers it again: a state change, not a duplicate.
+        assert!(matches!(
+            r.register(&info("a", "docs", true), 1),
+            Change::Updated { .. }
+        ));
+        assert_eq!(r.duplicates(), 0);
+        assert_eq!(r.endpoints("docs").len(), 2);
+        assert!(r.waiting("docs").is_empty());
+        // A paused container that is then stopped has no sessions to keep.
+        let _ = r.set_paused("b");
+        assert_eq!(r.set_stopped("b"), Some("docs".into()));
+        assert!(r.waiting("docs").is_empty());
+        // A resync that lists it paused says the same as the event.
+        let listed = ContainerInfo {
+            running: false,
+            paused: true,
+            ..info("a", "docs", false)
+        };
+        assert!(matches!(r.observe(&listed, 2), Change::Updated { .. }));
+        assert_eq!(keys(r.waiting("docs")), ["a"]);
     }
 
     #[test]

@@ -77,6 +77,9 @@ impl fmt::Display for ServiceState {
 pub const REPLICA_RUNNING: &str = "running";
 /// `ReplicaView::state` of a stopped replica.
 pub const REPLICA_STOPPED: &str = "stopped";
+/// `ReplicaView::state` of a paused replica (`docker pause`): no new
+/// sessions go to it, and its sessions wait for it.
+pub const REPLICA_PAUSED: &str = "paused";
 /// `ReplicaView::state` of a refused container.
 pub const REPLICA_REJECTED: &str = "rejected";
 /// Prefix of `ReplicaView::state` for a replica that cannot be dialled
@@ -90,7 +93,7 @@ pub struct ReplicaView {
     pub container_id: String,
     /// `address:port` dialled, or null.
     pub address: Option<String>,
-    /// `running`, `stopped`, `rejected`, or `unreachable: <why>`.
+    /// `running`, `paused`, `stopped`, `rejected`, or `unreachable: <why>`.
     pub state: String,
     /// Live MCP sessions this replica created (`streamable-http` and `sse`
     /// services, in `/v1/services/{name}`; absent elsewhere).

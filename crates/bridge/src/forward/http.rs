@@ -15,7 +15,9 @@
 //! - a session whose replica no longer runs gets 404, so the client starts a
 //!   new session (the specification's rule); never another replica's answer.
 //!   A replica that runs but cannot be reached gets 502 (the session may
-//!   live on);
+//!   live on). A paused replica (`docker pause`) is frozen, not gone: its
+//!   sessions' requests wait up to `--hold` for it to be unpaused, then get
+//!   503 (the session lives on), and no new session goes to it;
 //! - the replica's `Mcp-Session-Id` answer, and the `endpoint` event of an
 //!   `sse` stream, carry the id the client must use from then on.
 //!
@@ -187,6 +189,37 @@ enum Target {
     Any,
 }
 
+/// Where the replica of a session is.
+enum Replica {
+    /// It runs: send to it.
+    Running(Upstream),
+    /// It is paused still after the hold (or the bridge stops): 503.
+    Waiting,
+    /// It is gone, its process with it: 404.
+    Gone,
+}
+
+/// Replica `key` once it runs, for a request of a session it created:
+/// waits up to `hold` while it is [`super::Endpoints::waiting`] (paused).
+async fn wait_for_replica(inner: &Inner, ctx: &ServiceCtx, key: &str) -> Replica {
+    let mut rx = ctx.endpoints.clone();
+    let until = Instant::now() + inner.hold;
+    loop {
+        let now = Arc::clone(&rx.borrow_and_update());
+        if let Some(u) = now.upstreams.iter().find(|u| &*u.key == key) {
+            return Replica::Running(u.clone());
+        }
+        if !now.waiting.iter().any(|u| &*u.key == key) {
+            return Replica::Gone;
+        }
+        tokio::select! {
+            () = inner.stop.cancelled() => return Replica::Waiting,
+            () = tokio::time::sleep_until(until) => return Replica::Waiting,
+            changed = rx.changed() => if changed.is_err() { return Replica::Waiting },
+        }
+    }
+}
+
 async fn route(
     inner: &Inner,
     ctx: &ServiceCtx,
@@ -251,9 +284,15 @@ async fn route_inner(
         );
     };
     let candidates: Vec<Upstream> = match &target {
-        Target::Pinned { key, id } => match endpoints.upstreams.iter().find(|u| &*u.key == key) {
-            Some(u) => vec![u.clone()],
-            None => {
+        Target::Pinned { key, id } => match wait_for_replica(inner, ctx, key).await {
+            Replica::Running(u) => vec![u],
+            Replica::Waiting => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the replica that created this session is paused; retry later",
+                );
+            }
+            Replica::Gone => {
                 ctx.metrics.mcp_miss(miss::REPLICA_GONE).inc();
                 ctx.sessions().end(&sessions::encode(key, id));
                 ctx.publish_sessions();

@@ -85,13 +85,15 @@ pub struct Core {
     pins_changed: Vec<String>,
     leak_cycles: u32,
     metrics: Metrics,
-    /// When a stop event of each container was applied, for
-    /// [`STALE_LIST_MS`]: a list started soon after may predate it.
-    stopped_at: HashMap<String, Millis>,
+    /// When a stop or pause event of each container was applied (and
+    /// whether it was a pause), for [`STALE_LIST_MS`]: a list started soon
+    /// after may predate it.
+    stopped_at: HashMap<String, (Millis, bool)>,
 }
 
-/// A container list that started less than this long after a stop event
-/// the bridge applied does not bring the container back to running: the
+/// A container list that started less than this long after a stop (or
+/// pause) event the bridge applied does not bring the container back to
+/// running: the
 /// engine emits `die` before its list shows the container exited (seen: a
 /// list 17 ms after the event still said running, so a dead replica was
 /// routed to until the next resync). A real restart sends a start event,
@@ -194,25 +196,25 @@ impl Core {
 
     fn endpoints(&self, service: &str) -> Effect {
         let transport = self.registry.transport(service);
-        let (upstreams, stopped) = if self.engine_lost {
+        let (upstreams, waiting) = if self.engine_lost {
             // Nothing is known to run; a stdio process's sessions wait for
             // it (no address is trusted, and a stdio one has none).
             let mut all = Vec::new();
             if transport == Transport::Stdio {
                 all = self.registry.endpoints(service);
-                all.extend(self.registry.stopped(service));
+                all.extend(self.registry.waiting(service));
             }
             (Vec::new(), all)
         } else {
             (
                 self.registry.endpoints(service),
-                self.registry.stopped(service),
+                self.registry.waiting(service),
             )
         };
         let endpoints = Endpoints {
             transport,
             upstreams,
-            stopped,
+            waiting,
         };
         Effect::Endpoints {
             service: service.to_string(),
@@ -299,8 +301,18 @@ impl Core {
 
     /// A container stopped running (an event applied at `now`).
     pub fn stopped(&mut self, id: &str, now: Millis) -> Vec<Effect> {
-        self.stopped_at.insert(id.to_string(), now);
-        match self.registry.set_running(id, false) {
+        self.stopped_at.insert(id.to_string(), (now, false));
+        match self.registry.set_stopped(id) {
+            Some(service) => vec![self.endpoints(&service)],
+            None => Vec::new(),
+        }
+    }
+
+    /// A container was paused (an event applied at `now`): no new work goes
+    /// to it, and its MCP sessions wait for it (see [`Registry::waiting`]).
+    pub fn paused(&mut self, id: &str, now: Millis) -> Vec<Effect> {
+        self.stopped_at.insert(id.to_string(), (now, true));
+        match self.registry.set_paused(id) {
             Some(service) => vec![self.endpoints(&service)],
             None => Vec::new(),
         }
@@ -348,7 +360,7 @@ impl Core {
         listed_from: Millis,
     ) -> Vec<Effect> {
         self.stopped_at
-            .retain(|_, t| t.saturating_add(STALE_LIST_MS) >= listed_from);
+            .retain(|_, (t, _)| t.saturating_add(STALE_LIST_MS) >= listed_from);
         // The list is the engine's truth again: its addresses are trusted,
         // and `ensure` below routes every service by them.
         self.engine_lost = false;
@@ -363,9 +375,12 @@ impl Core {
             }
         }
         for info in containers {
-            let change = if info.running && self.stopped_at.contains_key(&info.id) {
+            let change = if let Some(&(_, paused)) =
+                self.stopped_at.get(&info.id).filter(|_| info.running)
+            {
                 let stale = ContainerInfo {
                     running: false,
+                    paused,
                     ..info.clone()
                 };
                 self.registry.observe(&stale, now)
@@ -525,7 +540,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::api::ServiceState;
+    use crate::contract::api::{REPLICA_PAUSED, ServiceState};
     use crate::registry::sample as info;
 
     fn core(ports: &str, leak: u32) -> Core {
@@ -612,6 +627,30 @@ mod tests {
         assert_eq!(routed(&fx, "docs"), Some(1));
         let fx = c.resync_listed(std::slice::from_ref(&a), 4_050, 4_020);
         assert_eq!(routed(&fx, "docs"), Some(1), "{fx:?}");
+    }
+
+    #[test]
+    fn a_paused_replica_is_not_routed_but_waited_for_even_by_a_list_just_after() {
+        let mut c = core("100-101", 3);
+        let a = info("a", "docs", true);
+        let _ = c.started(&a, false, 0);
+        let waiting = |fx: &[Effect]| {
+            fx.iter().rev().find_map(|e| match e {
+                Effect::Endpoints { endpoints, .. } => Some(endpoints.waiting.len()),
+                _ => None,
+            })
+        };
+        let fx = c.paused("a", 1_000);
+        assert_eq!((routed(&fx, "docs"), waiting(&fx)), (Some(0), Some(1)));
+        // The engine's list still says running: stale, the pause stands.
+        let fx = c.resync_listed(std::slice::from_ref(&a), 1_100, 1_020);
+        assert_eq!((routed(&fx, "docs"), waiting(&fx)), (Some(0), Some(1)));
+        let views = c.service_views();
+        assert_eq!(views[0].replicas[0].state, REPLICA_PAUSED);
+        // The unpause event routes it again.
+        let (fx, _) = c.started(&a, false, 1_200);
+        assert_eq!((routed(&fx, "docs"), waiting(&fx)), (Some(1), Some(0)));
+        assert_eq!(c.metrics.duplicate_registrations.get(), 0);
     }
 
     #[test]

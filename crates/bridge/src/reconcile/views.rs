@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 
 use super::{Core, to_rfc3339};
 use crate::contract::api::{
-    PoolView, REPLICA_REJECTED, REPLICA_RUNNING, REPLICA_STOPPED, REPLICA_UNREACHABLE, ReplicaView,
-    ServiceState, ServiceView,
+    PoolView, REPLICA_PAUSED, REPLICA_REJECTED, REPLICA_RUNNING, REPLICA_STOPPED,
+    REPLICA_UNREACHABLE, ReplicaView, ServiceState, ServiceView,
 };
 
 /// Why a service with running replicas is `waiting` after the engine went away.
@@ -29,10 +29,11 @@ impl Core {
                 .map(|c| ReplicaView {
                     container_id: c.id.clone(),
                     address: c.address.map(|a| SocketAddr::new(a, c.port).to_string()),
-                    state: match (&c.problem, c.running) {
-                        (Some(p), _) => format!("{REPLICA_UNREACHABLE}{p}"),
-                        (None, true) => REPLICA_RUNNING.into(),
-                        (None, false) => REPLICA_STOPPED.into(),
+                    state: match (&c.problem, c.running, c.paused) {
+                        (Some(p), _, _) => format!("{REPLICA_UNREACHABLE}{p}"),
+                        (None, true, _) => REPLICA_RUNNING.into(),
+                        (None, false, true) => REPLICA_PAUSED.into(),
+                        (None, false, false) => REPLICA_STOPPED.into(),
                     },
                     sessions: None,
                 })

@@ -5,6 +5,7 @@
 //! they work again after initializing anew).
 
 use super::*;
+use mesh_bridge::contract::api::REPLICA_PAUSED;
 
 /// The FastMCP servers' port inside their containers.
 const FASTMCP_PORT: &str = "8080";
@@ -172,6 +173,79 @@ fn sdk_a_killed_replica_ends_only_its_own_sessions() {
         misses >= on_victim as f64,
         "misses {misses} for {on_victim} sessions"
     );
+}
+
+/// A replica paused (`docker pause`) is frozen, not gone: the API shows it
+/// `paused` with its sessions still counted, a new session goes elsewhere,
+/// and a request of one of its sessions waits (up to `--hold`) for the
+/// unpause and is answered by it: no session ends, moves or starts again.
+#[test]
+fn sdk_a_paused_replica_keeps_its_sessions_and_takes_no_new_ones() {
+    sdk_dir();
+    let ctx = TestCtx::new("sdk-pause");
+    let proxy = DockerProxy::start(&ctx);
+    let mut opts = BridgeOpts::new(4).via(&proxy);
+    opts.hold = "60s".into();
+    let bridge = Bridge::start(opts);
+    let replicas = fastmcp_replicas(&ctx, "fastmcp", 3, "streamable-http");
+    let port = bridge.wait_port("fastmcp", 3, REGISTER);
+    wait_mcp(port, 3, SERVE * 3);
+
+    let flags = ["--sessions", "30", "--calls", "10", "--pause"];
+    let mut client = SdkClient::spawn(&mcp_url(port), &flags);
+    client.wait_line("PAUSED");
+    let victim = &replicas[0];
+    docker_ok(&["pause", &victim.id]);
+    let on_victim = wait_for("the paused replica to show as paused", REGISTER, || {
+        let view = bridge.service("fastmcp")?.ok_or("not listed")?;
+        let rs = view["replicas"].as_array().cloned().unwrap_or_default();
+        let total: u64 = rs.iter().filter_map(|r| r["sessions"].as_u64()).sum();
+        match rs.iter().find(|r| r["container_id"] == victim.id.as_str()) {
+            Some(r) if r["state"] == REPLICA_PAUSED && total == 30 => {
+                r["sessions"].as_u64().ok_or(format!("{view}"))
+            }
+            _ => Err(format!("{view}")),
+        }
+    });
+    assert!(on_victim > 0, "the victim held no session");
+
+    // New sessions go to the running replicas only.
+    let fresh = SdkClient::spawn(&mcp_url(port), &["--sessions", "6", "--calls", "2"])
+        .report(Duration::from_secs(120));
+    assert!(list(&fresh, "failed").is_empty(), "{fresh}");
+    let victim_host = &victim.id[..12];
+    assert!(
+        fresh["by_replica"].get(victim_host).is_none(),
+        "a new session went to the paused replica: {fresh}"
+    );
+
+    // Every session's next call reaches the bridge; the victim's wait.
+    let calls = || {
+        bridge.metric(
+            "mesh_bridge_mcp_requests_total",
+            &[("service", "fastmcp"), ("method", "tools/call")],
+        )
+    };
+    let before = calls();
+    client.resume();
+    wait_for("every session to send its next call", REGISTER, || {
+        let n = calls();
+        (n >= before + 30.0)
+            .then_some(())
+            .ok_or(format!("{n} of {before} + 30"))
+    });
+    docker_ok(&["unpause", &victim.id]);
+    let report = client.report(Duration::from_secs(180));
+    for key in ["failed", "moved", "reinitialized"] {
+        assert!(list(&report, key).is_empty(), "{key}: {report}");
+    }
+    assert_eq!(report["calls"], 30 * 10, "{report}");
+    assert_eq!(report["by_replica"][victim_host], on_victim, "{report}");
+    let gone = bridge.metric(
+        "mesh_bridge_mcp_session_misses_total",
+        &[("service", "fastmcp"), ("reason", "replica-gone")],
+    );
+    assert_eq!(gone, 0.0, "a paused replica's session was told it is gone");
 }
 
 /// The 2024-11-05 HTTP+SSE transport: the SDK's `sse_client` opens the GET

@@ -118,7 +118,7 @@ fn tcp(addrs: &[SocketAddr]) -> Endpoints {
     Endpoints {
         transport: Transport::Tcp,
         upstreams,
-        stopped: Vec::new(),
+        waiting: Vec::new(),
     }
 }
 

@@ -75,7 +75,7 @@ fn replicas(addrs: &[(SocketAddr, &str)]) -> Endpoints {
     Endpoints {
         transport: Transport::StreamableHttp,
         upstreams: addrs.iter().map(|(a, id)| Upstream::new(*a, id)).collect(),
-        stopped: Vec::new(),
+        waiting: Vec::new(),
     }
 }
 
@@ -186,6 +186,63 @@ async fn a_lost_replica_ends_only_its_sessions_and_never_reaches_another() {
     whoami(port, &again).await.unwrap();
     // An id the bridge never issued is a 404 of the bridge's own.
     assert_eq!(whoami(port, "not-ours").await, Err(404));
+}
+
+#[tokio::test]
+async fn a_paused_replica_takes_no_new_session_and_its_own_wait_for_it() {
+    let h = harness(Duration::from_secs(30));
+    let (port, ups) = three_replicas(&h).await;
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(initialize(port).await);
+    }
+    let on_b = sessions
+        .iter()
+        .find(|s| s.starts_with(IDS[1]))
+        .expect("one session per replica")
+        .clone();
+    // Replica b is paused: frozen, its sessions intact.
+    let paused = |h: &Harness, ups: &[(SocketAddr, &str)]| {
+        let mut e = replicas(&[ups[0], ups[2]]);
+        e.waiting = vec![Upstream::new(ups[1].0, ups[1].1)];
+        h.fwd.set_endpoints("svc", e);
+    };
+    paused(&h, &ups);
+    for _ in 0..4 {
+        assert!(
+            !initialize(port).await.starts_with(IDS[1]),
+            "a new session went to the paused replica"
+        );
+    }
+    let waiting = tokio::spawn(async move { whoami(port, &on_b).await });
+    let mut waiting = std::pin::pin!(waiting);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "a paused replica's session was answered (404?) instead of waiting for it"
+    );
+    h.fwd.set_endpoints("svc", replicas(&ups));
+    assert_eq!(
+        waiting.await.unwrap(),
+        Ok(IDS[1].to_string()),
+        "the session goes on after unpause, on its replica"
+    );
+    assert_eq!(h.fwd.sessions("svc").len(), 3, "no session was forgotten");
+
+    // Paused for longer than the hold: 503, and the session lives on.
+    let h = harness(Duration::from_millis(100));
+    let (port, ups) = three_replicas(&h).await;
+    let mut on_b = None;
+    while on_b.is_none() {
+        let s = initialize(port).await;
+        on_b = s.starts_with(IDS[1]).then_some(s);
+    }
+    let on_b = on_b.unwrap();
+    paused(&h, &ups);
+    assert_eq!(whoami(port, &on_b).await, Err(503));
+    h.fwd.set_endpoints("svc", replicas(&ups));
+    assert_eq!(whoami(port, &on_b).await, Ok(IDS[1].to_string()));
 }
 
 #[tokio::test]

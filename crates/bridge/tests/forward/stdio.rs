@@ -148,7 +148,7 @@ fn running(ids: &[&str]) -> Endpoints {
     Endpoints {
         transport: Transport::Stdio,
         upstreams: ids.iter().map(|id| Upstream::stdio(id)).collect(),
-        stopped: Vec::new(),
+        waiting: Vec::new(),
     }
 }
 
