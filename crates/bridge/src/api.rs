@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::contract::api::{
-    ErrorBody, HEALTHZ, METRICS, OPENAPI, OPENAPI_DOCUMENT, POOL, READYZ, RESERVATION_PREFIX,
-    RESERVATIONS, Reservation, ReserveRequest, SERVICE_PREFIX, SERVICES, ServiceState, ServiceView,
+    ErrorBody, HEALTHZ, METRICS, OPENAPI, OPENAPI_DOCUMENT, POOL, READYZ, REPLICA_PAUSED,
+    RESERVATION_PREFIX, RESERVATIONS, Reservation, ReserveRequest, SERVICE_PREFIX, SERVICES,
+    ServiceState, ServiceView,
 };
 use crate::labels;
 use crate::metrics::Metrics;
@@ -269,7 +270,12 @@ fn with_sessions(state: &ApiState, s: &ServiceView) -> ServiceView {
     if counts.is_empty() && f.transport(&s.name).is_none_or(|t| !t.is_http()) {
         return s;
     }
-    for r in s.replicas.iter_mut().filter(|r| r.is_running()) {
+    // A paused replica's sessions wait for it: they are still its own.
+    for r in s
+        .replicas
+        .iter_mut()
+        .filter(|r| r.is_running() || r.state == REPLICA_PAUSED)
+    {
         let key = crate::forward::sessions::key_of(&r.container_id);
         r.sessions = Some(counts.get(&key).copied().unwrap_or(0) as u64);
     }
