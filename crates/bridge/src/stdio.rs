@@ -6,7 +6,8 @@
 //! meet, responses and notifications routed back to the session they belong
 //! to); [`framing`] turns the server's stdout into bounded lines. Both are
 //! pure. [`process`] is the task that drives them for one server: it owns
-//! the multiplexer and the attach's streams, and hands each session its
+//! the multiplexer and the attach's streams ([`stdin`] queues what it
+//! writes to the server), and hands each session its
 //! own messages without ever waiting on a client.
 
 pub mod attach;
@@ -15,3 +16,4 @@ pub mod hub;
 pub mod kept;
 pub mod mux;
 pub mod process;
+pub mod stdin;

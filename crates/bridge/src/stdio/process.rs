@@ -1,13 +1,15 @@
 //! One stdio server driven by its multiplexer: a task that owns the
-//! [`Mux`], writes the server's stdin through a writer task, reads its
-//! stdout through the [`Framer`], and hands each session what is its own.
+//! [`Mux`], writes the server's stdin ([`Stdin`]), reads its stdout through
+//! the [`Framer`], and hands each session what is its own.
 //!
 //! Nothing waits on a client: answers go to the waiting request's bounded
 //! channel and pushes to the session's bounded stream with `try_send`, so a
 //! slow or stuck client loses its own messages (counted in [`Stats`]) and
 //! never stalls the server or another session. Writing to the server goes
-//! through a bounded queue to its own task, so a server that stops reading
-//! stdin makes new requests fail fast instead of stopping stdout reads.
+//! through a bounded queue written from this task's own loop as the pipe
+//! takes it, so a server that stops reading stdin makes new requests fail
+//! fast instead of stopping stdout reads, and a request reaches stdin with
+//! no hop to another task.
 //!
 //! The caller attaches the process ([`Handle::attach`]) with a key naming
 //! the process (the container's start time): a new key means a new process
@@ -22,12 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use super::framing::{Framer, Line};
 use super::mux::{InitRecord, Limits, Mux, Out, SessionId};
+use super::stdin::Stdin;
 
 /// What a server writes: stdout carries the protocol, stderr its log.
 #[derive(Debug, Clone, PartialEq)]
@@ -296,7 +299,7 @@ struct Task {
     /// Where the answer to (session, client id as JSON text) goes.
     waiters: HashMap<(SessionId, String), mpsc::Sender<Value>>,
     streams: HashMap<SessionId, mpsc::Sender<Value>>,
-    stdin: Option<mpsc::Sender<Value>>,
+    stdin: Option<Stdin>,
     key: Option<String>,
     framer: Framer,
     buf: BytesMut,
@@ -306,18 +309,6 @@ struct Task {
     stderr_window: (tokio::time::Instant, u32),
     /// The record version and key last published.
     published: Option<(u64, Option<String>)>,
-}
-
-/// Writes queued lines to the server's stdin until the queue closes or a
-/// write fails.
-async fn write_stdin(mut input: Input, mut rx: mpsc::Receiver<Value>) {
-    while let Some(msg) = rx.recv().await {
-        let mut line = serde_json::to_vec(&msg).unwrap_or_default();
-        line.push(b'\n');
-        if input.write_all(&line).await.is_err() || input.flush().await.is_err() {
-            return;
-        }
-    }
 }
 
 impl Task {
@@ -346,6 +337,18 @@ impl Task {
                         self.detached();
                     }
                 },
+                written = async {
+                    match self.stdin.as_mut() {
+                        Some(s) => s.write_some().await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.stdin.as_ref().is_some_and(Stdin::busy) => {
+                    if written.is_err() {
+                        // Gone (the attach ended, or the process closed
+                        // stdin): new lines are refused until an attach.
+                        self.stdin = None;
+                    }
+                }
             }
             self.publish();
         }
@@ -354,9 +357,7 @@ impl Task {
     }
 
     fn attached(&mut self, key: String, input: Input) {
-        let (tx, rx) = mpsc::channel(self.config.stdin_queue);
-        tokio::spawn(write_stdin(input, rx));
-        self.stdin = Some(tx);
+        self.stdin = Some(Stdin::new(input, self.config.stdin_queue));
         self.buf.clear();
         self.framer = Framer::new(self.config.max_message);
         self.stats.count(&self.stats.attaches, |m| &m.attaches);
@@ -476,14 +477,8 @@ impl Task {
         for o in out {
             match o {
                 Out::Server(msg) => {
-                    let refused = match &self.stdin {
-                        Some(tx) => tx.try_send(msg).err().map(|e| match e {
-                            mpsc::error::TrySendError::Full(m)
-                            | mpsc::error::TrySendError::Closed(m) => m,
-                        }),
-                        None => Some(msg),
-                    };
-                    if let Some(msg) = refused {
+                    let queued = self.stdin.as_mut().is_some_and(|s| s.push(&msg));
+                    if !queued {
                         // Not attached, or stdin's queue is full: a request
                         // in the line is answered with an error at once.
                         self.stats

@@ -201,3 +201,73 @@ async fn a_resumed_task_initialises_only_a_process_it_did_not_know() {
         "the new process's own result is kept"
     );
 }
+
+#[tokio::test]
+async fn a_server_that_stops_reading_stdin_fails_new_requests_and_still_answers() {
+    let config = Config {
+        stdin_queue: 2,
+        ..Config::default()
+    };
+    let h = Handle::spawn("svc", config, None);
+    // A server the test plays: it reads the initialize, answers it, then
+    // never reads stdin again (a pipe of 256 bytes fills up).
+    let (bridge, mut server_in) = tokio::io::duplex(256);
+    let (out_tx, out_rx) = mpsc::channel(8);
+    h.attach("p1".into(), Box::pin(bridge), tokio_stream_from(out_rx))
+        .await
+        .unwrap();
+    let s = h.open().await.unwrap();
+    let (tx, mut answers) = mpsc::channel(64);
+    h.send(s.id, init(), Some(tx.clone())).await.unwrap();
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        let mut b = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut server_in, &mut b)
+            .await
+            .unwrap();
+        line.push(b[0]);
+    }
+    let sent: Value = serde_json::from_slice(&line).unwrap();
+    let result = json!({"protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "t", "version": "1"}});
+    let reply = json!({"jsonrpc": "2.0", "id": sent["id"], "result": result});
+    out_tx
+        .send(Ok(Chunk::Stdout(Bytes::from(format!("{reply}\n")))))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), answers.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got["result"]["serverInfo"]["name"], "t");
+    // 40 calls of ~100 bytes: the pipe and the 2-line queue fill, the rest
+    // are answered with an error at once.
+    for i in 0..40 {
+        let msg = req(json!(100 + i), "tools/call", echo(&"x".repeat(40)));
+        h.send(s.id, msg, Some(tx.clone())).await.unwrap();
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(5), answers.recv())
+        .await
+        .expect("a refusal at once, not a wait")
+        .unwrap();
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot take input")),
+        "{refused}"
+    );
+    assert!(h.stats.unsent_lines.load(Ordering::Relaxed) >= 30);
+    // stdout is still read: an answer to a queued request still arrives.
+    let late = json!({"jsonrpc": "2.0", "id": sent["id"].as_u64().unwrap() + 2, "result": {"content": []}});
+    out_tx
+        .send(Ok(Chunk::Stdout(Bytes::from(format!("{late}\n")))))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    while let Ok(Some(a)) = tokio::time::timeout(Duration::from_secs(2), answers.recv()).await {
+        if a.get("result").is_some() {
+            ids.push(a["id"].clone());
+            break;
+        }
+    }
+    assert_eq!(ids.len(), 1, "the server's answer went through");
+}
