@@ -60,6 +60,18 @@ pub struct Container {
     pub transport: Transport,
 }
 
+impl Container {
+    /// Where it is reached: its stdio process, or its address (None: no
+    /// address to dial).
+    fn upstream(&self) -> Option<Upstream> {
+        if self.transport == Transport::Stdio {
+            return Some(Upstream::stdio(&self.id));
+        }
+        let addr = SocketAddr::new(self.address?, self.port);
+        Some(Upstream::new(addr, &self.id))
+    }
+}
+
 /// A container whose labels were refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
@@ -346,13 +358,7 @@ impl Registry {
         self.replicas(service)
             .into_iter()
             .filter(|c| c.running)
-            .filter_map(|c| {
-                if c.transport == Transport::Stdio {
-                    return Some(Upstream::stdio(&c.id));
-                }
-                let addr = SocketAddr::new(c.address?, c.port);
-                Some(Upstream::new(addr, &c.id))
-            })
+            .filter_map(Container::upstream)
             .collect()
     }
 
@@ -365,13 +371,7 @@ impl Registry {
         self.replicas(service)
             .into_iter()
             .filter(|c| !c.running && (c.paused || c.transport == Transport::Stdio))
-            .filter_map(|c| {
-                if c.transport == Transport::Stdio {
-                    return Some(Upstream::stdio(&c.id));
-                }
-                let addr = SocketAddr::new(c.address?, c.port);
-                Some(Upstream::new(addr, &c.id))
-            })
+            .filter_map(Container::upstream)
             .collect()
     }
 
