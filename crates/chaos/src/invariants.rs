@@ -577,7 +577,9 @@ fn i7_right_service(h: &History) -> Verdict {
 /// Was `s` sent to a port its service no longer held, during a fault that
 /// let that port move? The probe knew the port from the last snapshot
 /// before the move (a client with a stale port); the bridge's first view
-/// after the sample shows the service elsewhere.
+/// after the sample shows the service elsewhere, or without a port (when
+/// the store was lost while a flood filled the pool, another service may
+/// take its port and it waits as pending).
 fn stale_port(h: &History, s: &crate::probe::Sample) -> bool {
     let moving = h
         .faults
@@ -588,7 +590,7 @@ fn stale_port(h: &History, s: &crate::probe::Sample) -> bool {
         .iter()
         .find(|x| x.t_ms >= s.t_ms && x.pool.is_some())
         .and_then(|x| x.services.iter().find(|v| v.name == s.service));
-    moving && next.is_some_and(|v| v.port.is_some() && v.port != s.port)
+    moving && next.is_some_and(|v| v.port != s.port)
 }
 
 /// A field of `/v1/pool`, the gauge that must agree with it, and its reader.

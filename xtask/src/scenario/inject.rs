@@ -247,8 +247,7 @@ pub(super) async fn inject(
             }
             let overflow = n.saturating_sub(free);
             rec.with(|h| {
-                h.expect.exhaustion_events =
-                    Some(h.expect.exhaustion_events.unwrap_or(0) + overflow);
+                h.expect.exhaustion_events = h.expect.exhaustion_events.map(|n| n + overflow);
             });
             record.target = format!(
                 "{} new services for {free} free ports ({overflow} left without one)",

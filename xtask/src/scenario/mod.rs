@@ -201,7 +201,12 @@ fn judge(args: &Chosen) -> Result<()> {
     };
     let (verdicts, fig) = invariants::check(&h, marks);
     let r = report::build(&scn.name, seed, "-", &h, &verdicts, &fig, h.end_ms);
-    println!("{}", report::summary(&r));
+    let summary = report::summary(&r);
+    println!("{summary}");
+    // Beside the run's own report, which keeps what was judged then.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::write(dir.join("judged.md"), &summary)?;
+    std::fs::write(dir.join("judged.json"), serde_json::to_string_pretty(&r)?)?;
     if r.verdict != "pass" {
         bail!("{} (seed {seed}) fails as judged now", scn.name);
     }

@@ -363,6 +363,11 @@ pub(super) async fn run_scenario(
             .iter()
             .any(|f| f.kind == FaultKind::RegistrationFlood);
         h.expect.exhaustion = Some(flood);
+        // Each flood adds the services it left without a port, exactly;
+        // unless faults run at random times too: one may free or take
+        // ports in the instant of a flood, and then only "it moved" holds.
+        let random = scn.faults.iter().any(|f| f.random);
+        h.expect.exhaustion_events = (flood && !random).then_some(0);
         if scn
             .faults
             .iter()
