@@ -172,8 +172,8 @@ pub const BUGS: &[Bug] = &[
         expected: "I7",
         edits: &[Edit {
             file: "crates/bridge/src/registry.rs",
-            find: "        self.replicas(service)\n            .into_iter()\n            .filter(|c| c.running)\n            .filter_map(|c| {",
-            replace: "        let _ = service;\n        self.containers\n            .values()\n            .filter(|c| c.running)\n            .filter_map(|c| {",
+            find: "        self.replicas(service)\n            .into_iter()\n            .filter(|c| c.running)\n            .filter_map(Container::upstream)",
+            replace: "        let _ = service;\n        self.containers\n            .values()\n            .filter(|c| c.running)\n            .filter_map(Container::upstream)",
         }],
         scenarios: &["steady"],
     },
