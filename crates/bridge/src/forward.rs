@@ -558,12 +558,25 @@ impl ServiceCtx {
     /// The current endpoints once a replica runs, waiting up to `hold` for
     /// one; `None` when none came (or the forwarder stops).
     async fn wait_for_endpoints(&self, inner: &Inner) -> Option<Arc<Endpoints>> {
+        self.wait_for(inner, |now| {
+            (!now.upstreams.is_empty()).then(|| Arc::clone(now))
+        })
+        .await
+    }
+
+    /// Watches the endpoints until `settled` gives an answer, for up to `hold`;
+    /// `None` when the hold runs out (or the forwarder stops) first.
+    async fn wait_for<T>(
+        &self,
+        inner: &Inner,
+        mut settled: impl FnMut(&Arc<Endpoints>) -> Option<T>,
+    ) -> Option<T> {
         let mut rx = self.endpoints.clone();
         let until = Instant::now() + inner.hold;
         loop {
             let now = Arc::clone(&rx.borrow_and_update());
-            if !now.upstreams.is_empty() {
-                return Some(now);
+            if let Some(answer) = settled(&now) {
+                return Some(answer);
             }
             tokio::select! {
                 () = inner.stop.cancelled() => return None,

@@ -202,22 +202,16 @@ enum Replica {
 /// Replica `key` once it runs, for a request of a session it created:
 /// waits up to `hold` while it is [`super::Endpoints::waiting`] (paused).
 async fn wait_for_replica(inner: &Inner, ctx: &ServiceCtx, key: &str) -> Replica {
-    let mut rx = ctx.endpoints.clone();
-    let until = Instant::now() + inner.hold;
-    loop {
-        let now = Arc::clone(&rx.borrow_and_update());
+    let found = ctx.wait_for(inner, |now| {
         if let Some(u) = now.upstreams.iter().find(|u| &*u.key == key) {
-            return Replica::Running(u.clone());
+            Some(Replica::Running(u.clone()))
+        } else if now.waiting.iter().any(|u| &*u.key == key) {
+            None
+        } else {
+            Some(Replica::Gone)
         }
-        if !now.waiting.iter().any(|u| &*u.key == key) {
-            return Replica::Gone;
-        }
-        tokio::select! {
-            () = inner.stop.cancelled() => return Replica::Waiting,
-            () = tokio::time::sleep_until(until) => return Replica::Waiting,
-            changed = rx.changed() => if changed.is_err() { return Replica::Waiting },
-        }
-    }
+    });
+    found.await.unwrap_or(Replica::Waiting)
 }
 
 async fn route(
