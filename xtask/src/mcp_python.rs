@@ -49,7 +49,11 @@ pub fn build(force: bool) -> Result<String> {
     let src = dind::source_dir(NAME);
     let (_, reqs) = requirements()?;
     let server = dind::read(&src.join(SERVER))?;
-    let context = target_dir().join("images").join(format!("{NAME}.context"));
+    // One context per process: xtask runs started side by side (the tests
+    // start several) each stage and remove their own.
+    let context = target_dir()
+        .join("images")
+        .join(format!("{NAME}.context.{}", std::process::id()));
     let _ = fs::remove_dir_all(&context);
     fs::create_dir_all(&context)?;
     fs::copy(src.join(SERVER), context.join(SERVER))?;
