@@ -189,8 +189,8 @@ pub const BUGS: &[Bug] = &[
             },
             Edit {
                 file: "crates/bridge/src/forward/http.rs",
-                find: "            Err(SendError::Connect(e, back)) => {\n                out = *back;\n                ctx.dial_failed(up.addr, &addrs, &mut counted);",
-                replace: "            Err(SendError::Connect(e, back)) => {\n                out = *back;\n                ctx.dial_failed(up.addr, &addrs, &mut counted);\n                if !e.to_string().is_empty() {\n                    return error(StatusCode::BAD_GATEWAY, \"no failover\");\n                }",
+                find: "            Err(SendError::Connect(e, back)) => {\n                out = *back;\n                ctx.dial_failed(up.addr, &endpoints.addrs(), &mut counted);",
+                replace: "            Err(SendError::Connect(e, back)) => {\n                out = *back;\n                ctx.dial_failed(up.addr, &endpoints.addrs(), &mut counted);\n                if !e.to_string().is_empty() {\n                    return error(StatusCode::BAD_GATEWAY, \"no failover\");\n                }",
             },
         ],
         scenarios: &["network"],
@@ -212,8 +212,8 @@ pub const BUGS: &[Bug] = &[
         expected: "I8",
         edits: &[Edit {
             file: "crates/bridge/src/forward/http.rs",
-            find: "            Replica::Running(u) => vec![u],\n",
-            replace: "            Replica::Running(_) => ctx.order_by_sessions(&endpoints.upstreams),\n",
+            find: "                vec![u]\n",
+            replace: "                drop(u);\n                ctx.order_by_sessions(&endpoints.upstreams)\n",
         }],
         scenarios: &["sessions"],
     },

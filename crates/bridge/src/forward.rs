@@ -57,6 +57,7 @@ mod metrics;
 pub mod sessions;
 pub(crate) mod sse;
 mod stdio;
+mod workers;
 
 use crate::stdio::hub::{Hub, Kept};
 use crate::stdio::process::Config as StdioConfig;
@@ -64,6 +65,7 @@ use ejection::{Change, Ejections};
 pub use metrics::ForwardMetrics;
 use metrics::ServiceMetrics;
 use sessions::Sessions;
+use workers::Workers;
 
 pub use crate::contract::labels::Transport;
 
@@ -170,6 +172,8 @@ struct Inner {
     aborted: AtomicUsize,
     accept_tasks: TaskTracker,
     conn_tasks: TaskTracker,
+    /// The threads accepted connections are served on.
+    workers: Workers,
     /// Serialises `open` calls, which await between looking at and changing `state`.
     open_lock: tokio::sync::Mutex<()>,
     state: Mutex<State>,
@@ -267,6 +271,7 @@ impl Forwarder {
                 aborted: AtomicUsize::new(0),
                 accept_tasks: TaskTracker::new(),
                 conn_tasks: TaskTracker::new(),
+                workers: Workers::new(None),
                 open_lock: tokio::sync::Mutex::new(()),
                 state: Mutex::new(State::default()),
             }),
@@ -518,6 +523,7 @@ impl Forwarder {
             inner.conn_tasks.wait().await;
         }
         inner.stdio.shutdown();
+        inner.workers.stop();
         let aborted = inner.aborted.load(Ordering::Relaxed);
         info!(in_flight, aborted, "forward: shut down");
         aborted
@@ -571,6 +577,10 @@ impl ServiceCtx {
         inner: &Inner,
         mut settled: impl FnMut(&Arc<Endpoints>) -> Option<T>,
     ) -> Option<T> {
+        // Nearly always settled at once: nothing to set up.
+        if let Some(answer) = settled(&self.endpoints.borrow()) {
+            return Some(answer);
+        }
         let mut rx = self.endpoints.clone();
         let until = Instant::now() + inner.hold;
         loop {
@@ -651,13 +661,12 @@ async fn accept_loop(inner: Arc<Inner>, ctx: ServiceCtx, bound: Bound, cancel: C
                 }
                 ctx.metrics.connections.inc();
                 let active = ActiveGuard::new(ctx.metrics.active.clone());
-                inner.conn_tasks.spawn(serve(
-                    Arc::clone(&inner),
-                    ctx.clone(),
-                    stream,
-                    peer,
-                    active,
-                ));
+                let (conn_inner, conn_ctx) = (Arc::clone(&inner), ctx.clone());
+                inner
+                    .workers
+                    .spawn(&inner.conn_tasks, stream, move |stream| {
+                        serve(conn_inner, conn_ctx, stream, peer, active)
+                    });
             }
             Err(e) if is_per_connection(&e) => {
                 debug!(service, error = %e, "forward: accept failed for one connection");

@@ -183,10 +183,27 @@ pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream)
 
 /// Where a request goes.
 enum Target {
-    /// The replica `key` created the session; it knows it as `id`.
-    Pinned { key: String, id: String },
+    /// A session: `client_id` is the id the client sent ([`sessions::encode`]d:
+    /// the replica `key` created it and knows it as `id`).
+    Pinned {
+        client_id: String,
+        key: std::ops::Range<usize>,
+        id: std::ops::Range<usize>,
+    },
     /// No session: the least loaded replica.
     Any,
+}
+
+impl Target {
+    /// The replica's key and its own id of a pinned session.
+    fn pinned(&self) -> Option<(&str, &str, &str)> {
+        match self {
+            Target::Pinned { client_id, key, id } => {
+                Some((client_id, &client_id[key.clone()], &client_id[id.clone()]))
+            }
+            Target::Any => None,
+        }
+    }
 }
 
 /// Where the replica of a session is.
@@ -258,13 +275,14 @@ async fn route_inner(
     let (target, via_query) = match session_of(&parts) {
         None => (Target::Any, false),
         Some((client_id, via_query)) => match sessions::decode(&client_id) {
-            Some((key, id)) => (
-                Target::Pinned {
-                    key: key.to_string(),
-                    id: id.to_string(),
-                },
-                via_query,
-            ),
+            Some((key, id)) => {
+                let at = |part: &str| {
+                    let start = part.as_ptr() as usize - client_id.as_ptr() as usize;
+                    start..start + part.len()
+                };
+                let (key, id) = (at(key), at(id));
+                (Target::Pinned { client_id, key, id }, via_query)
+            }
             None => {
                 ctx.metrics.mcp_miss(miss::UNKNOWN).inc();
                 return session_not_found("the session id was not issued by this bridge");
@@ -277,9 +295,16 @@ async fn route_inner(
             "no replica of the service is running; retry later",
         );
     };
-    let candidates: Vec<Upstream> = match &target {
-        Target::Pinned { key, id } => match wait_for_replica(inner, ctx, key).await {
-            Replica::Running(u) => vec![u],
+    let candidates: Vec<Upstream> = match target.pinned() {
+        Some((client_id, key, id)) => match wait_for_replica(inner, ctx, key).await {
+            Replica::Running(u) => {
+                if via_query {
+                    parts.uri = with_session_param(&parts.uri, id);
+                } else if let Ok(v) = HeaderValue::from_str(id) {
+                    parts.headers.insert(SESSION_HEADER, v);
+                }
+                vec![u]
+            }
             Replica::Waiting => {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -288,43 +313,29 @@ async fn route_inner(
             }
             Replica::Gone => {
                 ctx.metrics.mcp_miss(miss::REPLICA_GONE).inc();
-                ctx.sessions().end(&sessions::encode(key, id));
+                ctx.sessions().end(client_id);
                 ctx.publish_sessions();
                 return session_not_found(
                     "the replica that created this session is gone; start a new session",
                 );
             }
         },
-        Target::Any => ctx.order_by_sessions(&endpoints.upstreams),
+        None => ctx.order_by_sessions(&endpoints.upstreams),
     };
     strip_hop_by_hop(&mut parts.headers);
-    let client_id = match &target {
-        Target::Pinned { key, id } => {
-            if via_query {
-                parts.uri = with_session_param(&parts.uri, id);
-            } else if let Ok(v) = HeaderValue::from_str(id) {
-                parts.headers.insert(SESSION_HEADER, v);
-            }
-            Some(sessions::encode(key, id))
-        }
-        Target::Any => None,
-    };
     // Origin form (what clients send) goes on as it is; an absolute URI
     // loses its scheme and authority.
-    let uri = if parts.uri.authority().is_none() {
-        parts.uri.clone()
-    } else {
+    if parts.uri.authority().is_some() {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         match Uri::try_from(path) {
-            Ok(u) => u,
+            Ok(u) => parts.uri = u,
             Err(_) => return error(StatusCode::BAD_REQUEST, "request target is not a valid URI"),
         }
-    };
+    }
     let method = parts.method.clone();
     let mut out = Request::from_parts(parts, Full::new(body));
-    *out.uri_mut() = uri;
     let mut counted = Vec::new();
-    let addrs: Vec<SocketAddr> = endpoints.upstreams.iter().map(|u| u.addr).collect();
+    let client_id = target.pinned().map(|(client_id, _, _)| client_id);
     for up in candidates {
         let pending = client_id.is_none().then(|| Pending::new(ctx, &up.key));
         let sent = send(kept, up.addr, out).await;
@@ -332,11 +343,11 @@ async fn route_inner(
         match sent {
             Ok(resp) => {
                 ctx.dial_succeeded(up.addr);
-                return answer(ctx, &method, &up, client_id.as_deref(), resp);
+                return answer(ctx, &method, &up, client_id, resp);
             }
             Err(SendError::Connect(e, back)) => {
                 out = *back;
-                ctx.dial_failed(up.addr, &addrs, &mut counted);
+                ctx.dial_failed(up.addr, &endpoints.addrs(), &mut counted);
                 debug!(service = &*ctx.name, addr = %up.addr, error = %e, "forward: replica unreachable");
             }
             Err(SendError::Failed(e)) => {
@@ -363,34 +374,46 @@ fn answer(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let now = Instant::now();
+    // What the replica calls the session: the client must see it as ours.
+    let issued = match parts.headers.get(SESSION_HEADER) {
+        None => None,
+        // The replica repeats the id of the session asked for: the client's.
+        Some(v)
+            if client_id
+                .and_then(sessions::decode)
+                .is_some_and(|(_, id)| id.as_bytes() == v.as_bytes()) =>
+        {
+            client_id.map(|c| (c.to_owned(), false))
+        }
+        Some(v) => v
+            .to_str()
+            .ok()
+            .map(|id| (sessions::encode(&up.key, id), true)),
+    };
+    let mut table = ctx.sessions();
     if let Some(client_id) = client_id {
         let status = parts.status;
         if status == StatusCode::NOT_FOUND {
             ctx.metrics.mcp_miss(miss::EXPIRED).inc();
-            ctx.sessions().end(client_id);
+            table.end(client_id);
         } else if method == Method::DELETE && status.is_success() {
-            ctx.sessions().end(client_id);
+            table.end(client_id);
         } else {
-            ctx.sessions().touch(client_id, &up.key, now);
+            table.touch(client_id, &up.key, now);
         }
     }
-    let issued = parts
-        .headers
-        .get(SESSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    if let Some(id) = issued {
-        let mine = sessions::encode(&up.key, &id);
-        if let Ok(v) = HeaderValue::from_str(&mine) {
-            parts.headers.insert(SESSION_HEADER, v);
-            // A new session; servers also repeat the id of an existing one
-            // (on a DELETE's answer too), which must not bring it back.
-            if client_id.is_none() && parts.status.is_success() {
-                ctx.sessions().touch(&mine, &up.key, now);
-            }
+    if let Some((mine, new)) = issued
+        && let Ok(v) = HeaderValue::from_str(&mine)
+    {
+        parts.headers.insert(SESSION_HEADER, v);
+        // A new session; servers also repeat the id of an existing one
+        // (on a DELETE's answer too), which must not bring it back.
+        if new && client_id.is_none() && parts.status.is_success() {
+            table.touch(&mine, &up.key, now);
         }
     }
-    ctx.publish_sessions();
+    ctx.metrics.mcp_sessions.set(table.len() as i64);
+    drop(table);
     let is_stream = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -481,15 +504,17 @@ pub(crate) fn methods(body: &[u8]) -> Vec<&'static str> {
 
 /// Headers that belong to one hop (RFC 9110 section 7.6.1), not the message.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
     }
     for n in [
         header::CONNECTION,
