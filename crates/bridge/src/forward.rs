@@ -523,7 +523,6 @@ impl Forwarder {
             inner.conn_tasks.wait().await;
         }
         inner.stdio.shutdown();
-        inner.workers.stop();
         let aborted = inner.aborted.load(Ordering::Relaxed);
         info!(in_flight, aborted, "forward: shut down");
         aborted

@@ -10,9 +10,10 @@
 //! against 32 us on one thread.
 //!
 //! The accept loops stay on the bridge's runtime and hand each accepted
-//! socket over. The runtimes live as long as their [`Workers`]: what a
-//! connection spawns (a `stdio` process's tasks, a Docker attach) runs on to
-//! the forwarder's shutdown like everything else. Should no thread start
+//! socket over. The runtimes live as long as their [`Workers`] (the
+//! forwarder): what a connection spawns (a `stdio` process's tasks, a Docker
+//! attach) runs on through the forwarder's shutdown, as on the bridge's own
+//! runtime, and ends when the forwarder is dropped. Should no thread start
 //! (out of threads or memory), connections are served on the caller's runtime.
 
 use std::future::Future;
@@ -86,11 +87,6 @@ impl Workers {
         }));
     }
 
-    /// Ends the threads; what still runs on them is dropped.
-    pub(super) fn stop(&self) {
-        self.stop.cancel();
-    }
-
     fn threads(&self) -> &[Worker] {
         self.started.get_or_init(|| {
             (0..self.count)
@@ -122,6 +118,7 @@ impl Workers {
 }
 
 impl Drop for Workers {
+    /// Ends the threads; what still runs on them is dropped.
     fn drop(&mut self) {
         self.stop.cancel();
     }
