@@ -661,11 +661,15 @@ async fn accept_loop(inner: Arc<Inner>, ctx: ServiceCtx, bound: Bound, cancel: C
                 ctx.metrics.connections.inc();
                 let active = ActiveGuard::new(ctx.metrics.active.clone());
                 let (conn_inner, conn_ctx) = (Arc::clone(&inner), ctx.clone());
-                inner
-                    .workers
-                    .spawn(&inner.conn_tasks, stream, move |stream| {
-                        serve(conn_inner, conn_ctx, stream, peer, active)
-                    });
+                let conn = move |stream| serve(conn_inner, conn_ctx, stream, peer, active);
+                if ctx.is_stdio() {
+                    // Its requests go to process tasks and Docker attach streams
+                    // that every connection shares: served beside them on the
+                    // bridge's runtime (on a worker thread P8 lost 10% at one session).
+                    inner.conn_tasks.spawn(conn(stream));
+                } else {
+                    inner.workers.spawn(&inner.conn_tasks, stream, conn);
+                }
             }
             Err(e) if is_per_connection(&e) => {
                 debug!(service, error = %e, "forward: accept failed for one connection");
