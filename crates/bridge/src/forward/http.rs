@@ -33,6 +33,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -41,6 +43,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -70,7 +73,18 @@ pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 /// replica on failure). A kept connection that closed is noticed before the
 /// request is written and the request goes out on a fresh dial.
 /// Never held across an await: a connection is taken out while in use.
-type Kept = Arc<Mutex<HashMap<SocketAddr, SendRequest<Full<Bytes>>>>>;
+///
+/// The connections are driven by the client connection's own task
+/// ([`serve`]), not a task each: a request and its answer wake no other task.
+struct Kept {
+    senders: Mutex<HashMap<SocketAddr, SendRequest<Full<Bytes>>>>,
+    /// A new connection to a replica, for [`serve`] to drive.
+    drive: mpsc::UnboundedSender<Driven>,
+}
+
+/// A connection to a replica: ends when its sender is dropped (with its
+/// client connection) or the replica closes.
+type Driven = futures_util::future::BoxFuture<'static, ()>;
 
 /// Why a request got no answer from a replica.
 enum SendError {
@@ -81,8 +95,9 @@ enum SendError {
     Failed(hyper::Error),
 }
 
-/// Dials `addr` and hands the connection to hyper's HTTP/1.1 client.
-async fn dial(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
+/// Dials `addr` and hands the connection to hyper's HTTP/1.1 client, driven
+/// by `kept`'s client connection.
+async fn dial(kept: &Kept, addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(e.to_string()),
@@ -92,9 +107,12 @@ async fn dial(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
-    // Ends when the sender is dropped (with its client connection) or the
-    // replica closes.
-    tokio::spawn(conn);
+    let driven: Driven = Box::pin(async move {
+        let _ = conn.await;
+    });
+    kept.drive
+        .send(driven)
+        .map_err(|_| "the client connection ended".to_string())?;
     Ok(sender)
 }
 
@@ -106,6 +124,7 @@ async fn send(
 ) -> Result<Response<Incoming>, SendError> {
     let mut req = req;
     let cached = kept
+        .senders
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .remove(&addr);
@@ -124,7 +143,7 @@ async fn send(
             },
         }
     }
-    let mut s = match dial(addr).await {
+    let mut s = match dial(kept, addr).await {
         Ok(s) => s,
         Err(e) => return Err(SendError::Connect(e, Box::new(req))),
     };
@@ -134,7 +153,8 @@ async fn send(
 }
 
 fn keep(kept: &Kept, addr: SocketAddr, s: SendRequest<Full<Bytes>>) {
-    kept.lock()
+    kept.senders
+        .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(addr, s);
 }
@@ -142,7 +162,11 @@ fn keep(kept: &Kept, addr: SocketAddr, s: SendRequest<Full<Bytes>>) {
 /// Serves one client connection until it closes, the forwarder stops
 /// (in-flight requests finish, idle keep-alive ends) or aborts.
 pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream) {
-    let kept: Kept = Arc::default();
+    let (drive, mut driven) = mpsc::unbounded_channel();
+    let kept = Arc::new(Kept {
+        senders: Mutex::default(),
+        drive,
+    });
     let service = {
         let inner = Arc::clone(&inner);
         let ctx = ctx.clone();
@@ -158,26 +182,35 @@ pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream)
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(client), service);
     tokio::pin!(conn);
+    let mut upstream = FuturesUnordered::new();
+    // Made once: a cancellation future made and dropped on every wake-up
+    // would lock the token's waiter list twice per request.
+    let abort = inner.abort.cancelled();
+    let stop = inner.stop.cancelled();
+    tokio::pin!(abort, stop);
+    let mut stopping = false;
     let name = &*ctx.name;
-    tokio::select! {
-        biased;
-        () = inner.abort.cancelled() => {
-            inner.aborted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return;
-        }
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                debug!(service = name, error = %e, "forward: http connection ended with error");
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut abort => {
+                inner.aborted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
             }
-            return;
+            Some(c) = driven.recv() => upstream.push(c),
+            Some(()) = upstream.next(), if !upstream.is_empty() => {}
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(service = name, error = %e, "forward: http connection ended with error");
+                }
+                return;
+            }
+            // In-flight requests finish; an idle keep-alive ends.
+            () = &mut stop, if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
         }
-        () = inner.stop.cancelled() => conn.as_mut().graceful_shutdown(),
-    }
-    tokio::select! {
-        () = inner.abort.cancelled() => {
-            inner.aborted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        _ = conn => {}
     }
 }
 
