@@ -163,20 +163,19 @@ fn keep(kept: &Kept, addr: SocketAddr, s: SendRequest<Full<Bytes>>) {
 /// (in-flight requests finish, idle keep-alive ends) or aborts.
 pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream) {
     let (drive, mut driven) = mpsc::unbounded_channel();
-    let kept = Arc::new(Kept {
+    let kept = Kept {
         senders: Mutex::default(),
         drive,
-    });
-    let service = {
-        let inner = Arc::clone(&inner);
-        let ctx = ctx.clone();
-        hyper::service::service_fn(move |req| {
-            let inner = Arc::clone(&inner);
-            let ctx = ctx.clone();
-            let kept = Arc::clone(&kept);
-            async move { Ok::<_, Infallible>(route(&inner, &ctx, &kept, req).await) }
-        })
     };
+    // One reference per request, not a copy of the context's many.
+    let shared = Arc::new((Arc::clone(&inner), ctx.clone(), kept));
+    let service = hyper::service::service_fn(move |req| {
+        let shared = Arc::clone(&shared);
+        async move {
+            let (inner, ctx, kept) = &*shared;
+            Ok::<_, Infallible>(route(inner, ctx, kept, req).await)
+        }
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -302,7 +301,7 @@ async fn route_inner(
     };
     if parts.method == Method::POST {
         for m in methods(&body) {
-            ctx.metrics.mcp_request(m).inc();
+            ctx.metrics.count_request(m);
         }
     }
     let (target, via_query) = match session_of(&parts) {

@@ -132,14 +132,15 @@ pub(super) struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
-    pub(super) fn mcp_request(&self, method: &'static str) -> IntCounter {
+    /// Counts one request of `method` in `mcp_requests`.
+    pub(super) fn count_request(&self, method: &'static str) {
         let mut m = self.methods.lock().unwrap_or_else(PoisonError::into_inner);
         m.entry(method)
             .or_insert_with(|| {
                 self.mcp_requests
                     .with_label_values(&[&*self.service, method])
             })
-            .clone()
+            .inc();
     }
 
     pub(super) fn mcp_miss(&self, reason: &str) -> IntCounter {

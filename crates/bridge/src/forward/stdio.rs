@@ -129,7 +129,7 @@ pub(super) async fn route(
     // Counted from the parsed messages (the body is parsed once).
     for m in messages.iter().take(1000) {
         let method = m.get("method").and_then(Value::as_str);
-        ctx.metrics.mcp_request(mcp_method::label(method)).inc();
+        ctx.metrics.count_request(mcp_method::label(method));
     }
     match session {
         None => initialize(inner, ctx, batch, messages).await,
