@@ -80,6 +80,13 @@ fn median(v: &[f64]) -> f64 {
     pct(&sorted(v.to_vec()), 0.5)
 }
 
+/// The order to measure `paths` paths in over `rounds` rounds (indices):
+/// each round rotates which path goes first, so drift on the machine falls
+/// on all paths alike.
+fn rotation(paths: usize, rounds: usize) -> impl Iterator<Item = usize> {
+    (0..rounds).flat_map(move |r| (0..paths).map(move |k| (r + k) % paths))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +97,11 @@ mod tests {
         assert_eq!(pct(&v, 0.5), 50.0);
         assert_eq!(pct(&v, 0.99), 99.0);
         assert_eq!(pct(&[3.0], 0.99), 3.0);
+    }
+
+    #[test]
+    fn each_round_measures_every_path_once_and_the_first_rotates() {
+        let order: Vec<usize> = rotation(3, 3).collect();
+        assert_eq!(order, [0, 1, 2, 1, 2, 0, 2, 0, 1]);
     }
 }

@@ -204,11 +204,9 @@ fn interleaved<'a>(
     mut measure: impl FnMut(SocketAddr) -> Result<Vec<f64>>,
 ) -> Result<BTreeMap<&'a str, Vec<f64>>> {
     let mut out: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for r in 0..rounds {
-        for k in 0..paths.len() {
-            let (name, addr) = paths[(r + k) % paths.len()];
-            out.entry(name).or_default().extend(measure(addr)?);
-        }
+    for i in super::rotation(paths.len(), rounds) {
+        let (name, addr) = paths[i];
+        out.entry(name).or_default().extend(measure(addr)?);
     }
     Ok(out)
 }
