@@ -4,7 +4,8 @@
 //!
 //! The [`Forwarder`] owns one TCP listener per service, bound on `--bind-ip` at the
 //! port the pool reserved for it. Each listener has its own accept loop task; each
-//! accepted connection gets its own task that:
+//! accepted connection gets its own task (on a per-core thread of `workers`, but a
+//! `stdio` service's) that:
 //!
 //! 1. picks a replica round robin from the service's current endpoints (published by
 //!    [`Forwarder::set_endpoints`] through a `tokio::sync::watch` channel), replicas
