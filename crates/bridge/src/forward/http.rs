@@ -308,11 +308,8 @@ async fn route_inner(
         None => (Target::Any, false),
         Some((client_id, via_query)) => match sessions::decode(&client_id) {
             Some((key, id)) => {
-                let at = |part: &str| {
-                    let start = part.as_ptr() as usize - client_id.as_ptr() as usize;
-                    start..start + part.len()
-                };
-                let (key, id) = (at(key), at(id));
+                // `decode` splits the id into a prefix and a suffix.
+                let (key, id) = (0..key.len(), client_id.len() - id.len()..client_id.len());
                 (Target::Pinned { client_id, key, id }, via_query)
             }
             None => {
