@@ -58,6 +58,7 @@ mod metrics;
 pub mod sessions;
 pub(crate) mod sse;
 mod stdio;
+mod upstream;
 mod workers;
 
 use crate::stdio::hub::{Hub, Kept};

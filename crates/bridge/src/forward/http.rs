@@ -26,10 +26,9 @@
 //! (event streams, for hours) with hyper's backpressure: a slow client slows
 //! only its own response.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,18 +37,17 @@ use futures_util::stream::FuturesUnordered;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::sessions::{self, SESSION_PARAMS, Sessions};
 use super::sse::EndpointRewrite;
-use super::{CONNECT_TIMEOUT, Inner, ServiceCtx, Upstream};
+use super::upstream::{Kept, SendError, send};
+use super::{Inner, ServiceCtx, Upstream};
 use crate::contract::metric::{mcp_method, miss};
 
 /// Largest request body routed; a larger one gets 413.
@@ -64,109 +62,10 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 /// A response body: the replica's, streamed, or one of ours.
 pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 
-/// Connections to replicas kept for one client connection, by replica.
-///
-/// A client connection's requests reuse its connection to a replica (its
-/// session's, in practice), as HAProxy reuses server connections; nothing is
-/// shared between client connections, so a client that opens a connection per
-/// request dials the replica each time (1 s connect timeout, the next
-/// replica on failure). A kept connection that closed is noticed before the
-/// request is written and the request goes out on a fresh dial.
-/// Never held across an await: a connection is taken out while in use.
-///
-/// The connections are driven by the client connection's own task
-/// ([`serve`]), not a task each: a request and its answer wake no other task.
-struct Kept {
-    senders: Mutex<HashMap<SocketAddr, SendRequest<Full<Bytes>>>>,
-    /// A new connection to a replica, for [`serve`] to drive.
-    drive: mpsc::UnboundedSender<Driven>,
-}
-
-/// A connection to a replica: ends when its sender is dropped (with its
-/// client connection) or the replica closes.
-type Driven = futures_util::future::BoxFuture<'static, ()>;
-
-/// Why a request got no answer from a replica.
-enum SendError {
-    /// The replica could not be dialled (refused, reset, no answer in time):
-    /// the request was not sent and comes back; another replica may take it.
-    Connect(String, Box<Request<Full<Bytes>>>),
-    /// The request went out and the exchange failed.
-    Failed(hyper::Error),
-}
-
-/// Dials `addr` and hands the connection to hyper's HTTP/1.1 client, driven
-/// by `kept`'s client connection.
-async fn dial(kept: &Kept, addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
-    };
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    let driven: Driven = Box::pin(async move {
-        let _ = conn.await;
-    });
-    kept.drive
-        .send(driven)
-        .map_err(|_| "the client connection ended".to_string())?;
-    Ok(sender)
-}
-
-/// Sends `req` to `addr` on the kept connection, or a fresh one.
-async fn send(
-    kept: &Kept,
-    addr: SocketAddr,
-    req: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, SendError> {
-    let mut req = req;
-    let cached = kept
-        .senders
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&addr);
-    if let Some(mut s) = cached
-        && s.ready().await.is_ok()
-    {
-        match s.try_send_request(req).await {
-            Ok(resp) => {
-                keep(kept, addr, s);
-                return Ok(resp);
-            }
-            Err(mut e) => match e.take_message() {
-                // Closed before the request was written: dial afresh.
-                Some(back) => req = back,
-                None => return Err(SendError::Failed(e.into_error())),
-            },
-        }
-    }
-    let mut s = match dial(kept, addr).await {
-        Ok(s) => s,
-        Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-    };
-    let resp = s.send_request(req).await.map_err(SendError::Failed)?;
-    keep(kept, addr, s);
-    Ok(resp)
-}
-
-fn keep(kept: &Kept, addr: SocketAddr, s: SendRequest<Full<Bytes>>) {
-    kept.senders
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(addr, s);
-}
-
 /// Serves one client connection until it closes, the forwarder stops
 /// (in-flight requests finish, idle keep-alive ends) or aborts.
 pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream) {
-    let (drive, mut driven) = mpsc::unbounded_channel();
-    let kept = Kept {
-        senders: Mutex::default(),
-        drive,
-    };
+    let (kept, mut driven) = Kept::new();
     // One reference per request, not a copy of the context's many.
     let shared = Arc::new((Arc::clone(&inner), ctx.clone(), kept));
     let service = hyper::service::service_fn(move |req| {
