@@ -302,22 +302,12 @@ fn answer(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let now = Instant::now();
-    // What the replica calls the session: the client must see it as ours.
-    let issued = match parts.headers.get(SESSION_HEADER) {
-        None => None,
-        // The replica repeats the id of the session asked for: the client's.
-        Some(v)
-            if client_id
-                .and_then(sessions::decode)
-                .is_some_and(|(_, id)| id.as_bytes() == v.as_bytes()) =>
-        {
-            client_id.map(|c| (c.to_owned(), false))
-        }
-        Some(v) => v
-            .to_str()
-            .ok()
-            .map(|id| (sessions::encode(&up.key, id), true)),
-    };
+    // What the replica calls the session, as the client must see it.
+    let issued = parts
+        .headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|id| sessions::encode(&up.key, id));
     let mut table = ctx.sessions();
     if let Some(client_id) = client_id {
         let status = parts.status;
@@ -330,13 +320,13 @@ fn answer(
             table.touch(client_id, &up.key, now);
         }
     }
-    if let Some((mine, new)) = issued
+    if let Some(mine) = issued
         && let Ok(v) = HeaderValue::from_str(&mine)
     {
         parts.headers.insert(SESSION_HEADER, v);
         // A new session; servers also repeat the id of an existing one
         // (on a DELETE's answer too), which must not bring it back.
-        if new && client_id.is_none() && parts.status.is_success() {
+        if client_id.is_none() && parts.status.is_success() {
             table.touch(&mine, &up.key, now);
         }
     }
