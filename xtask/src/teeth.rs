@@ -183,7 +183,7 @@ pub const BUGS: &[Bug] = &[
         expected: "I4",
         edits: &[
             Edit {
-                file: "crates/bridge/src/forward.rs",
+                file: "crates/bridge/src/forward/tcp.rs",
                 find: "                    Ok(Err(e)) => {\n                        ctx.dial_failed(addr, &endpoints, &mut counted);",
                 replace: "                    Ok(Err(e)) => {\n                        ctx.dial_failed(addr, &endpoints, &mut counted);\n                        if !e.to_string().is_empty() {\n                            return None;\n                        }",
             },

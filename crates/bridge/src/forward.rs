@@ -5,19 +5,13 @@
 //! The [`Forwarder`] owns one TCP listener per service, bound on `--bind-ip` at the
 //! port the pool reserved for it. Each listener has its own accept loop task; each
 //! accepted connection gets its own task (on a per-core thread of `workers`, but a
-//! `stdio` service's) that:
-//!
-//! 1. picks a replica round robin from the service's current endpoints (published by
-//!    [`Forwarder::set_endpoints`] through a `tokio::sync::watch` channel), replicas
-//!    that recently failed a dial last (`ejection`: passive outlier ejection);
-//! 2. dials it with a [`CONNECT_TIMEOUT`]; a replica that fails is counted in
-//!    `mesh_bridge_forward_upstream_errors_total{service}`, ejected for a while, and
-//!    the next one is tried, each replica at most once per round;
-//! 3. when no replica is reachable (or none is running) waits for the endpoint set to
-//!    change, up to `hold` in total, then closes the client connection;
-//! 4. splices client and replica with [`crate::splice::copy_bidirectional`] (splice(2)
-//!    through a pipe per direction, TCP_NODELAY on both sides) until both directions
-//!    have ended or one fails; an EOF on one side half-closes the other.
+//! `stdio` service's) that waits, up to `hold`, until a replica runs (the
+//! replicas' endpoints are published by [`Forwarder::set_endpoints`] through a
+//! `tokio::sync::watch` channel) and then serves the connection by the
+//! replicas' transport: `tcp` splices it to one replica (`tcp`); `streamable-http`,
+//! `sse` and `stdio` serve it as HTTP/1.1 and route each request (`http`; a
+//! `stdio` replica's requests go to its process, `stdio`). All share the endpoints, the passive outlier
+//! ejection of replicas that fail a dial (`ejection`), the hold and the metrics.
 //!
 //! `mesh_bridge_forward_connections_total{service}` counts accepted connections and
 //! `mesh_bridge_forward_active_connections{service}` the ones currently held (a drop
@@ -31,11 +25,6 @@
 //!
 //! [`Forwarder::shutdown`] stops every listener, lets in-flight connections finish up
 //! to a deadline, and then aborts the rest.
-//!
-//! The steps above are the `tcp` transport's. For `streamable-http` and `sse`
-//! the connection is served as HTTP/1.1 and each request picks its replica
-//! (`http`): the same endpoints, ejections, hold and metrics, plus the MCP
-//! session metrics.
 
 use std::collections::HashMap;
 use std::io;
@@ -58,6 +47,7 @@ mod metrics;
 pub mod sessions;
 pub(crate) mod sse;
 mod stdio;
+mod tcp;
 mod upstream;
 mod workers;
 
@@ -125,10 +115,6 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long `open` waits for a listener of ours that is closing to release its port.
 const RETIRE_WAIT: Duration = Duration::from_secs(2);
-/// First pause before dialling again when every replica refused (it doubles).
-const RETRY_MIN: Duration = Duration::from_millis(1);
-/// Longest pause between dial rounds while replicas keep refusing.
-const RETRY_MAX: Duration = Duration::from_millis(250);
 
 /// Why [`Forwarder::open`] could not listen on a port.
 #[derive(Debug, thiserror::Error)]
@@ -695,8 +681,8 @@ async fn accept_loop(inner: Arc<Inner>, ctx: ServiceCtx, bound: Bound, cancel: C
 
 async fn serve(
     inner: Arc<Inner>,
-    mut ctx: ServiceCtx,
-    mut client: TcpStream,
+    ctx: ServiceCtx,
+    client: TcpStream,
     peer: SocketAddr,
     _active: ActiveGuard,
 ) {
@@ -722,85 +708,5 @@ async fn serve(
     if known.transport.is_http() {
         return http::serve(inner, ctx, client).await;
     }
-    let upstream = tokio::select! {
-        biased;
-        () = inner.abort.cancelled() => {
-            inner.aborted.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        up = pick_upstream(&inner, &mut ctx) => up,
-    };
-    let Some((mut upstream, replica)) = upstream else {
-        debug!(service, %peer, "forward: no replica reachable within hold, closing");
-        return;
-    };
-    debug!(service, %peer, %replica, "forward: spliced");
-    tokio::select! {
-        biased;
-        () = inner.abort.cancelled() => {
-            inner.aborted.fetch_add(1, Ordering::Relaxed);
-            debug!(service, %peer, %replica, "forward: aborted at shutdown");
-        }
-        r = crate::splice::copy_bidirectional(&mut client, &mut upstream) => match r {
-            Ok((up, down)) => debug!(service, %peer, %replica, up, down, "forward: done"),
-            Err(e) => debug!(service, %peer, %replica, error = %e, "forward: ended with error"),
-        },
-    }
-}
-
-/// Dials a replica of the service, round robin, waiting up to `hold` for one.
-async fn pick_upstream(inner: &Inner, ctx: &mut ServiceCtx) -> Option<(TcpStream, SocketAddr)> {
-    let until = Instant::now() + inner.hold;
-    // A replica that refuses may be a container still starting: within the
-    // hold, try the list again after a growing pause, not only when it changes.
-    // The first pauses are short (a refused dial costs microseconds): a client
-    // that arrives a moment before the server listens should not wait long
-    // (a first pause of 10 ms added ~8 ms to the p50 start-to-answer, P2).
-    let mut retry = RETRY_MIN;
-    // Each replica's failure is counted once per client connection, retries aside.
-    let mut counted: Vec<SocketAddr> = Vec::new();
-    loop {
-        let endpoints = ctx.endpoints.borrow_and_update().addrs();
-        if !endpoints.is_empty() {
-            let start = ctx.cursor.fetch_add(1, Ordering::Relaxed);
-            let order = ctx.ejections().order(&endpoints, start, Instant::now());
-            for addr in order {
-                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                    Ok(Ok(stream)) => {
-                        if let Err(e) = stream.set_nodelay(true) {
-                            debug!(service = &*ctx.name, %addr, error = %e, "forward: cannot set TCP_NODELAY on replica");
-                        }
-                        ctx.dial_succeeded(addr);
-                        return Some((stream, addr));
-                    }
-                    Ok(Err(e)) => {
-                        ctx.dial_failed(addr, &endpoints, &mut counted);
-                        debug!(service = &*ctx.name, %addr, error = %e, "forward: replica unreachable");
-                    }
-                    Err(_) => {
-                        ctx.dial_failed(addr, &endpoints, &mut counted);
-                        debug!(service = &*ctx.name, %addr, "forward: replica connect timed out");
-                    }
-                }
-            }
-        }
-        let again = if endpoints.is_empty() {
-            until
-        } else {
-            let at = (Instant::now() + retry).min(until);
-            retry = (retry * 2).min(RETRY_MAX);
-            at
-        };
-        tokio::select! {
-            () = inner.stop.cancelled() => return None,
-            () = tokio::time::sleep_until(until) => return None,
-            () = tokio::time::sleep_until(again), if again < until => {}
-            changed = ctx.endpoints.changed() => {
-                if changed.is_err() {
-                    // The service was closed.
-                    return None;
-                }
-            }
-        }
-    }
+    tcp::serve(inner, ctx, client, peer).await
 }
