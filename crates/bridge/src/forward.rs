@@ -7,11 +7,12 @@
 //! accepted connection gets its own task (on a per-core thread of `workers`, but a
 //! `stdio` service's) that waits, up to `hold`, until a replica runs (the
 //! replicas' endpoints are published by [`Forwarder::set_endpoints`] through a
-//! `tokio::sync::watch` channel) and then serves the connection by the
-//! replicas' transport: `tcp` splices it to one replica (`tcp`); `streamable-http`,
-//! `sse` and `stdio` serve it as HTTP/1.1 and route each request (`http`; a
-//! `stdio` replica's requests go to its process, `stdio`). All share the endpoints, the passive outlier
-//! ejection of replicas that fail a dial (`ejection`), the hold and the metrics.
+//! `tokio::sync::watch` channel) and then serves the connection by the replicas'
+//! transport: `tcp` splices it to one replica (`tcp`); `streamable-http`, `sse`
+//! and `stdio` serve it as HTTP/1.1 and route each request (`http`; a `stdio`
+//! replica's requests go to its process, `stdio`). All share the endpoints, the
+//! passive outlier ejection of replicas that fail a dial (`ejection`), the hold
+//! and the metrics.
 //!
 //! `mesh_bridge_forward_connections_total{service}` counts accepted connections and
 //! `mesh_bridge_forward_active_connections{service}` the ones currently held (a drop
