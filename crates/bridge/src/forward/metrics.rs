@@ -11,7 +11,7 @@ use prometheus::{
 
 /// The forwarder's metrics, registered in the app's registry.
 ///
-/// Every vector has the single label `service`; [`Forwarder::close`] removes a
+/// Every vector has the single label `service`; [`Forwarder::close`](super::Forwarder::close) removes a
 /// service's label values, so the label set stays bounded by the pool's capacity.
 #[derive(Debug, Clone)]
 pub struct ForwardMetrics {
