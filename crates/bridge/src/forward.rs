@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 
 mod ejection;
 pub(crate) mod http;
+pub mod idle;
 mod metrics;
 pub mod sessions;
 pub(crate) mod sse;

@@ -29,7 +29,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -39,11 +38,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::idle::{self, Activity, HEADER_TIMEOUT, Quiet, Tracked};
 use super::sessions::{self, SESSION_PARAMS, Sessions};
 use super::sse::EndpointRewrite;
 use super::upstream::{Kept, SendError, send};
@@ -52,10 +52,6 @@ use crate::contract::metric::{mcp_method, miss};
 
 /// Largest request body routed; a larger one gets 413.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
-/// How long a client may take to send a request's headers (also the limit
-/// of an idle kept-alive connection).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The MCP session header (streamable HTTP).
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -66,26 +62,31 @@ pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 /// (in-flight requests finish, idle keep-alive ends) or aborts.
 pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream) {
     let (kept, mut driven) = Kept::new();
+    let activity = Arc::new(Activity::default());
     // One reference per request, not a copy of the context's many.
-    let shared = Arc::new((Arc::clone(&inner), ctx.clone(), kept));
+    let shared = Arc::new((Arc::clone(&inner), ctx.clone(), kept, Arc::clone(&activity)));
     let service = hyper::service::service_fn(move |req| {
         let shared = Arc::clone(&shared);
         async move {
-            let (inner, ctx, kept) = &*shared;
-            Ok::<_, Infallible>(route(inner, ctx, kept, req).await)
+            let (inner, ctx, kept, activity) = &*shared;
+            let busy = activity.begin();
+            let answer = route(inner, ctx, kept, req).await;
+            Ok::<_, Infallible>(answer.map(|body| Tracked::new(body, busy)))
         }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(client), service);
+    // No hyper header timeout: `idle` cuts quiet connections off instead.
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service);
     tokio::pin!(conn);
     let mut upstream = FuturesUnordered::new();
-    // The forwarder's stop and abort, polled only once they fire: a token's
-    // future polled on every wake-up of the connection locks the token
-    // twice per poll (3% of the bridge's CPU in P7 at 32 sessions).
+    // The forwarder's stop and abort, and the quiet check's tick, polled
+    // only once they fire: a token's future polled on every wake-up of the
+    // connection locks the token twice per poll (3% of the bridge's CPU in
+    // P7 at 32 sessions).
     let mut signals: FuturesUnordered<futures_util::future::BoxFuture<'static, Signal>> =
         FuturesUnordered::new();
+    signals.push(tick());
+    let mut quiet = Quiet::default();
     let abort = inner.abort.clone().cancelled_owned();
     let stop = inner.stop.clone().cancelled_owned();
     signals.push(Box::pin(async move {
@@ -107,6 +108,13 @@ pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream)
                 }
                 // In-flight requests finish; an idle keep-alive ends.
                 Signal::Stop => conn.as_mut().graceful_shutdown(),
+                Signal::Tick => {
+                    if quiet.tick(&activity) {
+                        debug!(service = name, "forward: http connection closed, no request for {HEADER_TIMEOUT:?}");
+                        return;
+                    }
+                    signals.push(tick());
+                }
             },
             Some(c) = driven.recv() => upstream.push(c),
             Some(()) = upstream.next(), if !upstream.is_empty() => {}
@@ -126,6 +134,16 @@ enum Signal {
     Stop,
     /// Close now.
     Abort,
+    /// Time to check whether the connection is quiet ([`super::idle`]).
+    Tick,
+}
+
+/// The next quiet check.
+fn tick() -> futures_util::future::BoxFuture<'static, Signal> {
+    Box::pin(async {
+        tokio::time::sleep(idle::TICK).await;
+        Signal::Tick
+    })
 }
 
 /// Where a request goes.

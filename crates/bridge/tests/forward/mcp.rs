@@ -359,3 +359,114 @@ async fn a_client_that_stops_reading_holds_back_its_replica_and_no_one_else() {
     let n = timeout(PROMPT, slow.read(&mut buf)).await.unwrap().unwrap();
     assert!(n > 0 && String::from_utf8_lossy(&buf[..n]).contains("text/event-stream"));
 }
+
+/// Reads `stream` until the bridge closes it (panics after `limit`); when
+/// each byte arrived does not matter, only when the close came.
+async fn closed_at(stream: &mut TcpStream, limit: Duration) -> (Instant, String) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    let at = read
+        .await
+        .expect("the bridge closed the connection in time");
+    (at, String::from_utf8_lossy(&seen).into_owned())
+}
+
+#[tokio::test]
+async fn quiet_connections_are_cut_off_and_a_long_stream_is_not() {
+    use mesh_bridge::forward::idle::{HEADER_TIMEOUT, TICK};
+    let h = harness(Duration::from_secs(2));
+    let ups = [(stateful_replica(IDS[0]).await, IDS[0])];
+    let port = free_port();
+    h.fwd.open("svc", port).await.unwrap();
+    h.fwd.set_endpoints("svc", replicas(&ups));
+    let session = initialize(port).await;
+    let limit = HEADER_TIMEOUT + 2 * TICK + PROMPT;
+
+    // Kept alive after one answered request, then silent.
+    let idle = async {
+        let mut c = connect(port).await;
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string();
+        let req = format!(
+            "POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\n{SESSION}: {session}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut first = [0u8; 12];
+        c.read_exact(&mut first).await.unwrap();
+        let answered = Instant::now();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        let (closed, _) = closed_at(&mut c, limit).await;
+        closed - answered
+    };
+    // A slowloris: a header line every half second, the head never done.
+    let slow = async {
+        let start = Instant::now();
+        let mut c = connect(port).await;
+        c.write_all(b"POST /mcp HTTP/1.1\r\n").await.unwrap();
+        let (mut r, mut w) = c.split();
+        let trickle = async {
+            for i in 0.. {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if w.write_all(format!("x-{i}: y\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        };
+        let mut buf = [0u8; 64];
+        let closed = tokio::select! {
+            () = trickle => Instant::now(),
+            r = timeout(limit, r.read(&mut buf)) => {
+                let n = r.expect("the bridge closed the slowloris in time");
+                assert!(matches!(n, Ok(0) | Err(_)), "an answer to a head never sent");
+                Instant::now()
+            }
+        };
+        closed - start
+    };
+    // A GET stream of notifications, open longer than the timeout.
+    let stream = async {
+        let mut c = connect(port).await;
+        let req = format!(
+            "GET /mcp HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{SESSION}: {session}\r\n\r\n"
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        let until = Instant::now() + HEADER_TIMEOUT + TICK + Duration::from_secs(1);
+        let mut buf = [0u8; 4096];
+        let mut events = 0;
+        while Instant::now() < until {
+            let n = timeout(PROMPT, c.read(&mut buf)).await;
+            let n = n.expect("the stream went silent").unwrap();
+            assert!(n > 0, "the stream was cut off after {events} notifications");
+            events += String::from_utf8_lossy(&buf[..n])
+                .matches("notifications/message")
+                .count();
+        }
+        events
+    };
+    let (idle, slow, events) = tokio::join!(idle, slow, stream);
+    // Closed one tick after the timeout at most (and a second for a slow
+    // machine); the idle one's clock starts when its answer arrived, just
+    // after the bridge counted it sent.
+    let early = Duration::from_millis(200);
+    for (what, after) in [("idle keep-alive", idle), ("slowloris", slow)] {
+        assert!(
+            after >= HEADER_TIMEOUT - early
+                && after <= HEADER_TIMEOUT + TICK + Duration::from_secs(1),
+            "{what} closed after {after:?}, not within {HEADER_TIMEOUT:?} + {TICK:?}"
+        );
+    }
+    assert!(events > 100, "only {events} notifications streamed");
+}
