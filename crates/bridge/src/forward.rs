@@ -207,6 +207,11 @@ impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// A connection ended by `abort`: counted in what shutdown reports.
+    fn count_aborted(&self) {
+        self.aborted.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -698,7 +703,7 @@ async fn serve(
     let known = tokio::select! {
         biased;
         () = inner.abort.cancelled() => {
-            inner.aborted.fetch_add(1, Ordering::Relaxed);
+            inner.count_aborted();
             return;
         }
         e = ctx.wait_for_endpoints(&inner) => e,

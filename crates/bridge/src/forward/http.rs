@@ -103,7 +103,7 @@ pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream)
             biased;
             Some(signal) = signals.next() => match signal {
                 Signal::Abort => {
-                    inner.aborted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    inner.count_aborted();
                     return;
                 }
                 // In-flight requests finish; an idle keep-alive ends.

@@ -45,7 +45,7 @@ pub(super) async fn serve(
     let upstream = tokio::select! {
         biased;
         () = inner.abort.cancelled() => {
-            inner.aborted.fetch_add(1, Ordering::Relaxed);
+            inner.count_aborted();
             return;
         }
         up = pick_upstream(&inner, &mut ctx) => up,
@@ -58,7 +58,7 @@ pub(super) async fn serve(
     tokio::select! {
         biased;
         () = inner.abort.cancelled() => {
-            inner.aborted.fetch_add(1, Ordering::Relaxed);
+            inner.count_aborted();
             debug!(service, %peer, %replica, "forward: aborted at shutdown");
         }
         r = crate::splice::copy_bidirectional(&mut client, &mut upstream) => match r {
