@@ -93,6 +93,15 @@ async fn three_replicas(h: &Harness) -> (u16, Vec<(SocketAddr, &'static str)>) {
     (port, ups)
 }
 
+/// One stateful replica behind `svc` on a fresh port, and a session on it.
+async fn one_replica_session(h: &Harness) -> (u16, String) {
+    let ups = [(stateful_replica(IDS[0]).await, IDS[0])];
+    let port = free_port();
+    h.fwd.open("svc", port).await.unwrap();
+    h.fwd.set_endpoints("svc", replicas(&ups));
+    (port, initialize(port).await)
+}
+
 #[tokio::test]
 async fn sessions_stay_on_their_replica_across_fresh_connections_and_are_balanced() {
     let h = harness(Duration::from_secs(2));
@@ -248,11 +257,7 @@ async fn a_paused_replica_takes_no_new_session_and_its_own_wait_for_it() {
 #[tokio::test]
 async fn the_get_stream_flows_through_without_buffering() {
     let h = harness(Duration::from_secs(2));
-    let ups = [(stateful_replica(IDS[0]).await, IDS[0])];
-    let port = free_port();
-    h.fwd.open("svc", port).await.unwrap();
-    h.fwd.set_endpoints("svc", replicas(&ups));
-    let session = initialize(port).await;
+    let (port, session) = one_replica_session(&h).await;
     let mut c = TcpStream::connect((LOCALHOST, port)).await.unwrap();
     let req = format!(
         "GET /mcp HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{SESSION}: {session}\r\n\r\n"
@@ -383,12 +388,8 @@ async fn closed_at(stream: &mut TcpStream, limit: Duration) -> (Instant, String)
 async fn quiet_connections_are_cut_off_and_a_long_stream_is_not() {
     use mesh_bridge::forward::idle::{HEADER_TIMEOUT, TICK};
     let h = harness(Duration::from_secs(2));
-    let ups = [(stateful_replica(IDS[0]).await, IDS[0])];
-    let port = free_port();
-    h.fwd.open("svc", port).await.unwrap();
-    h.fwd.set_endpoints("svc", replicas(&ups));
-    let session = initialize(port).await;
-    let limit = HEADER_TIMEOUT + 2 * TICK + PROMPT;
+    let (port, session) = one_replica_session(&h).await;
+    let limit = HEADER_TIMEOUT + TICK + PROMPT;
 
     // Kept alive after one answered request, then silent.
     let idle = async {
