@@ -432,7 +432,10 @@ pub fn mcp(data: &[u8]) {
             crate::forward::http::session_of(&parts).expect("the POST names its session");
         assert!(in_query);
         assert_eq!(named, mine, "the client posts the id it was given");
-        let back = crate::forward::http::with_session_param(&uri, own);
+        // Too long to rebuild: refused (414), never sent on with the client's id.
+        let Some(back) = crate::forward::http::with_session_param(&uri, own) else {
+            return;
+        };
         let (parts, ()) = hyper::Request::post(back)
             .body(())
             .expect("a request")

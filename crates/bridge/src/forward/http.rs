@@ -261,7 +261,17 @@ async fn route_inner(
         Some((client_id, key, id)) => match wait_for_replica(inner, ctx, key).await {
             Replica::Running(u) => {
                 if via_query {
-                    parts.uri = with_session_param(&parts.uri, id);
+                    match with_session_param(&parts.uri, id) {
+                        Some(uri) => parts.uri = uri,
+                        // Never sent on with the client's id in it.
+                        None => {
+                            return error(
+                                StatusCode::URI_TOO_LONG,
+                                "the request target is too long once its session parameters \
+                                 carry the replica's id; send the session id once",
+                            );
+                        }
+                    }
                 } else if let Ok(v) = HeaderValue::from_str(id) {
                     parts.headers.insert(SESSION_HEADER, v);
                 }
@@ -418,8 +428,11 @@ pub(crate) fn session_of(parts: &hyper::http::request::Parts) -> Option<(String,
         .map(|(_, v)| (v.into_owned(), true))
 }
 
-/// The URI with its session query parameter set to the replica's own id.
-pub(crate) fn with_session_param(uri: &Uri, id: &str) -> Uri {
+/// The URI with its session query parameters (each of them, whichever one
+/// the replica reads) set to the replica's own id; `None` when that is no
+/// request target: re-encoded, a query near the URI length limit (64 KiB)
+/// can outgrow it, as can many empty session parameters filled in.
+pub(crate) fn with_session_param(uri: &Uri, id: &str) -> Option<Uri> {
     let query = uri.query().unwrap_or("");
     let mut out = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -430,7 +443,7 @@ pub(crate) fn with_session_param(uri: &Uri, id: &str) -> Uri {
         }
     }
     let pq = format!("{}?{}", uri.path(), out.finish());
-    Uri::try_from(pq).unwrap_or_else(|_| uri.clone())
+    Uri::try_from(pq).ok()
 }
 
 /// The JSON-RPC methods of a POST body (one message or a batch), as
@@ -574,9 +587,20 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(
-            with_session_param(&uri, "xyz").to_string(),
-            "/messages/?a=1&session_id=xyz"
+            with_session_param(&uri, "xyz").map(|u| u.to_string()),
+            Some("/messages/?a=1&session_id=xyz".to_string())
         );
+    }
+
+    #[test]
+    fn a_target_too_long_once_rewritten_is_none_not_the_clients() {
+        // 5,000 empty session parameters, each filled in with a 20-byte id:
+        // over the URI length limit, which the client's target is not.
+        let query = "session_id=&".repeat(5_000);
+        let uri: Uri = format!("/messages/?{query}session_id=0123456789ab.x")
+            .parse()
+            .unwrap();
+        assert_eq!(with_session_param(&uri, &"y".repeat(20)), None);
     }
 
     #[test]

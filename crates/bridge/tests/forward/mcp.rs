@@ -198,6 +198,37 @@ async fn a_lost_replica_ends_only_its_sessions_and_never_reaches_another() {
 }
 
 #[tokio::test]
+async fn a_query_too_long_once_rewritten_gets_414_and_the_session_lives_on() {
+    let h = harness(Duration::from_secs(2));
+    let (port, session) = one_replica_session(&h).await;
+    // The session in the query (the `sse` transport's way) after 4,000
+    // empty session parameters: each is given the replica's id on the way,
+    // which takes the target over the URI length limit. Sent on unchanged,
+    // the client's id would get the replica's 404 and end the session.
+    let target = format!("/mcp?{}session_id={session}", "session_id=&".repeat(4_000));
+    let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let headers = [("Content-Type", "application/json")];
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let r = http::send(
+        addr,
+        Method::POST,
+        &target,
+        &headers,
+        Bytes::from(body.to_string()),
+        PROMPT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 414, "{}", r.text());
+    assert!(
+        r.text().contains("send the session id once"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(whoami(port, &session).await, Ok(IDS[0].to_string()));
+}
+
+#[tokio::test]
 async fn a_paused_replica_takes_no_new_session_and_its_own_wait_for_it() {
     let h = harness(Duration::from_secs(30));
     let (port, ups) = three_replicas(&h).await;
