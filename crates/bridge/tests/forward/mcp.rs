@@ -204,7 +204,9 @@ async fn a_query_too_long_once_rewritten_gets_414_and_the_session_lives_on() {
     // The session in the query (the `sse` transport's way) after 4,000
     // empty session parameters: each is given the replica's id on the way,
     // which takes the target over the URI length limit. Sent on unchanged,
-    // the client's id would get the replica's 404 and end the session.
+    // the replica would get the client's id, not its own: an `sse` server
+    // answers 404 and the session ends (this stub reads only the header
+    // and answered 400 before the fix).
     let target = format!("/mcp?{}session_id={session}", "session_id=&".repeat(4_000));
     let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
     let headers = [("Content-Type", "application/json")];
