@@ -1,13 +1,14 @@
 //! The forwarder's metrics: the families it registers in the app's registry
 //! and each listener's resolved children.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, OnceLock};
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+
+use crate::contract::metric::{mcp_method, miss};
 
 /// The forwarder's metrics, registered in the app's registry.
 ///
@@ -82,7 +83,7 @@ impl ForwardMetrics {
     pub(super) fn for_service(&self, service: &str) -> ServiceMetrics {
         // Misses are there at 0 from the start, so a rate() alert sees the
         // first one.
-        for r in crate::contract::metric::miss::ALL {
+        for r in miss::ALL {
             self.mcp_misses.with_label_values(&[service, r]);
         }
         ServiceMetrics {
@@ -94,7 +95,9 @@ impl ForwardMetrics {
             mcp_requests: self.mcp_requests.clone(),
             mcp_misses: self.mcp_misses.clone(),
             service: Arc::from(service),
-            methods: Arc::default(),
+            methods: (0..=mcp_method::SPEC.len())
+                .map(|_| OnceLock::new())
+                .collect(),
         }
     }
 
@@ -105,7 +108,6 @@ impl ForwardMetrics {
         let _ = self.upstream_errors.remove_label_values(&[service]);
         let _ = self.mcp_sessions.remove_label_values(&[service]);
         let _ = self.mcp_duration.remove_label_values(&[service]);
-        use crate::contract::metric::{mcp_method, miss};
         for m in mcp_method::SPEC.iter().chain([&mcp_method::OTHER]) {
             let _ = self.mcp_requests.remove_label_values(&[service, m]);
         }
@@ -126,17 +128,21 @@ pub(super) struct ServiceMetrics {
     pub(super) mcp_requests: IntCounterVec,
     pub(super) mcp_misses: IntCounterVec,
     pub(super) service: Arc<str>,
-    /// `mcp_requests` children already resolved (a label lookup hashes and
-    /// locks; this is on every request).
-    pub(super) methods: Arc<Mutex<HashMap<&'static str, IntCounter>>>,
+    /// `mcp_requests` children already resolved, one per method of
+    /// [`mcp_method::SPEC`] and the last for `other` (a label lookup hashes
+    /// and locks; this is on every request).
+    pub(super) methods: Arc<[OnceLock<IntCounter>]>,
 }
 
 impl ServiceMetrics {
     /// Counts one request of `method` in `mcp_requests`.
     pub(super) fn count_request(&self, method: &'static str) {
-        let mut m = self.methods.lock().unwrap_or_else(PoisonError::into_inner);
-        m.entry(method)
-            .or_insert_with(|| {
+        let i = mcp_method::SPEC
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(mcp_method::SPEC.len());
+        self.methods[i]
+            .get_or_init(|| {
                 self.mcp_requests
                     .with_label_values(&[&*self.service, method])
             })
