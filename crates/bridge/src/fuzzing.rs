@@ -402,12 +402,12 @@ fn check_responses(mut bytes: &[u8], mut head_request: bool, first_only: bool) {
 ///   replica, the client's POST to it decodes to that replica, and the
 ///   replica gets its own session id back.
 pub fn mcp(data: &[u8]) {
-    for m in crate::forward::http::methods(data) {
+    crate::forward::http::each_method(data, |m| {
         assert!(
             m == mcp_method::OTHER || mcp_method::SPEC.contains(&m),
             "{m}"
         );
-    }
+    });
     let s = text(data);
     if let Some((key, id)) = sessions::decode(&s) {
         assert_eq!(sessions::encode(key, id), s, "decode inverts encode");

@@ -40,20 +40,22 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::idle::{self, Activity, HEADER_TIMEOUT, Quiet, Tracked};
 use super::sessions::{self, SESSION_PARAMS, Sessions};
 use super::sse::EndpointRewrite;
-use super::upstream::{Kept, SendError, send};
+use super::upstream::{Driven, Kept, SendError, send};
 use super::{Inner, ServiceCtx, Upstream};
 use crate::contract::metric::{mcp_method, miss};
 
 /// Largest request body routed; a larger one gets 413.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
-/// The MCP session header (streamable HTTP).
-pub const SESSION_HEADER: &str = "mcp-session-id";
+/// The MCP session header (streamable HTTP), parsed once: a name given as
+/// a `&str` is parsed again on every lookup.
+pub static SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
 
 /// A response body: the replica's, streamed, or one of ours.
 pub(super) type Body = BoxBody<Bytes, hyper::Error>;
@@ -61,7 +63,7 @@ pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 /// Serves one client connection until it closes, the forwarder stops
 /// (in-flight requests finish, idle keep-alive ends) or aborts.
 pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream) {
-    let (kept, mut driven) = Kept::new();
+    let (kept, driven) = Kept::new();
     let activity = Arc::new(Activity::default());
     // One reference per request, not a copy of the context's many.
     let shared = Arc::new((Arc::clone(&inner), ctx.clone(), kept, Arc::clone(&activity)));
@@ -79,13 +81,15 @@ pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream)
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service);
     tokio::pin!(conn);
     let mut upstream = FuturesUnordered::new();
-    // The forwarder's stop and abort, and the quiet check's tick, polled
-    // only once they fire: a token's future polled on every wake-up of the
-    // connection locks the token twice per poll (3% of the bridge's CPU in
-    // P7 at 32 sessions).
+    // The forwarder's stop and abort, the quiet check's tick and each new
+    // replica connection, polled only once they fire: a token's future
+    // polled on every wake-up of the connection locks the token twice per
+    // poll (3% of the bridge's CPU in P7 at 32 sessions), a channel's
+    // receive takes two atomic pops.
     let mut signals: FuturesUnordered<futures_util::future::BoxFuture<'static, Signal>> =
         FuturesUnordered::new();
     signals.push(tick());
+    signals.push(next_driven(driven));
     let mut quiet = Quiet::default();
     let abort = inner.abort.clone().cancelled_owned();
     let stop = inner.stop.clone().cancelled_owned();
@@ -115,8 +119,13 @@ pub(super) async fn serve(inner: Arc<Inner>, ctx: ServiceCtx, client: TcpStream)
                     }
                     signals.push(tick());
                 }
+                Signal::Driven(c, driven) => {
+                    upstream.push(c);
+                    signals.push(next_driven(driven));
+                }
+                // Not while `kept` lives, which is as long as this loop.
+                Signal::DrivenEnded => {}
             },
-            Some(c) = driven.recv() => upstream.push(c),
             Some(()) = upstream.next(), if !upstream.is_empty() => {}
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -136,6 +145,22 @@ enum Signal {
     Abort,
     /// Time to check whether the connection is quiet ([`super::idle`]).
     Tick,
+    /// A new connection to a replica to drive, and the receiver of the next.
+    Driven(Driven, mpsc::UnboundedReceiver<Driven>),
+    /// No more connections to replicas can come.
+    DrivenEnded,
+}
+
+/// The next connection to a replica that [`Kept`] dials.
+fn next_driven(
+    mut driven: mpsc::UnboundedReceiver<Driven>,
+) -> futures_util::future::BoxFuture<'static, Signal> {
+    Box::pin(async move {
+        match driven.recv().await {
+            Some(c) => Signal::Driven(c, driven),
+            None => Signal::DrivenEnded,
+        }
+    })
 }
 
 /// The next quiet check.
@@ -233,9 +258,7 @@ async fn route_inner(
         }
     };
     if parts.method == Method::POST {
-        for m in methods(&body) {
-            ctx.metrics.count_request(m);
-        }
+        each_method(&body, |m| ctx.metrics.count_request(m));
     }
     let (target, via_query) = match session_of(&parts) {
         None => (Target::Any, false),
@@ -273,7 +296,7 @@ async fn route_inner(
                         }
                     }
                 } else if let Ok(v) = HeaderValue::from_str(id) {
-                    parts.headers.insert(SESSION_HEADER, v);
+                    parts.headers.insert(SESSION_HEADER.clone(), v);
                 }
                 vec![u]
             }
@@ -349,7 +372,7 @@ fn answer(
     // What the replica calls the session, as the client must see it.
     let issued = parts
         .headers
-        .get(SESSION_HEADER)
+        .get(&SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(|id| sessions::encode(&up.key, id));
     let mut table = ctx.sessions();
@@ -367,7 +390,7 @@ fn answer(
     if let Some(mine) = issued
         && let Ok(v) = HeaderValue::from_str(&mine)
     {
-        parts.headers.insert(SESSION_HEADER, v);
+        parts.headers.insert(SESSION_HEADER.clone(), v);
         // A new session; servers also repeat the id of an existing one
         // (on a DELETE's answer too), which must not bring it back.
         if client_id.is_none() && parts.status.is_success() {
@@ -418,8 +441,12 @@ impl Drop for Pending<'_> {
 
 /// The session a request names, and whether it came in the query.
 pub(crate) fn session_of(parts: &hyper::http::request::Parts) -> Option<(String, bool)> {
-    if let Some(v) = parts.headers.get(SESSION_HEADER) {
-        return Some((String::from_utf8_lossy(v.as_bytes()).into_owned(), false));
+    if let Some(v) = parts.headers.get(&SESSION_HEADER) {
+        let id = match v.to_str() {
+            Ok(id) => id.to_owned(),
+            Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        };
+        return Some((id, false));
     }
     let query = parts.uri.query()?;
     form_urlencoded::parse(query.as_bytes())
@@ -446,9 +473,9 @@ pub(crate) fn with_session_param(uri: &Uri, id: &str) -> Option<Uri> {
     Uri::try_from(pq).ok()
 }
 
-/// The JSON-RPC methods of a POST body (one message or a batch), as
-/// bounded label values; a body that is not JSON-RPC counts nothing.
-pub(crate) fn methods(body: &[u8]) -> Vec<&'static str> {
+/// Calls `f` with each JSON-RPC method of a POST body (one message or a
+/// batch), as bounded label values; a body that is not JSON-RPC has none.
+pub(crate) fn each_method(body: &[u8], mut f: impl FnMut(&'static str)) {
     /// Only the method is read; the rest of a message is skipped unparsed.
     #[derive(serde::Deserialize)]
     struct Message<'a> {
@@ -457,42 +484,54 @@ pub(crate) fn methods(body: &[u8]) -> Vec<&'static str> {
     }
     let one = |m: Message<'_>| mcp_method::label(m.method.as_deref());
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => serde_json::from_slice::<Message<'_>>(body)
-            .map(|m| vec![one(m)])
-            .unwrap_or_default(),
-        Some(b'[') => serde_json::from_slice::<Vec<Message<'_>>>(body)
-            .map(|b| b.into_iter().take(1000).map(one).collect())
-            .unwrap_or_default(),
-        _ => Vec::new(),
+        Some(b'{') => {
+            if let Ok(m) = serde_json::from_slice::<Message<'_>>(body) {
+                f(one(m));
+            }
+        }
+        Some(b'[') => {
+            if let Ok(batch) = serde_json::from_slice::<Vec<Message<'_>>>(body) {
+                batch.into_iter().take(1000).map(one).for_each(f);
+            }
+        }
+        _ => {}
     }
 }
 
 /// Headers that belong to one hop (RFC 9110 section 7.6.1), not the message.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
+    // One pass over the headers finds them: most messages carry none, and
+    // removing each name blindly hashed it (16 per request were 3% of P7's
+    // CPU).
+    let mut hop: Vec<HeaderName> = Vec::new();
+    for (name, value) in h.iter() {
+        if is_hop_by_hop(name) {
+            hop.push(name.clone());
+        }
+        if name == header::CONNECTION {
+            let listed = value.to_str().unwrap_or("").split(',');
+            hop.extend(listed.filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()));
         }
     }
-    for n in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        h.remove(n);
+    for name in hop {
+        h.remove(name);
     }
-    h.remove("keep-alive");
+}
+
+/// Whether `name` is hop-by-hop wherever it appears (a header the
+/// `Connection` header lists is one too).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    )
 }
 
 /// A JSON-RPC error answer of ours (id null: we did not read the request).
@@ -567,6 +606,12 @@ impl ServiceCtx {
 mod tests {
     use super::*;
 
+    fn methods(body: &[u8]) -> Vec<&'static str> {
+        let mut all = Vec::new();
+        each_method(body, |m| all.push(m));
+        all
+    }
+
     #[test]
     fn methods_are_bounded_labels() {
         assert_eq!(
@@ -612,9 +657,26 @@ mod tests {
         );
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(SESSION_HEADER, HeaderValue::from_static("s"));
+        h.insert(SESSION_HEADER.clone(), HeaderValue::from_static("s"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
-        assert!(h.contains_key(SESSION_HEADER));
+        assert!(h.contains_key(&SESSION_HEADER));
+    }
+
+    #[test]
+    fn a_hop_by_hop_header_goes_without_a_connection_header_naming_it() {
+        for name in ["keep-alive", "te", "upgrade", "proxy-authorization"] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("x"));
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(name), "{name} stayed");
+            assert_eq!(h.len(), 1, "{name}: the message's header went too");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "no hop-by-hop header: all stay");
     }
 }

@@ -57,7 +57,7 @@ pub(super) async fn route(
     let (parts, body) = req.into_parts();
     let session = parts
         .headers
-        .get(SESSION_HEADER)
+        .get(&SESSION_HEADER)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let sse_ok = parts
         .headers
@@ -263,7 +263,7 @@ async fn initialize(
             .touch(&client_id, &replica.key, Instant::now());
         ctx.publish_sessions();
         if let Ok(v) = HeaderValue::from_str(&client_id) {
-            resp.headers_mut().insert(SESSION_HEADER, v);
+            resp.headers_mut().insert(SESSION_HEADER.clone(), v);
         }
     } else {
         replica.end(id).await;
