@@ -2,7 +2,6 @@
 //! to: kept alive per replica, dialled when none is kept (or the kept one
 //! closed), and driven by the client connection's own task.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 
@@ -30,7 +29,9 @@ use super::CONNECT_TIMEOUT;
 /// The connections are driven by the client connection's own task
 /// ([`super::http::serve`]), not a task each: a request and its answer wake no other task.
 pub(super) struct Kept {
-    senders: Mutex<HashMap<SocketAddr, SendRequest<Full<Bytes>>>>,
+    /// By replica address: a few at most (the replicas this client's
+    /// sessions live on), so a scan, not a hash per request.
+    senders: Mutex<Vec<(SocketAddr, SendRequest<Full<Bytes>>)>>,
     /// A new connection to a replica, for [`super::http::serve`] to drive.
     drive: mpsc::UnboundedSender<Driven>,
 }
@@ -88,11 +89,11 @@ pub(super) async fn send(
     req: Request<Full<Bytes>>,
 ) -> Result<Response<Incoming>, SendError> {
     let mut req = req;
-    let cached = kept
-        .senders
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&addr);
+    let cached = {
+        let mut senders = kept.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = senders.iter().position(|(a, _)| *a == addr);
+        at.map(|i| senders.swap_remove(i).1)
+    };
     if let Some(mut s) = cached
         && s.ready().await.is_ok()
     {
@@ -117,9 +118,9 @@ pub(super) async fn send(
     Ok(resp)
 }
 
+/// Keeps `s` for the next request to `addr` (it was taken out, or is new).
 fn keep(kept: &Kept, addr: SocketAddr, s: SendRequest<Full<Bytes>>) {
-    kept.senders
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(addr, s);
+    let mut senders = kept.senders.lock().unwrap_or_else(PoisonError::into_inner);
+    senders.retain(|(a, _)| *a != addr);
+    senders.push((addr, s));
 }
