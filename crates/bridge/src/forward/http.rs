@@ -478,23 +478,44 @@ pub(crate) fn with_session_param(uri: &Uri, id: &str) -> Option<Uri> {
 pub(crate) fn each_method(body: &[u8], mut f: impl FnMut(&'static str)) {
     /// Only the method is read; the rest of a message is skipped unparsed.
     #[derive(serde::Deserialize)]
-    struct Message<'a> {
-        #[serde(borrow, default)]
-        method: Option<std::borrow::Cow<'a, str>>,
+    struct Message {
+        #[serde(default)]
+        method: Option<Label>,
     }
-    let one = |m: Message<'_>| mcp_method::label(m.method.as_deref());
+    let one = |m: Message| m.method.map_or(mcp_method::OTHER, |l| l.0);
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {
-            if let Ok(m) = serde_json::from_slice::<Message<'_>>(body) {
+            if let Ok(m) = serde_json::from_slice::<Message>(body) {
                 f(one(m));
             }
         }
         Some(b'[') => {
-            if let Ok(batch) = serde_json::from_slice::<Vec<Message<'_>>>(body) {
+            if let Ok(batch) = serde_json::from_slice::<Vec<Message>>(body) {
                 batch.into_iter().take(1000).map(one).for_each(f);
             }
         }
         _ => {}
+    }
+}
+
+/// A method name read straight into its label: no copy of the name, even
+/// one with escapes (`#[serde(borrow)]` does not reach into an `Option`,
+/// so a `Cow` field was an allocation per request).
+struct Label(&'static str);
+
+impl<'de> serde::Deserialize<'de> for Label {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Label;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a method name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Label, E> {
+                Ok(Label(mcp_method::label(Some(v))))
+            }
+        }
+        d.deserialize_str(Name)
     }
 }
 
@@ -622,6 +643,13 @@ mod tests {
             methods(br#"[{"method":"ping"},{"method":"x/evil"},{"result":{}}]"#),
             ["ping", "other", "other"]
         );
+        assert_eq!(
+            methods(br#"{"method":"tools\/call","id":1}"#),
+            ["tools/call"],
+            "an escaped name is read as the name"
+        );
+        assert_eq!(methods(br#"{"method":null,"id":1}"#), ["other"]);
+        assert!(methods(br#"{"method":5}"#).is_empty(), "no JSON-RPC message");
         assert!(methods(b"not json").is_empty());
         assert!(methods(b"3").is_empty());
     }
