@@ -20,6 +20,7 @@
 //! - P3: kill -9 with 200 services serving, restart, every service answering
 //!   on its unchanged port; baseline the cold start with the same containers.
 
+mod callgrind;
 mod infra;
 mod phases;
 mod sink;
@@ -223,6 +224,7 @@ pub fn run(args: &Args) -> Result<()> {
         "P7-c1-latency-added",
         "P7-c32-throughput",
         "P7-c32-latency-added",
+        "P7-c1-instructions",
         "P8-c1-throughput",
         "P8-c1-p99",
         "P8-c16-throughput",

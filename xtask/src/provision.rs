@@ -61,6 +61,12 @@ pub const HAPROXY: Tool = Tool {
     package: "haproxy",
     why: "P7 compares MCP session routing with HAProxy's stick table on the same replicas",
 };
+/// valgrind, whose callgrind counts the instructions per request in P7.
+pub const VALGRIND: Tool = Tool {
+    needs: "callgrind_control",
+    package: "valgrind",
+    why: "P7 counts the bridge's and HAProxy's instructions per request with callgrind",
+};
 /// The font timeline.png is drawn with.
 pub const FONT: Tool = Tool {
     needs: "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -69,7 +75,7 @@ pub const FONT: Tool = Tool {
 };
 
 /// Everything `provision` installs.
-pub const TOOLS: [Tool; 5] = [PROMTOOL, PROMETHEUS, DEBOOTSTRAP, FONT, HAPROXY];
+pub const TOOLS: [Tool; 6] = [PROMTOOL, PROMETHEUS, DEBOOTSTRAP, FONT, HAPROXY, VALGRIND];
 
 /// Flags of `cargo xtask provision`.
 #[derive(Debug, Clone, clap::Args)]

@@ -366,6 +366,9 @@ pub struct BridgeSpec {
     pub resync: String,
     /// `--docker-host` (the phase's relay).
     pub docker_host: String,
+    /// A command that runs the binary (its path is appended), such as
+    /// [`super::callgrind::launcher`]; empty runs it directly.
+    pub launcher: Vec<String>,
 }
 
 /// A running `mesh-bridge run`, killed (SIGKILL) and reaped on drop.
@@ -414,7 +417,7 @@ impl Bridge {
         self.runs += 1;
         let dir = self.state_dir.parent().unwrap_or(Path::new("."));
         let log = fs::File::create(dir.join(format!("bridge-{}.log", self.runs)))?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = launched(&self.spec.launcher, &self.bin);
         cmd.arg("run")
             .args(["--ports", &self.spec.ports])
             .args(["--bind-ip", "127.0.0.1"])
@@ -522,6 +525,19 @@ impl Bridge {
 impl Drop for Bridge {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// `program` run by `launcher` (a command its path is appended to, such as
+/// valgrind), or directly when `launcher` is empty.
+pub fn launched(launcher: &[String], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match launcher.split_first() {
+        Some((first, args)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(args).arg(program);
+            cmd
+        }
+        None => Command::new(program),
     }
 }
 

@@ -58,6 +58,7 @@ impl Ctx {
             ports,
             resync: "30s".into(),
             docker_host: relay.url(),
+            launcher: Vec::new(),
         }
     }
 }

@@ -7,6 +7,10 @@
 //! `tools/call echo` in a loop for the measuring window; requests/s over all
 //! sessions and the p50/p99 of each round trip, at 1 and 32 sessions. The
 //! paths take turns for [`ROUNDS`] rounds and each figure is the median.
+//!
+//! Then a second bridge and a second HAProxy run under callgrind
+//! ([`crate::bench::callgrind`]) for one session's loop: their user-space
+//! instructions per request, a count the machine's speed does not move.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
@@ -20,6 +24,7 @@ use mesh_bridge::contract;
 use mesh_chaos::docker_relay::Relay;
 use tokio::task::JoinSet;
 
+use crate::bench::callgrind;
 use crate::bench::infra::{self, Bridge, PHASE_LABEL, Proc, RUN_LABEL, STUB_IMAGE};
 use crate::bench::{Row, ratio};
 
@@ -59,7 +64,10 @@ impl Load {
 
 /// P7 rows: throughput against HAProxy, added latency against HAProxy's.
 pub async fn p7(ctx: &Ctx) -> Result<Vec<Row>> {
-    crate::provision::install(ctx.t0, &[crate::provision::HAPROXY])?;
+    crate::provision::install(
+        ctx.t0,
+        &[crate::provision::HAPROXY, crate::provision::VALGRIND],
+    )?;
     let window = if ctx.quick {
         Duration::from_secs(1)
     } else {
@@ -91,7 +99,7 @@ pub async fn p7(ctx: &Ctx) -> Result<Vec<Row>> {
     let mesh_port = b.wait_port("p7", Duration::from_secs(15)).await?;
     let mesh = SocketAddr::from((Ipv4Addr::LOCALHOST, mesh_port));
     let haproxy_port = infra::free_port()?;
-    let _haproxy = haproxy(haproxy_port, &replicas)?;
+    let _haproxy = haproxy(haproxy_port, &replicas, &[])?;
     let haproxy = SocketAddr::from((Ipv4Addr::LOCALHOST, haproxy_port));
     for (what, addr) in [
         ("mesh", mesh),
@@ -163,14 +171,83 @@ pub async fn p7(ctx: &Ctx) -> Result<Vec<Row>> {
         });
     }
     drop(b);
+    rows.push(instructions(ctx, &relay, &replicas, window).await?);
     Ok(rows)
 }
 
+/// P7-c1-instructions: a second bridge and a second HAProxy, each under
+/// callgrind, counted through one session's `tools/call` loop on the same
+/// replicas. Unlike the throughput, this count does not move with the
+/// machine's speed, so a change of a few percent in the proxy's own work
+/// shows (in user space only: the kernel's work is not counted).
+async fn instructions(
+    ctx: &Ctx,
+    relay: &Relay,
+    replicas: &[SocketAddr],
+    window: Duration,
+) -> Result<Row> {
+    ctx.note("P7: instructions per request of the bridge and HAProxy, under callgrind");
+    let dir = infra::bench_dir();
+    let bridge_out = dir.join("p7-bridge.callgrind");
+    let haproxy_out = dir.join("p7-haproxy.callgrind");
+    let (lo, hi) = infra::free_range(4)?;
+    let mut spec = ctx.spec("p7-callgrind", format!("{lo}-{hi}"), relay);
+    spec.launcher = callgrind::launcher(&bridge_out);
+    let mut b = Bridge::start(&ctx.bin, spec)?;
+    b.wait_ready(Duration::from_secs(120)).await?;
+    let mesh_port = b.wait_port("p7", Duration::from_secs(60)).await?;
+    let haproxy_port = infra::free_port()?;
+    let h = haproxy(haproxy_port, replicas, &callgrind::launcher(&haproxy_out))?;
+    let bridge_pid = b.pid().context("the bridge under callgrind exited")?;
+    let mut per_request = Vec::new();
+    for (port, pid, out) in [
+        (mesh_port, bridge_pid, &bridge_out),
+        (haproxy_port, h.0.id(), &haproxy_out),
+    ] {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        mesh_chaos::wait::until_async(
+            &format!("{addr} under callgrind to answer"),
+            Duration::from_secs(60),
+            || async move { session(addr).await.map(drop).map_err(|e| format!("{e:#}")) },
+        )
+        .await?;
+        tokio::task::block_in_place(|| callgrind::set(pid, true))?;
+        let l = load(addr, 1, window).await?;
+        tokio::task::block_in_place(|| callgrind::set(pid, false))?;
+        let n = tokio::task::block_in_place(|| callgrind::total(pid, out))?;
+        // The session's `initialize` was counted too.
+        let requests = (l.rps * window.as_secs_f64()).round() + 1.0;
+        per_request.push(n as f64 / requests);
+    }
+    drop(b);
+    drop(h);
+    let (m, h) = (per_request[0], per_request[1]);
+    ctx.note(&format!(
+        "P7 instructions per request: mesh {m:.0}, haproxy {h:.0}"
+    ));
+    let r = ratio(m, h);
+    Ok(Row {
+        id: "P7-c1-instructions",
+        what: "user-space instructions per tools/call through the mesh port, 1 session, \
+               counted by callgrind (the same within 0.1% from run to run; the kernel's \
+               work is not in it)"
+            .into(),
+        value: m,
+        unit: "instr/req",
+        baseline: "HAProxy, the same count".into(),
+        baseline_value: h,
+        ratio: r,
+        goal: "<= HAProxy's (diagnostic)".into(),
+        met: r.is_some_and(|r| r <= 1.0),
+    })
+}
+
 /// HAProxy in front of the replicas, sessions pinned by its stick table.
-fn haproxy(port: u16, replicas: &[SocketAddr]) -> Result<Proc> {
+/// `launcher` runs it (empty: directly), as [`infra::BridgeSpec::launcher`].
+fn haproxy(port: u16, replicas: &[SocketAddr], launcher: &[String]) -> Result<Proc> {
     let dir = infra::bench_dir();
     std::fs::create_dir_all(&dir)?;
-    let cfg = dir.join("p7-haproxy.cfg");
+    let cfg = dir.join(format!("p7-haproxy-{port}.cfg"));
     let mut text = format!(
         "global\n  maxconn 4096\n  nbthread 2\n\
          defaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
@@ -195,7 +272,7 @@ fn haproxy(port: u16, replicas: &[SocketAddr]) -> Result<Proc> {
         cfg.display(),
         String::from_utf8_lossy(&check.stderr)
     );
-    let child = Command::new("haproxy")
+    let child = infra::launched(launcher, "haproxy")
         .arg("-db")
         .arg("-f")
         .arg(&cfg)
