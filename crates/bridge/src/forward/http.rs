@@ -649,7 +649,10 @@ mod tests {
             "an escaped name is read as the name"
         );
         assert_eq!(methods(br#"{"method":null,"id":1}"#), ["other"]);
-        assert!(methods(br#"{"method":5}"#).is_empty(), "no JSON-RPC message");
+        assert!(
+            methods(br#"{"method":5}"#).is_empty(),
+            "no JSON-RPC message"
+        );
         assert!(methods(b"not json").is_empty());
         assert!(methods(b"3").is_empty());
     }
