@@ -1,7 +1,7 @@
 //! User-space instructions of a process, counted by valgrind's callgrind:
 //! the same count for the same binary and the same work, whatever else the
 //! machine is doing. P7's throughput ratios move by a tenth from run to run
-//! on a shared 2-core machine; this count moved by 0.1%.
+//! on a shared 2-core machine; this count moved by 0.2%.
 //!
 //! The process starts under [`launcher`] with counting off; [`set`] turns
 //! it on and off around the work, and [`total`] dumps what was counted and

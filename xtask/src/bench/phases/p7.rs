@@ -106,12 +106,7 @@ pub async fn p7(ctx: &Ctx) -> Result<Vec<Row>> {
         ("haproxy", haproxy),
         ("direct", replicas[0]),
     ] {
-        mesh_chaos::wait::until_async(
-            &format!("{what} to answer"),
-            Duration::from_secs(20),
-            || async move { session(addr).await.map(drop).map_err(|e| format!("{e:#}")) },
-        )
-        .await?;
+        answers(what, addr, Duration::from_secs(20)).await?;
     }
 
     let mut rows = Vec::new();
@@ -205,12 +200,7 @@ async fn instructions(
         (haproxy_port, h.0.id(), &haproxy_out),
     ] {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        mesh_chaos::wait::until_async(
-            &format!("{addr} under callgrind to answer"),
-            Duration::from_secs(60),
-            || async move { session(addr).await.map(drop).map_err(|e| format!("{e:#}")) },
-        )
-        .await?;
+        answers("a proxy under callgrind", addr, Duration::from_secs(60)).await?;
         tokio::task::block_in_place(|| callgrind::set(pid, true))?;
         let l = load(addr, 1, window).await?;
         tokio::task::block_in_place(|| callgrind::set(pid, false))?;
@@ -229,7 +219,7 @@ async fn instructions(
     Ok(Row {
         id: "P7-c1-instructions",
         what: "user-space instructions per tools/call through the mesh port, 1 session, \
-               counted by callgrind (the same within 0.1% from run to run; the kernel's \
+               counted by callgrind (the same within 0.2% from run to run; the kernel's \
                work is not in it)"
             .into(),
         value: m,
@@ -282,6 +272,17 @@ fn haproxy(port: u16, replicas: &[SocketAddr], launcher: &[String]) -> Result<Pr
         .spawn()
         .context("starting haproxy")?;
     Ok(Proc(child))
+}
+
+/// Waits up to `limit` for `addr` (`what`) to open a session.
+async fn answers(what: &str, addr: SocketAddr, limit: Duration) -> Result<()> {
+    mesh_chaos::wait::until_async(
+        &format!("{what} ({addr}) to answer"),
+        limit,
+        || async move { session(addr).await.map(drop).map_err(|e| format!("{e:#}")) },
+    )
+    .await?;
+    Ok(())
 }
 
 /// `initialize` on a fresh keep-alive connection: the connection and the session id.
