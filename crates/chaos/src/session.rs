@@ -22,6 +22,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Method;
 use hyper_util::rt::TokioIo;
+use mesh_bridge::contract::mcp::SESSION_HEADER;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -31,8 +32,6 @@ use crate::probe::{Outcome, PROBE_TIMEOUT, PortMap, Recorder, Sample};
 
 /// Sessions each session probe keeps open at once.
 pub const SESSIONS_PER_SERVICE: usize = 3;
-/// The session header of MCP's streamable HTTP.
-pub const SESSION_HEADER: &str = "mcp-session-id";
 /// Fewest and most requests a session makes before its client ends it.
 pub const LIFE: (u32, u32) = (12, 40);
 /// How long an ended GET stream waits before it is opened again.

@@ -3,6 +3,7 @@
 // Helpers outside `#[test]` functions panic on purpose: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use mesh_bridge::contract::mcp::SESSION_HEADER;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -652,7 +653,7 @@ async fn stateful_mode_keeps_sessions_like_the_sdk_servers() {
         ];
         let s = session.unwrap_or_default();
         if !s.is_empty() {
-            h.push(("mcp-session-id", s.as_str()));
+            h.push((SESSION_HEADER, s.as_str()));
         }
         mesh_chaos::http::send(
             addr,
@@ -668,7 +669,7 @@ async fn stateful_mode_keeps_sessions_like_the_sdk_servers() {
     let init = stub::initialize_request();
     let r = post(None, init.clone()).await;
     assert_eq!(r.status, 200);
-    let id = r.header("mcp-session-id").expect("a session").to_string();
+    let id = r.header(SESSION_HEADER).expect("a session").to_string();
     let call =
         json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami"}});
     assert_eq!(post(None, call.clone()).await.status, 400, "no session");
@@ -678,7 +679,7 @@ async fn stateful_mode_keeps_sessions_like_the_sdk_servers() {
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     assert!(r.text().contains("\"text\":\"r1\""), "{}", r.text());
     assert_eq!(
-        r.header("mcp-session-id"),
+        r.header(SESSION_HEADER),
         Some(id.as_str()),
         "the id is repeated"
     );
@@ -689,7 +690,7 @@ async fn stateful_mode_keeps_sessions_like_the_sdk_servers() {
         .await
         .unwrap();
     assert_eq!(r.status, 404);
-    let del = [("mcp-session-id", id.as_str())];
+    let del = [(SESSION_HEADER, id.as_str())];
     let r = mesh_chaos::http::send(addr, Method::DELETE, "/mcp", &del, Bytes::new(), T)
         .await
         .unwrap();

@@ -1,7 +1,8 @@
 //! The contract mesh-bridge keeps with everything outside it, in one place:
 //! the HTTP API's types ([`api`]), the container labels ([`labels`]), the
 //! files of a state directory ([`files`]), the metric names and their label
-//! values ([`metric`]) and the image tags the harness builds ([`images`]).
+//! values ([`metric`]), the image tags the harness builds ([`images`]) and
+//! MCP's names for a session on HTTP ([`mcp`]).
 //!
 //! The bridge, `mesh-chaos` (probes, invariants, faults) and `xtask`
 //! (dashboards check, bench, scenarios) import these; none of them spells a
@@ -12,4 +13,5 @@ pub mod api;
 pub mod files;
 pub mod images;
 pub mod labels;
+pub mod mcp;
 pub mod metric;

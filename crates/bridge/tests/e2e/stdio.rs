@@ -7,6 +7,7 @@
 //! container restart (a new process, initialised again by the bridge).
 
 use super::*;
+use mesh_bridge::contract::mcp::SESSION_HEADER;
 
 fn mcp_url(port: u16) -> String {
     format!("http://127.0.0.1:{port}/mcp")
@@ -196,7 +197,7 @@ fn open_session(port: u16) -> (String, Value) {
     )
     .expect("initialize answered");
     assert_eq!(r.status, 200, "initialize: {}", r.text());
-    let session = r.header("mcp-session-id").expect("a session").to_string();
+    let session = r.header(SESSION_HEADER).expect("a session").to_string();
     (session, r.json().expect("initialize answered with JSON"))
 }
 
@@ -218,7 +219,7 @@ fn rpc_with(
         ("Accept", "application/json, text/event-stream"),
     ];
     if let Some(s) = session {
-        headers.push(("mcp-session-id", s));
+        headers.push((SESSION_HEADER, s));
     }
     headers.extend_from_slice(more);
     let r = http(
@@ -328,7 +329,7 @@ fn mcp_server_time_killed_in_the_middle_of_a_call_errors_it_and_the_session_goes
         &[
             ("Content-Type", "application/json"),
             ("Accept", "application/json, text/event-stream"),
-            ("mcp-session-id", &session),
+            (SESSION_HEADER, &session),
             negotiated[0],
         ],
         json!({"jsonrpc": "2.0", "method": "notifications/initialized"})

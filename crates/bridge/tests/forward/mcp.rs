@@ -11,7 +11,7 @@ use mesh_chaos::http::{self, Reply};
 use mesh_chaos::stub::{self, StubConfig};
 use serde_json::{Value, json};
 
-const SESSION: &str = "mcp-session-id";
+use mesh_bridge::contract::mcp::SESSION_HEADER as SESSION;
 
 /// A stateful stub served in process as replica `id`.
 async fn stateful_replica(id: &str) -> SocketAddr {

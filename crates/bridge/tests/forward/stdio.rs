@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
 use tokio_util::io::ReaderStream;
 
-const SESSION: &str = "mcp-session-id";
+use mesh_bridge::contract::mcp::SESSION_HEADER as SESSION;
 
 /// Stub processes in process, one per container, each attached through
 /// its own pipe pair per attach (as Docker's attach does): a dropped attach

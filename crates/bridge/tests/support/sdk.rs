@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use super::*;
+use mesh_bridge::contract::mcp::SESSION_HEADER;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -149,12 +150,12 @@ pub fn wait_mcp(port: u16, replicas: usize, timeout: Duration) {
             body.as_bytes(),
             Duration::from_secs(3),
         )?;
-        match (r.status, r.header("mcp-session-id")) {
+        match (r.status, r.header(SESSION_HEADER)) {
             (200, Some(id)) if id.contains('.') => {
                 seen.insert(id.split('.').next().unwrap_or_default().to_string());
                 // Not a session the test uses: end it, so it weighs nothing
                 // in the balance of the sessions that follow.
-                let del = [("mcp-session-id", id)];
+                let del = [(SESSION_HEADER, id)];
                 let _ = http(
                     local(port),
                     "DELETE",

@@ -25,6 +25,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use mesh_bridge::contract::mcp::SESSION_HEADER;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -32,8 +33,6 @@ use super::{
     Body, StubConfig, codes, empty, error, handle_rpc, json_response, read_body, too_large,
 };
 
-/// The session header of MCP's streamable HTTP.
-pub const SESSION_HEADER: &str = "mcp-session-id";
 /// Most sessions alive at once.
 pub const MAX_SESSIONS: usize = 10_000;
 

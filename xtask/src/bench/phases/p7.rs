@@ -244,8 +244,9 @@ fn haproxy(port: u16, replicas: &[SocketAddr], launcher: &[String]) -> Result<Pr
          frontend mcp\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
          backend replicas\n  balance roundrobin\n\
          \x20 stick-table type string len 128 size 100k expire 30m\n\
-         \x20 stick store-response res.hdr(mcp-session-id)\n\
-         \x20 stick match req.hdr(mcp-session-id)\n"
+         \x20 stick store-response res.hdr({session})\n\
+         \x20 stick match req.hdr({session})\n",
+        session = contract::mcp::SESSION_HEADER
     );
     for (i, r) in replicas.iter().enumerate() {
         text.push_str(&format!("  server r{i} {r}\n"));
@@ -293,7 +294,7 @@ pub(super) async fn session(addr: SocketAddr) -> Result<(Sender, String)> {
     let status = resp.status();
     let id = resp
         .headers()
-        .get("mcp-session-id")
+        .get(contract::mcp::SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     resp.into_body().collect().await?;
@@ -309,7 +310,7 @@ fn post(addr: SocketAddr, session: Option<&str>, body: Bytes) -> Result<Request<
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream");
     if let Some(s) = session {
-        r = r.header("mcp-session-id", s);
+        r = r.header(contract::mcp::SESSION_HEADER, s);
     }
     Ok(r.body(Full::new(body))?)
 }
