@@ -45,6 +45,7 @@ use tracing::{debug, info, warn};
 mod ejection;
 pub(crate) mod http;
 pub mod idle;
+pub(crate) mod message;
 mod metrics;
 pub mod sessions;
 pub(crate) mod sse;

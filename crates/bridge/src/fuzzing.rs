@@ -402,7 +402,7 @@ fn check_responses(mut bytes: &[u8], mut head_request: bool, first_only: bool) {
 ///   replica, the client's POST to it decodes to that replica, and the
 ///   replica gets its own session id back.
 pub fn mcp(data: &[u8]) {
-    crate::forward::http::each_method(data, |m| {
+    crate::forward::message::each_method(data, |m| {
         assert!(
             m == mcp_method::OTHER || mcp_method::SPEC.contains(&m),
             "{m}"
@@ -429,18 +429,18 @@ pub fn mcp(data: &[u8]) {
             .expect("a request")
             .into_parts();
         let (named, in_query) =
-            crate::forward::http::session_of(&parts).expect("the POST names its session");
+            crate::forward::message::session_of(&parts).expect("the POST names its session");
         assert!(in_query);
         assert_eq!(named, mine, "the client posts the id it was given");
         // Too long to rebuild: refused (414), never sent on with the client's id.
-        let Some(back) = crate::forward::http::with_session_param(&uri, own) else {
+        let Some(back) = crate::forward::message::with_session_param(&uri, own) else {
             return;
         };
         let (parts, ()) = hyper::Request::post(back)
             .body(())
             .expect("a request")
             .into_parts();
-        let (theirs, _) = crate::forward::http::session_of(&parts).expect("still named");
+        let (theirs, _) = crate::forward::message::session_of(&parts).expect("still named");
         assert_eq!(theirs, own, "the replica gets its own session id back");
     }
     let event = [b"event: endpoint\ndata: ", tail, b"\n\n"].concat();
@@ -454,7 +454,7 @@ pub fn mcp(data: &[u8]) {
             .filter_map(|url| url.split('#').next().and_then(|u| u.split_once('?')))
             .any(|(_, query)| {
                 form_urlencoded::parse(query.as_bytes()).any(|(k, v)| {
-                    sessions::SESSION_PARAMS.contains(&k.as_ref()) && v == mine.as_str()
+                    crate::contract::mcp::SESSION_PARAMS.contains(&k.as_ref()) && v == mine.as_str()
                 })
             });
         assert!(carried, "the event carries the id {mine}: {out}");

@@ -45,17 +45,15 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::idle::{self, Activity, HEADER_TIMEOUT, Quiet, Tracked};
-use super::sessions::{self, SESSION_PARAMS, Sessions};
+use super::message::{SESSION_HEADER, each_method, session_of, with_session_param};
+use super::sessions::{self, Sessions};
 use super::sse::EndpointRewrite;
 use super::upstream::{Driven, Kept, SendError, send};
 use super::{Inner, ServiceCtx, Upstream};
-use crate::contract::metric::{mcp_method, miss};
+use crate::contract::metric::miss;
 
 /// Largest request body routed; a larger one gets 413.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
-/// The MCP session header (streamable HTTP), parsed once: a name given as
-/// a `&str` is parsed again on every lookup.
-pub static SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
 
 /// A response body: the replica's, streamed, or one of ours.
 pub(super) type Body = BoxBody<Bytes, hyper::Error>;
@@ -439,86 +437,6 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// The session a request names, and whether it came in the query.
-pub(crate) fn session_of(parts: &hyper::http::request::Parts) -> Option<(String, bool)> {
-    if let Some(v) = parts.headers.get(&SESSION_HEADER) {
-        let id = match v.to_str() {
-            Ok(id) => id.to_owned(),
-            Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-        };
-        return Some((id, false));
-    }
-    let query = parts.uri.query()?;
-    form_urlencoded::parse(query.as_bytes())
-        // As the endpoint event's rewrite: the first non-empty one.
-        .find(|(k, v)| !v.is_empty() && SESSION_PARAMS.contains(&k.as_ref()))
-        .map(|(_, v)| (v.into_owned(), true))
-}
-
-/// The URI with its session query parameters (each of them, whichever one
-/// the replica reads) set to the replica's own id; `None` when that is no
-/// request target: re-encoded, a query near the URI length limit (64 KiB)
-/// can outgrow it, as can many empty session parameters filled in.
-pub(crate) fn with_session_param(uri: &Uri, id: &str) -> Option<Uri> {
-    let query = uri.query().unwrap_or("");
-    let mut out = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        if SESSION_PARAMS.contains(&k.as_ref()) {
-            out.append_pair(&k, id);
-        } else {
-            out.append_pair(&k, &v);
-        }
-    }
-    let pq = format!("{}?{}", uri.path(), out.finish());
-    Uri::try_from(pq).ok()
-}
-
-/// Calls `f` with each JSON-RPC method of a POST body (one message or a
-/// batch), as bounded label values; a body that is not JSON-RPC has none.
-pub(crate) fn each_method(body: &[u8], mut f: impl FnMut(&'static str)) {
-    /// Only the method is read; the rest of a message is skipped unparsed.
-    #[derive(serde::Deserialize)]
-    struct Message {
-        #[serde(default)]
-        method: Option<Label>,
-    }
-    let one = |m: Message| m.method.map_or(mcp_method::OTHER, |l| l.0);
-    match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => {
-            if let Ok(m) = serde_json::from_slice::<Message>(body) {
-                f(one(m));
-            }
-        }
-        Some(b'[') => {
-            if let Ok(batch) = serde_json::from_slice::<Vec<Message>>(body) {
-                batch.into_iter().take(1000).map(one).for_each(f);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// A method name read straight into its label: no copy of the name, even
-/// one with escapes (`#[serde(borrow)]` does not reach into an `Option`,
-/// so a `Cow` field was an allocation per request).
-struct Label(&'static str);
-
-impl<'de> serde::Deserialize<'de> for Label {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Name;
-        impl serde::de::Visitor<'_> for Name {
-            type Value = Label;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a method name")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Label, E> {
-                Ok(Label(mcp_method::label(Some(v))))
-            }
-        }
-        d.deserialize_str(Name)
-    }
-}
-
 /// Headers that belong to one hop (RFC 9110 section 7.6.1), not the message.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the headers finds them: most messages carry none, and
@@ -626,58 +544,6 @@ impl ServiceCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn methods(body: &[u8]) -> Vec<&'static str> {
-        let mut all = Vec::new();
-        each_method(body, |m| all.push(m));
-        all
-    }
-
-    #[test]
-    fn methods_are_bounded_labels() {
-        assert_eq!(
-            methods(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#),
-            ["tools/call"]
-        );
-        assert_eq!(
-            methods(br#"[{"method":"ping"},{"method":"x/evil"},{"result":{}}]"#),
-            ["ping", "other", "other"]
-        );
-        assert_eq!(
-            methods(br#"{"method":"tools\/call","id":1}"#),
-            ["tools/call"],
-            "an escaped name is read as the name"
-        );
-        assert_eq!(methods(br#"{"method":null,"id":1}"#), ["other"]);
-        assert!(
-            methods(br#"{"method":5}"#).is_empty(),
-            "no JSON-RPC message"
-        );
-        assert!(methods(b"not json").is_empty());
-        assert!(methods(b"3").is_empty());
-    }
-
-    #[test]
-    fn the_session_parameter_is_replaced_and_the_rest_kept() {
-        let uri: Uri = "/messages/?a=1&session_id=0123456789ab.xyz"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            with_session_param(&uri, "xyz").map(|u| u.to_string()),
-            Some("/messages/?a=1&session_id=xyz".to_string())
-        );
-    }
-
-    #[test]
-    fn a_target_too_long_once_rewritten_is_none_not_the_clients() {
-        // 5,000 empty session parameters, each filled in with a 20-byte id:
-        // over the URI length limit, which the client's target is not.
-        let query = "session_id=&".repeat(5_000);
-        let uri: Uri = format!("/messages/?{query}session_id=0123456789ab.x")
-            .parse()
-            .unwrap();
-        assert_eq!(with_session_param(&uri, &"y".repeat(20)), None);
-    }
 
     #[test]
     fn hop_by_hop_headers_go_and_the_rest_stay() {

@@ -30,9 +30,6 @@ pub const KEY_LEN: usize = 12;
 pub const SEPARATOR: char = '.';
 /// A session without a request for this long is no longer counted.
 pub const IDLE: Duration = Duration::from_secs(3600);
-/// Query parameters that carry the session: in the `sse` transport's
-/// endpoint URL and in the POSTs the client sends to it.
-pub const SESSION_PARAMS: [&str; 2] = ["session_id", "sessionId"];
 /// Most sessions one service's table counts.
 pub const MAX_TRACKED: usize = 65_536;
 

@@ -129,7 +129,10 @@ pub(crate) fn rewrite_url(url: &str, key: &str) -> Option<(String, String)> {
     let mut out = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         // An empty id names no session (and could not be routed back).
-        if found.is_none() && !v.is_empty() && sessions::SESSION_PARAMS.contains(&k.as_ref()) {
+        if found.is_none()
+            && !v.is_empty()
+            && crate::contract::mcp::SESSION_PARAMS.contains(&k.as_ref())
+        {
             let mine = sessions::encode(key, &v);
             out.append_pair(&k, &mine);
             found = Some(mine);

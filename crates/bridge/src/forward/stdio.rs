@@ -32,7 +32,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::http::{Body, Pending, SESSION_HEADER, error, json_response, session_not_found};
+use super::http::{Body, Pending, error, json_response, session_not_found};
+use super::message::SESSION_HEADER;
 use super::sessions;
 use super::{Inner, ServiceCtx};
 use crate::contract::metric::{mcp_method, miss};
