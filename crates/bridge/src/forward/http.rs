@@ -458,7 +458,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// Whether `name` is hop-by-hop wherever it appears (a header the
-/// `Connection` header lists is one too).
+/// `Connection` header lists is one too). Matching the text measured
+/// fewer instructions than comparing with `http`'s constant names.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -562,7 +563,16 @@ mod tests {
 
     #[test]
     fn a_hop_by_hop_header_goes_without_a_connection_header_naming_it() {
-        for name in ["keep-alive", "te", "upgrade", "proxy-authorization"] {
+        for name in [
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+        ] {
             let mut h = HeaderMap::new();
             h.insert(name, HeaderValue::from_static("x"));
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
