@@ -157,44 +157,43 @@ impl<'de> Visitor<'de> for Batch {
     }
 }
 
-/// Whether a message's key is `method` (escaped or not), without a copy.
+/// Whether a message's key is `method` (escaped or not).
 struct IsMethod(bool);
 
 impl<'de> Deserialize<'de> for IsMethod {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Key;
-        impl Visitor<'_> for Key {
-            type Value = IsMethod;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IsMethod, E> {
-                Ok(IsMethod(v == "method"))
-            }
-        }
-        d.deserialize_identifier(Key)
+        read_str(d, "a key", |k| IsMethod(k == "method"))
     }
 }
 
-/// A method name read straight into its label: no copy of the name, even
-/// one with escapes (`#[serde(borrow)]` does not reach into an `Option`,
-/// so a `Cow` field was an allocation per request).
+/// A method name read straight into its label (`#[serde(borrow)]` does not
+/// reach into an `Option`, so a `Cow` field was an allocation per request).
 struct Label(&'static str);
 
 impl<'de> Deserialize<'de> for Label {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Name;
-        impl Visitor<'_> for Name {
-            type Value = Label;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a method name")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Label, E> {
-                Ok(Label(mcp_method::label(Some(v))))
-            }
-        }
-        d.deserialize_str(Name)
+        read_str(d, "a method name", |m| Label(mcp_method::label(Some(m))))
     }
+}
+
+/// `read` of a JSON string, with no copy of it, escaped or not; `what` is
+/// what the error says was expected.
+fn read_str<'de, D: Deserializer<'de>, T>(
+    d: D,
+    what: &'static str,
+    read: fn(&str) -> T,
+) -> Result<T, D::Error> {
+    struct Text<T>(&'static str, fn(&str) -> T);
+    impl<T> Visitor<'_> for Text<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            Ok((self.1)(v))
+        }
+    }
+    d.deserialize_str(Text(what, read))
 }
 
 #[cfg(test)]
